@@ -1,0 +1,1 @@
+//! The multicryogan HDF5 particle-set container (being written).
