@@ -1,1 +1,71 @@
-fn main() {}
+//! `cargo xtask …`: the project's own automation. Everything CI checks runs locally with the same
+//! command, and every command installs what it needs first.
+
+mod bench;
+mod setup;
+mod util;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+cargo xtask <command>
+
+commands:
+  setup    install the system libraries the build needs (HDF5), if missing
+  test     set up, check formatting, then run every test of the workspace
+  demo     set up, build, and run the main job on the built-in test volume
+  bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        eprint!("{USAGE}");
+        bail!("no command given");
+    };
+    let rest = &args[1..];
+    match command.as_str() {
+        "setup" => setup::run(),
+        "test" => test(rest),
+        "demo" => demo(rest),
+        "bench" => bench::run(rest),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command {other:?}")
+        }
+    }
+}
+
+/// Formatting check and every test of the workspace (extra arguments go to `cargo test`).
+fn test(rest: &[String]) -> Result<()> {
+    setup::run()?;
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    let mut args = vec!["test", "--workspace", "--all-targets"];
+    args.extend(rest.iter().map(String::as_str));
+    util::cargo(&args)?;
+    // Doc tests run separately: `--all-targets` leaves them out.
+    util::cargo(&["test", "--workspace", "--doc"])
+}
+
+/// The main job on an embedded default: simulate a particle set from the built-in test volume.
+fn demo(rest: &[String]) -> Result<()> {
+    setup::run()?;
+    util::cargo(&["build", "--release", "--bin", "multicryogan"])?;
+    let out = util::root().join("out/demo");
+    let bin = util::root().join("target/release/multicryogan");
+    let out_s = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "project", "--n", "10000", "--ctf", "--snr-db", "-10", "--seed", "1", "--out", &out_s,
+    ];
+    args.extend(rest.iter().map(String::as_str));
+    util::run(&bin, &args)?;
+    util::run(&bin, &["info", &format!("{out_s}/particles.star")])?;
+    eprintln!(
+        "demo: particle set written to {out_s} (particles.mrcs, particles.star, manifest.json)"
+    );
+    Ok(())
+}
