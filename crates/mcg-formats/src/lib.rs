@@ -7,6 +7,7 @@ pub mod cs;
 pub mod error;
 pub mod mrc;
 pub mod particles;
+pub mod stack_source;
 pub mod star;
 
 pub use error::{FormatError, Result};
