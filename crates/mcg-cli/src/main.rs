@@ -1,1 +1,74 @@
-fn main() {}
+//! `multicryogan`: the command-line program. Thin: each subcommand parses its flags into the
+//! library crates' settings and calls them. Results go to stdout, logs and progress to stderr.
+
+mod builtin;
+mod convert;
+mod ctf;
+mod info;
+mod input;
+mod progress;
+mod project;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Reconstruct the conformations of a flexible molecule from cryo-EM images with Multi-CryoGAN,
+/// and make, inspect and convert the data it works on.
+#[derive(Debug, Parser)]
+#[command(name = "multicryogan", version, propagate_version = true)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors on stderr; no progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Say what a file holds: MRC map or stack, STAR or cryoSPARC .cs particle table, HDF5
+    /// particle set, or a .txt list of stacks.
+    Info(info::Args),
+    /// Convert a particle set between STAR+MRCS, the HDF5 container and (input only)
+    /// cryoSPARC .cs, keeping images bit-exact and metadata complete.
+    Convert(convert::Args),
+    /// Simulate particle images of a volume, like relion_project: one image per row of a STAR
+    /// file (its poses, shifts and CTFs), or N images at random poses.
+    Project(project::Args),
+    /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
+    Ctf(ctf::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::init_logging(cli.verbose, cli.quiet);
+    let progress = progress::Progress::new(cli.quiet);
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Convert(a) => convert::run(a, &progress),
+        Command::Project(a) => project::run(a, &progress),
+        Command::Ctf(a) => ctf::run(a, &progress),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            util::print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,134 @@
+//! `multicryogan convert`: particle sets between STAR+MRCS, HDF5 and (input only) `.cs`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use mcg_formats::mrc::MrcStackWriter;
+use mcg_formats::{ImageRef, ImageSource, star};
+use mcg_h5::H5Writer;
+use ndarray::Array3;
+
+use crate::input::{self, Kind, Locate};
+use crate::progress::Progress;
+
+/// Convert a particle set, keeping images bit-exact and metadata complete.
+///
+/// IN: .star (+ its MRC stacks), .cs (cryoSPARC, input only), .h5/.hdf5, .mrcs or a .txt list
+/// of stacks. OUT: .star (the images go to one new stack beside it, OUT's name with .mrcs) or
+/// .h5/.hdf5 (images inside). Every column without a typed meaning is carried along as text.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  multicryogan convert particles.star particles.h5\n  multicryogan convert P12_J24_particles.cs --data-dir /data/P12 particles.star"
+)]
+pub struct Args {
+    /// Input particle set.
+    input: PathBuf,
+    /// Output particle set (.star or .h5).
+    output: PathBuf,
+    /// Images copied per batch (memory is proportional to it).
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    #[command(flatten)]
+    locate: Locate,
+}
+
+pub fn run(args: Args, progress: &Progress) -> Result<()> {
+    ensure!(args.batch > 0, "--batch must be at least 1");
+    let out_kind = input::kind_of(&args.output)?;
+    let (mut set, images) = input::particles(&args.input, &args.locate)?;
+    ensure!(
+        !set.is_empty(),
+        "{}: no particles to convert",
+        args.input.display()
+    );
+    let n = set.len();
+    ensure!(
+        images.len() == n,
+        "{}: {} particles but {} images",
+        args.input.display(),
+        n,
+        images.len()
+    );
+    let out_dir = args
+        .output
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let bar = progress.bar(n as u64, "converting");
+    match out_kind {
+        Kind::Star => {
+            let stack = args.output.with_extension("mrcs");
+            let mut writer = MrcStackWriter::create(
+                &stack,
+                images.box_size(),
+                images.box_size(),
+                images.pixel_size(),
+            )?;
+            copy_images(
+                images.as_ref(),
+                args.batch,
+                |batch, _| writer.append(batch.view()).map_err(Into::into),
+                &bar,
+            )?;
+            writer.finish()?;
+            let name = PathBuf::from(stack.file_name().expect("has a name"));
+            for (i, p) in set.particles.iter_mut().enumerate() {
+                p.image = Some(ImageRef {
+                    path: name.clone(),
+                    index: i,
+                });
+            }
+            set.base_dir = out_dir;
+            star::write_particles(&args.output, &set)?;
+        }
+        Kind::H5 => {
+            let mut writer =
+                H5Writer::create(&args.output, images.box_size(), images.pixel_size(), n)?;
+            copy_images(
+                images.as_ref(),
+                args.batch,
+                |batch, start| writer.write_images(start, batch.view()).map_err(Into::into),
+                &bar,
+            )?;
+            writer.finish(&set)?;
+        }
+        other => bail!(
+            "{}: cannot write {other:?} particle sets: the output must be .star or .h5",
+            args.output.display()
+        ),
+    }
+    bar.finish_and_clear();
+    println!("{}", args.output.display());
+    Ok(())
+}
+
+/// Streams every image through `sink` in batches: `sink(batch, first_index)`.
+fn copy_images(
+    images: &dyn ImageSource,
+    batch: usize,
+    mut sink: impl FnMut(&Array3<f32>, usize) -> Result<()>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let (n, b) = (images.len(), images.box_size());
+    let mut buffer = Array3::<f32>::zeros((batch.min(n), b, b));
+    let mut start = 0;
+    while start < n {
+        let count = batch.min(n - start);
+        if buffer.dim().0 != count {
+            buffer = Array3::zeros((count, b, b));
+        }
+        let indices: Vec<usize> = (start..start + count).collect();
+        images.read_batch(&indices, buffer.view_mut())?;
+        sink(&buffer, start)?;
+        bar.inc(count as u64);
+        start += count;
+    }
+    Ok(())
+}

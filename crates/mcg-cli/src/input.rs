@@ -1,0 +1,90 @@
+//! Opening particle sets of every supported kind: STAR (+ MRC stacks), cryoSPARC `.cs`,
+//! the HDF5 container, and plain `.mrcs` stacks or `.txt` lists of them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::WithHint;
+use mcg_formats::stack_source::{StackImages, particle_set_from_stacks, read_stack_list};
+use mcg_formats::star::StarOptions;
+use mcg_formats::{ImageSource, ParticleSet, cs, star};
+use mcg_h5::H5Particles;
+
+/// The kinds of particle-set files, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Star,
+    Cs,
+    H5,
+    Mrc,
+    StackList,
+}
+
+/// Options that help locate images and sampling.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Locate {
+    /// Folder holding the images, when the metadata's image paths do not resolve against the
+    /// metadata file's own folder.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Pixel size in Å, for files that do not record it (a size written in the file wins).
+    #[arg(long, value_name = "Å")]
+    pub apix: Option<f64>,
+}
+
+impl Locate {
+    fn star_options(&self) -> StarOptions {
+        StarOptions {
+            data_dir: self.data_dir.clone(),
+            apix: self.apix,
+        }
+    }
+}
+
+/// The kind of `path`, from its extension.
+pub fn kind_of(path: &Path) -> Result<Kind> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    Ok(match ext.as_str() {
+        "star" => Kind::Star,
+        "cs" => Kind::Cs,
+        "h5" | "hdf5" => Kind::H5,
+        "mrc" | "mrcs" | "map" | "st" => Kind::Mrc,
+        "txt" => Kind::StackList,
+        _ => bail!(
+            "{}: unknown file type {ext:?}: expected .star, .cs, .h5/.hdf5, .mrc/.mrcs or .txt",
+            path.display()
+        ),
+    })
+}
+
+/// Reads the metadata of a particle set.
+pub fn metadata(path: &Path, locate: &Locate) -> Result<ParticleSet> {
+    Ok(match kind_of(path)? {
+        Kind::Star => star::read_particles(path, &locate.star_options())?,
+        Kind::Cs => cs::read_cs(path, &locate.star_options())?,
+        Kind::H5 => H5Particles::open(path)?.particle_set()?,
+        Kind::Mrc => particle_set_from_stacks(&[path.to_path_buf()], locate.apix)?,
+        Kind::StackList => {
+            let stacks = read_stack_list(path)?;
+            particle_set_from_stacks(&stacks, locate.apix)?
+        }
+    })
+}
+
+/// Reads the metadata of a particle set and opens its images for batch reading.
+pub fn particles(path: &Path, locate: &Locate) -> Result<(ParticleSet, Box<dyn ImageSource>)> {
+    if kind_of(path)? == Kind::H5 {
+        let h5 = H5Particles::open(path)?;
+        let set = h5.particle_set()?;
+        return Ok((set, Box::new(h5)));
+    }
+    let set = metadata(path, locate)?;
+    let images = StackImages::open(&set)
+        .with_context(|| format!("opening the images of {}", path.display()))
+        .with_hint("if the image stacks live in another folder, pass it with --data-dir")?;
+    Ok((set, Box::new(images)))
+}

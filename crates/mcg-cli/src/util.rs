@@ -1,0 +1,112 @@
+//! Logging, error printing, atomic JSON writing and other small pieces shared by commands.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides, `--quiet` keeps errors only.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// Prints an error and its causes; an error carrying a [`Hint`] ends with a `hint:` line.
+pub fn print_error(e: &anyhow::Error) {
+    let mut stderr = std::io::stderr().lock();
+    let mut messages = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|m| !m.starts_with(HINT_PREFIX));
+    if let Some(first) = messages.next() {
+        let _ = writeln!(stderr, "error: {first}");
+    }
+    // A source error is often repeated inside its parent's message; print each text once.
+    let mut printed: Vec<String> = Vec::new();
+    for cause in messages {
+        if !printed.iter().any(|p| p.contains(&cause)) {
+            let _ = writeln!(stderr, "  caused by: {cause}");
+        }
+        printed.push(cause);
+    }
+    if let Some(hint) = e.downcast_ref::<Hint>() {
+        let _ = writeln!(stderr, "{hint}");
+    }
+}
+
+const HINT_PREFIX: &str = "hint: ";
+
+/// A likely fix, shown as the last line of an error.
+#[derive(Debug)]
+pub struct Hint(pub String);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{HINT_PREFIX}{}", self.0)
+    }
+}
+
+/// Attaches a hint to an error: `result.with_hint("…")`.
+pub trait WithHint<T> {
+    fn with_hint(self, hint: impl Into<String>) -> Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> WithHint<T> for std::result::Result<T, E> {
+    fn with_hint(self, hint: impl Into<String>) -> Result<T> {
+        self.map_err(|e| e.into().context(Hint(hint.into())))
+    }
+}
+
+/// Writes `value` as pretty JSON to `path` through a temporary file and a rename.
+pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let tmp = tmp_name(path);
+    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// A temporary name beside `path`: `.NAME.tmp-PID`.
+pub fn tmp_name(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Peak resident memory of this process in MiB (Linux), for reports.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Prints JSON to stdout.
+pub fn print_json(value: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

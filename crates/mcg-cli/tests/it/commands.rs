@@ -1,0 +1,271 @@
+//! Each command does its job.
+
+use mcg_formats::star::{StarOptions, read_particles};
+use serde_json::Value;
+
+use crate::{ok, pixels, s, shared};
+
+#[test]
+fn project_writes_stack_star_and_manifest_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let common = [
+        "project",
+        "--n",
+        "300",
+        "--box",
+        "16",
+        "--ctf",
+        "--snr-db",
+        "-10",
+        "--seed",
+        "7",
+        "--max-shift",
+        "5",
+        "-q",
+    ];
+    ok(&[&common[..], &["--threads", "1", "--out", s(&a)]].concat());
+    ok(&[
+        &common[..],
+        &["--threads", "2", "--batch", "37", "--out", s(&b)],
+    ]
+    .concat());
+    let first = pixels(&a.join("particles.mrcs"));
+    assert_eq!(first.dim(), (300, 16, 16));
+    assert_eq!(
+        first,
+        pixels(&b.join("particles.mrcs")),
+        "threads or batch size changed the data"
+    );
+    ok(&[
+        "project",
+        "--n",
+        "300",
+        "--box",
+        "16",
+        "--ctf",
+        "--snr-db",
+        "-10",
+        "--seed",
+        "8",
+        "-q",
+        "--out",
+        s(&c),
+    ]);
+    assert_ne!(
+        first,
+        pixels(&c.join("particles.mrcs")),
+        "the seed must matter"
+    );
+
+    let set = read_particles(&a.join("particles.star"), &StarOptions::default()).unwrap();
+    assert_eq!(set.len(), 300);
+    assert!(set.particles.iter().all(|p| p.pose.is_some()));
+    assert!(set.particles.iter().any(|p| p.shift.x != 0.0));
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["seed"], 7);
+    assert_eq!(manifest["images"], 300);
+    let sigma = manifest["noise"]["sigma"].as_f64().unwrap();
+    let s2 = manifest["noise"]["signal_variance"].as_f64().unwrap();
+    assert!(
+        (10.0 * (s2 / (sigma * sigma)).log10() + 10.0).abs() < 1e-9,
+        "σ must give −10 dB"
+    );
+    assert!(
+        manifest["noise"]["snr_definition"]
+            .as_str()
+            .unwrap()
+            .contains("variance")
+    );
+}
+
+/// Simulating from a STAR file reproduces the images of the run that wrote it: its poses,
+/// shifts and CTFs survive the STAR file (to the precision of its text).
+#[test]
+fn project_from_star_reproduces_the_run_that_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    ok(&[
+        "project",
+        "--n",
+        "50",
+        "--box",
+        "24",
+        "--ctf",
+        "--max-shift",
+        "8",
+        "--seed",
+        "2",
+        "-q",
+        "--out",
+        s(&first),
+    ]);
+    ok(&[
+        "project",
+        "--star",
+        s(&first.join("particles.star")),
+        "--box",
+        "24",
+        "--ctf",
+        "-q",
+        "--out",
+        s(&second),
+    ]);
+    let (a, b) = (
+        pixels(&first.join("particles.mrcs")),
+        pixels(&second.join("particles.mrcs")),
+    );
+    let err = (&a - &b).mapv(|v| f64::from(v).powi(2)).sum().sqrt()
+        / a.mapv(|v| f64::from(v).powi(2)).sum().sqrt();
+    assert!(err < 1e-4, "relative difference {err:.2e}");
+}
+
+#[test]
+fn convert_round_trips_star_h5_star_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    ok(&[
+        "project",
+        "--n",
+        "120",
+        "--box",
+        "16",
+        "--ctf",
+        "--snr-db",
+        "0",
+        "-q",
+        "--out",
+        s(&sim),
+    ]);
+    let h5 = dir.path().join("set.h5");
+    let back = dir.path().join("back/particles.star");
+    ok(&["convert", s(&sim.join("particles.star")), s(&h5), "-q"]);
+    ok(&["convert", s(&h5), s(&back), "-q"]);
+    let original = std::fs::read(sim.join("particles.mrcs")).unwrap();
+    assert_eq!(
+        original,
+        std::fs::read(back.with_extension("mrcs")).unwrap(),
+        "stack bytes changed"
+    );
+    let (x, y) = (
+        read_particles(&sim.join("particles.star"), &StarOptions::default()).unwrap(),
+        read_particles(&back, &StarOptions::default()).unwrap(),
+    );
+    assert_eq!(x.optics, y.optics);
+    assert_eq!(x.extra, y.extra);
+    for (p, q) in x.particles.iter().zip(&y.particles) {
+        assert_eq!(
+            (p.pose, p.shift, p.ctf, p.class),
+            (q.pose, q.shift, q.ctf, q.class)
+        );
+    }
+}
+
+#[test]
+fn info_describes_maps_and_particle_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    ok(&[
+        "project",
+        "--n",
+        "10",
+        "--box",
+        "16",
+        "--apix",
+        "2.5",
+        "-q",
+        "--out",
+        s(&sim),
+    ]);
+    let map: Value =
+        serde_json::from_str(&ok(&["info", s(&sim.join("particles.mrcs")), "--json"])).unwrap();
+    assert_eq!(map["shape_zyx"], serde_json::json!([10, 16, 16]));
+    assert_eq!(map["voxel_size_A"], 2.5);
+    let set: Value = serde_json::from_str(&ok(&[
+        "info",
+        s(&sim.join("particles.star")),
+        "--json",
+        "--read-images",
+    ]))
+    .unwrap();
+    assert_eq!(set["particles"], 10);
+    assert_eq!(set["optics_groups"][0]["pixel_size_A"], 2.5);
+    assert_eq!(set["optics_groups"][0]["box"], 16);
+    assert_eq!(set["images_read"]["stats"]["pixels"], 10 * 16 * 16);
+    // Text output names the same facts.
+    assert!(ok(&["info", s(&sim.join("particles.star"))]).contains("particles: 10"));
+}
+
+#[test]
+fn ctf_writes_each_particles_ctf_centred() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    ok(&[
+        "project",
+        "--n",
+        "4",
+        "--box",
+        "32",
+        "--amp-contrast",
+        "0.07",
+        "-q",
+        "--out",
+        s(&sim),
+    ]);
+    let out = dir.path().join("ctf.mrcs");
+    ok(&[
+        "ctf",
+        "--star",
+        s(&sim.join("particles.star")),
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    let ctf = pixels(&out);
+    assert_eq!(ctf.dim(), (4, 32, 32));
+    for i in 0..4 {
+        assert!((ctf[[i, 16, 16]] - 0.07).abs() < 1e-6, "CTF(0) must be +Q0");
+        // Symmetric about the centre: CTF(k) = CTF(−k).
+        assert!((ctf[[i, 16, 20]] - ctf[[i, 16, 12]]).abs() < 1e-6);
+    }
+}
+
+/// Other programs' files open and convert: cryoDRGN's RELION 3.1 set and the cryoSPARC `.cs`
+/// of the same EMPIAR images as a STAR file.
+#[test]
+fn other_programs_files_convert() {
+    let Some(relion) = shared("interop/cryodrgn/relion31.star") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let h5 = dir.path().join("relion31.h5");
+    ok(&["convert", s(&relion), s(&h5), "-q"]);
+    let info: Value = serde_json::from_str(&ok(&["info", s(&h5), "--json"])).unwrap();
+    assert_eq!(info["particles"], 5);
+    assert_eq!(info["optics_groups"][0]["box"], 256);
+    let stack = pixels(&relion.with_extension("mrcs"));
+    let back = dir.path().join("back.star");
+    ok(&["convert", s(&h5), s(&back), "-q"]);
+    assert_eq!(
+        stack,
+        pixels(&back.with_extension("mrcs")),
+        "images must be bit-exact"
+    );
+
+    let cs = shared("interop/cryodrgn/empiar_10076_7.cs").unwrap();
+    let star = shared("interop/cryodrgn/empiar_10076_7.star").unwrap();
+    let data = cs.parent().unwrap();
+    let from_cs = dir.path().join("from_cs.star");
+    let from_star = dir.path().join("from_star.star");
+    ok(&["convert", s(&cs), s(&from_cs), "--data-dir", s(data), "-q"]);
+    ok(&["convert", s(&star), s(&from_star), "-q"]);
+    assert_eq!(
+        pixels(&from_cs.with_extension("mrcs")),
+        pixels(&from_star.with_extension("mrcs"))
+    );
+}

@@ -1,0 +1,76 @@
+//! Bad input gets a clear error that names the file, and a non-zero exit status.
+
+use crate::{fails, ok, s, shared};
+
+#[test]
+fn missing_file_is_named() {
+    let err = fails(&["info", "/nonexistent/particles.star"]);
+    assert!(err.contains("/nonexistent/particles.star"), "{err}");
+}
+
+#[test]
+fn unknown_file_type_lists_the_known_ones() {
+    let err = fails(&["info", "notes.docx"]);
+    assert!(err.contains("notes.docx") && err.contains(".star"), "{err}");
+}
+
+#[test]
+fn truncated_stack_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    ok(&["project", "--n", "5", "--box", "16", "-q", "--out", s(&sim)]);
+    let stack = sim.join("particles.mrcs");
+    let bytes = std::fs::read(&stack).unwrap();
+    std::fs::write(&stack, &bytes[..bytes.len() - 100]).unwrap();
+    let err = fails(&["info", s(&sim.join("particles.star")), "--read-images"]);
+    assert!(err.contains("particles.mrcs"), "{err}");
+}
+
+#[test]
+fn star_without_poses_cannot_be_projected() {
+    let Some(star) = shared("interop/cryodrgn/empiar_10076_7.star") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(&[
+        "project",
+        "--star",
+        s(&star),
+        "--box",
+        "320",
+        "--apix",
+        "1.31",
+        "--out",
+        s(dir.path()),
+    ]);
+    assert!(err.contains("empiar_10076_7.star"), "{err}");
+    assert!(
+        err.contains("_rlnAngleRot") || err.contains("pixel size"),
+        "{err}"
+    );
+}
+
+#[test]
+fn star_missing_a_required_column_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.star");
+    std::fs::write(
+        &path,
+        "data_\nloop_\n_rlnImageName\n_rlnDefocusV\n1@x.mrcs 10000\n",
+    )
+    .unwrap();
+    let err = fails(&["info", s(&path)]);
+    assert!(
+        err.contains("bad.star") && err.contains("_rlnDefocusU"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failed_run_leaves_no_half_written_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // An odd box is refused before anything is written.
+    fails(&["project", "--n", "5", "--box", "15", "--out", s(&out)]);
+    assert!(!out.join("particles.mrcs").exists());
+}

@@ -1,0 +1,69 @@
+//! The `multicryogan` binary, driven as a user drives it. Files written by other programs are
+//! read in place from `../shared/data` (see [`shared`]).
+
+mod commands;
+mod errors;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the binary with `args`, returning its output.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_multicryogan"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs the binary and fails the test, showing stderr, unless it succeeds.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "multicryogan {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Runs the binary expecting failure; returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        !out.status.success(),
+        "multicryogan {} should have failed",
+        args.join(" ")
+    );
+    String::from_utf8(out.stderr).expect("utf-8 stderr")
+}
+
+/// `path` as `&str`.
+pub fn s(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// The pixels of an MRC stack, through the formats crate.
+pub fn pixels(path: &Path) -> ndarray::Array3<f32> {
+    mcg_formats::mrc::read(path).expect("readable MRC").data
+}
+
+/// A file under `../shared/data/`, or `None` when that folder is absent (a user's fresh clone).
+/// On CI (`CI` set) a missing folder fails the test, unless `MCG_ALLOW_MISSING_SHARED` is set.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    if root.is_dir() {
+        Some(root.join(rel))
+    } else if std::env::var_os("CI").is_some()
+        && std::env::var_os("MCG_ALLOW_MISSING_SHARED").is_none()
+    {
+        panic!(
+            "CI must have ../shared/data beside the repository ({})",
+            root.display()
+        );
+    } else {
+        eprintln!("skipping: ../shared/data is not beside this clone");
+        None
+    }
+}
