@@ -159,16 +159,12 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output folder {}", args.out.display()))?;
     let stack_path = args.out.join("particles.mrcs");
-    let mut writer = MrcStackWriter::create(&stack_path, n_box, n_box, apix)?;
+    let writer = MrcStackWriter::create(&stack_path, n_box, n_box, apix)?;
     let bar = progress.bar(n as u64, "projecting");
-    let mut buffer = Array3::<f32>::zeros((args.batch.min(n), n_box, n_box));
-    for (b, chunk) in params.chunks(args.batch).enumerate() {
-        let mut out = buffer.slice_mut(ndarray::s![..chunk.len(), .., ..]);
-        simulator.simulate(chunk, &config, (b * args.batch) as u64, out.view_mut());
-        writer.append(out.view())?;
+    write_overlapped(writer, &params, args.batch, n_box, |chunk, first, out| {
+        simulator.simulate(chunk, &config, first as u64, out);
         bar.inc(chunk.len() as u64);
-    }
-    writer.finish()?;
+    })?;
     bar.finish_and_clear();
 
     for (i, p) in set.particles.iter_mut().enumerate() {
@@ -414,4 +410,58 @@ fn parse_range(text: &str) -> Result<(f64, f64)> {
             bail!("--defocus-um {text:?}: expected MIN:MAX in µm with 0 ≤ MIN ≤ MAX, e.g. 1.0:2.0")
         }
     }
+}
+
+/// Forms the images of `params` batch by batch with `form(batch, first_index, out)` while a
+/// second thread appends the previous batch to `writer`, then finishes the stack. Two batch
+/// buffers circulate, so memory stays flat in the number of images.
+fn write_overlapped(
+    mut writer: MrcStackWriter,
+    params: &[ImagingParams],
+    batch: usize,
+    n_box: usize,
+    mut form: impl FnMut(&[ImagingParams], usize, ndarray::ArrayViewMut3<'_, f32>),
+) -> Result<()> {
+    use std::sync::mpsc::sync_channel;
+    let (full_tx, full_rx) = sync_channel::<(Array3<f32>, usize)>(1);
+    let (free_tx, free_rx) = sync_channel::<Array3<f32>>(2);
+    let size = batch.min(params.len());
+    for _ in 0..2 {
+        free_tx
+            .send(Array3::zeros((size, n_box, n_box)))
+            .expect("room for two buffers");
+    }
+    let write_thread = std::thread::spawn(move || -> Result<MrcStackWriter> {
+        for (buffer, count) in full_rx {
+            writer.append(buffer.slice(ndarray::s![..count, .., ..]))?;
+            // The former may already have stopped; then the buffer is simply dropped.
+            let _ = free_tx.send(buffer);
+        }
+        Ok(writer)
+    });
+    for (b, chunk) in params.chunks(batch).enumerate() {
+        let Ok(mut buffer) = free_rx.recv() else {
+            break;
+        };
+        form(
+            chunk,
+            b * batch,
+            buffer.slice_mut(ndarray::s![..chunk.len(), .., ..]),
+        );
+        if full_tx.send((buffer, chunk.len())).is_err() {
+            break; // The writer failed; its error is reported below.
+        }
+    }
+    drop(full_tx);
+    let writer = write_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writing thread panicked"))??;
+    ensure!(
+        writer.len() == params.len(),
+        "wrote {} of {} images",
+        writer.len(),
+        params.len()
+    );
+    writer.finish()?;
+    Ok(())
 }

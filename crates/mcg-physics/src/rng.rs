@@ -5,11 +5,16 @@
 //! the order and thread in which they are drawn, so a data set is the same bit for bit whatever
 //! the thread count.
 
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// The generator behind every stream.
 pub type StreamRng = ChaCha8Rng;
+
+/// The generator for bulk draws (a noise image needs N² normal numbers): Xoshiro256++, a
+/// fixed, portable algorithm several times faster per number than ChaCha8.
+pub type BulkRng = Xoshiro256PlusPlus;
 
 /// What a stream is used for; part of its identity so that, say, noise never reuses the
 /// numbers that drew the poses.
@@ -52,6 +57,14 @@ pub fn stream(seed: u64, purpose: Purpose, index: u64) -> StreamRng {
     rng
 }
 
+/// A fast generator for bulk draws with the identity `(seed, purpose, index)`: seeded from
+/// [`stream`], so it is as reproducible and as independent of other identities.
+pub fn bulk_stream(seed: u64, purpose: Purpose, index: u64) -> BulkRng {
+    let mut key = [0u8; 32];
+    stream(seed, purpose, index).fill_bytes(&mut key);
+    Xoshiro256PlusPlus::from_seed(key)
+}
+
 /// A well-mixed 64-bit child seed, for deriving the seeds of independent parts (shards) of a job.
 pub fn derive_seed(seed: u64, part: u64) -> u64 {
     splitmix64(splitmix64(seed) ^ part.wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -90,5 +103,8 @@ mod tests {
         assert_ne!(base, first(5, Purpose::Pose, 9));
         assert_ne!(base, first(5, Purpose::Noise, 10));
         assert_ne!(derive_seed(1, 0), derive_seed(1, 1));
+        let bulk = |s, p, i| bulk_stream(s, p, i).random::<u64>();
+        assert_eq!(bulk(5, Purpose::Noise, 9), bulk(5, Purpose::Noise, 9));
+        assert_ne!(bulk(5, Purpose::Noise, 9), bulk(5, Purpose::Noise, 10));
     }
 }

@@ -5,7 +5,7 @@
 //! one central slice, one phase ramp and CTF product, and one inverse FFT of size 2N. The
 //! real-space projector takes the long way (project, pad, FFT) and exists to cross-check.
 //!
-//! Determinism: the noise of image `i` comes from the stream `(seed, Noise, i)`, so a data set is
+//! Determinism: the noise of image `i` comes from the stream `(seed, Noise, i)` ([`bulk_stream`]), so a data set is
 //! the same bit for bit whatever the batch size and the thread count.
 
 use ndarray::{Array2, ArrayViewMut2, ArrayViewMut3, Axis, s};
@@ -17,9 +17,13 @@ use crate::ctf::CtfGrid;
 use crate::fourier::Fft2;
 use crate::normalize::{Normalization, normalize};
 use crate::project::{FourierProjector, project_real_space};
-use crate::rng::{Purpose, stream};
+use crate::rng::{Purpose, bulk_stream};
 use crate::shift::translate_spectrum;
 use crate::{CtfParams, Pose, Shift, Volume, noise};
+
+/// Images per parallel task: each task plans its own FFTs and buffers, which costs about as
+/// much as forming a few images, so tasks must not be split finer than this.
+const MIN_IMAGES_PER_TASK: usize = 32;
 
 /// Which projector forms the images.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +122,7 @@ impl Simulator {
         out.axis_iter_mut(Axis(0))
             .into_par_iter()
             .zip(params.par_iter())
+            .with_min_len(MIN_IMAGES_PER_TASK)
             .for_each_init(
                 || Workspace::new(self.n),
                 |ws, (image, p)| self.clean_one(p, ctf, ws, image),
@@ -138,12 +143,14 @@ impl Simulator {
             .into_par_iter()
             .zip(params.par_iter())
             .enumerate()
+            .with_min_len(MIN_IMAGES_PER_TASK)
             .for_each_init(
                 || Workspace::new(self.n),
                 |ws, (i, (mut image, p))| {
                     self.clean_one(p, config.ctf, ws, image.view_mut());
                     if let Some(sigma) = config.noise_sigma {
-                        let mut rng = stream(config.seed, Purpose::Noise, first_index + i as u64);
+                        let mut rng =
+                            bulk_stream(config.seed, Purpose::Noise, first_index + i as u64);
                         noise::add_white_noise(image.view_mut(), sigma as f32, &mut rng);
                     }
                     normalize(image, &config.normalization);
@@ -233,6 +240,7 @@ impl Workspace {
 mod tests {
     use super::*;
     use crate::ctf::apply_ctf;
+    use crate::rng::stream;
     use crate::shift::translate_images;
     use ndarray::{Array2, Array3};
     use rand::Rng;
