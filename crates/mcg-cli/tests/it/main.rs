@@ -4,7 +4,7 @@
 mod commands;
 mod errors;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// Runs the binary with `args`, returning its output.
@@ -49,21 +49,4 @@ pub fn pixels(path: &Path) -> ndarray::Array3<f32> {
     mcg_formats::mrc::read(path).expect("readable MRC").data
 }
 
-/// A file under `../shared/data/`, or `None` when that folder is absent (a user's fresh clone).
-/// On CI (`CI` set) a missing folder fails the test, unless `MCG_ALLOW_MISSING_SHARED` is set.
-pub fn shared(rel: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    if root.is_dir() {
-        Some(root.join(rel))
-    } else if std::env::var_os("CI").is_some()
-        && std::env::var_os("MCG_ALLOW_MISSING_SHARED").is_none()
-    {
-        panic!(
-            "CI must have ../shared/data beside the repository ({})",
-            root.display()
-        );
-    } else {
-        eprintln!("skipping: ../shared/data is not beside this clone");
-        None
-    }
-}
+pub use mcg_testdata::shared;
