@@ -337,30 +337,12 @@ mod tests {
     /// CTF has gain at most 1, so the difference is bounded by the residue's norm.
     #[test]
     fn fused_ctf_pipeline_equals_the_composed_steps_up_to_the_projector_residue() {
-        let (n, apix) = (32, 5.0);
-        let volume = blobs(n, apix);
+        let apix = 5.0;
         let ps = params(12, 3, 0.0);
-        let sim = Simulator::new(&volume, ProjectorKind::Fourier);
-        let mut fused = Array3::zeros((ps.len(), n, n));
-        sim.clean(&ps, true, fused.view_mut());
-
-        let projector = FourierProjector::new(&volume);
-        let poses: Vec<Pose> = ps.iter().map(|p| p.pose).collect();
-        let mut steps = Array3::zeros((ps.len(), n, n));
-        projector.project(&poses, steps.view_mut());
-        let ctfs: Vec<CtfParams> = ps.iter().map(|p| p.ctf).collect();
-        apply_ctf(steps.view_mut(), &ctfs, f64::from(apix));
-        let residue = residue_outside_box(&projector, &poses);
-
-        for i in 0..ps.len() {
-            let (a, b) = (fused.index_axis(Axis(0), i), steps.index_axis(Axis(0), i));
-            let diff = norm((&a - &b).view());
-            let bound = residue[i] + FLOAT_ROUNDING * norm(b);
-            assert!(
-                diff <= bound,
-                "image {i}: |fused − steps| = {diff:.3e} > residue bound {bound:.3e}"
-            );
-        }
+        assert_fused_equals_steps(&ps, true, |steps| {
+            let ctfs: Vec<CtfParams> = ps.iter().map(|p| p.ctf).collect();
+            apply_ctf(steps, &ctfs, apix);
+        });
     }
 
     /// Whole-pixel shifts are exact circular rolls in both paths, so the fused pipeline (roll on
@@ -368,33 +350,48 @@ mod tests {
     /// projector's residue, for particles that stay clear of the box edge.
     #[test]
     fn fused_shift_equals_the_composed_steps_up_to_the_projector_residue() {
-        let (n, apix) = (32, 5.0);
-        let volume = blobs(n, apix);
+        let apix = 5.0;
         let mut ps = params(12, 3, 0.0);
         for (i, p) in ps.iter_mut().enumerate() {
             // Origins of −2 … +2 pixels, in Å.
             p.shift = Shift {
-                x: f64::from(apix) * ((i % 5) as f64 - 2.0),
-                y: f64::from(apix) * ((i % 3) as f64 - 1.0),
+                x: apix * ((i % 5) as f64 - 2.0),
+                y: apix * ((i % 3) as f64 - 1.0),
             };
         }
-        let sim = Simulator::new(&volume, ProjectorKind::Fourier);
+        assert_fused_equals_steps(&ps, false, |steps| {
+            let shifts: Vec<[f64; 2]> = ps
+                .iter()
+                .map(|p| p.shift.simulation_translation(apix))
+                .collect();
+            translate_images(steps, &shifts);
+        });
+    }
+
+    /// Forms `ps` with the fused simulator (32³ blobs at 5 Å) and with the projector followed by
+    /// `steps`, and checks each image pair differs by no more than the projector's residue.
+    fn assert_fused_equals_steps(
+        ps: &[ImagingParams],
+        ctf: bool,
+        steps: impl FnOnce(ArrayViewMut3<'_, f32>),
+    ) {
+        let (n, apix) = (32, 5.0);
+        let volume = blobs(n, apix);
         let mut fused = Array3::zeros((ps.len(), n, n));
-        sim.clean(&ps, false, fused.view_mut());
+        Simulator::new(&volume, ProjectorKind::Fourier).clean(ps, ctf, fused.view_mut());
 
         let projector = FourierProjector::new(&volume);
         let poses: Vec<Pose> = ps.iter().map(|p| p.pose).collect();
-        let mut steps = Array3::zeros((ps.len(), n, n));
-        projector.project(&poses, steps.view_mut());
-        let shifts: Vec<[f64; 2]> = ps
-            .iter()
-            .map(|p| p.shift.simulation_translation(f64::from(apix)))
-            .collect();
-        translate_images(steps.view_mut(), &shifts);
+        let mut composed = Array3::zeros((ps.len(), n, n));
+        projector.project(&poses, composed.view_mut());
+        steps(composed.view_mut());
         let residue = residue_outside_box(&projector, &poses);
 
         for i in 0..ps.len() {
-            let (a, b) = (fused.index_axis(Axis(0), i), steps.index_axis(Axis(0), i));
+            let (a, b) = (
+                fused.index_axis(Axis(0), i),
+                composed.index_axis(Axis(0), i),
+            );
             let diff = norm((&a - &b).view());
             let bound = residue[i] + FLOAT_ROUNDING * norm(b);
             assert!(
