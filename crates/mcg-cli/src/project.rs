@@ -89,6 +89,10 @@ pub struct Args {
     /// Projector: fourier (fast) or real-space (line integral; a cross-check).
     #[arg(long, default_value = "fourier")]
     projector: ProjectorKind,
+    /// Oversampling of the Fourier projector's 3D transform: 2 (fast; ≈1 % median error) or 4
+    /// (below 1 % worst case; 8× the memory).
+    #[arg(long, default_value_t = 2, value_name = "S")]
+    oversampling: usize,
     /// Per-image normalisation: none, whole (zero mean, unit variance over the box) or
     /// background (RELION's: over the pixels outside the central disc).
     #[arg(long, default_value = "none")]
@@ -129,7 +133,8 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     ensure!(n > 0, "nothing to simulate: the particle table is empty");
     info!(n, box_size = n_box, apix, "simulating");
 
-    let simulator = Simulator::new(&volume, args.projector);
+    let simulator = Simulator::with_oversampling(&volume, args.projector, args.oversampling)
+        .context("--oversampling")?;
     let calibration = calibration_params(&args, &params)?;
     let (signal_variance, noise_sigma) = match (args.snr_db, args.noise_sigma) {
         (Some(db), _) => {
@@ -188,6 +193,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "pixel_size_A": apix,
         "seed": args.seed,
         "projector": args.projector,
+        "oversampling": args.oversampling,
         "ctf": args.ctf,
         "normalization": args.normalize,
         "random_parameters": args.star.is_none().then(|| json!({

@@ -87,22 +87,37 @@ pub struct Simulator {
 
 impl Simulator {
     /// Prepares the projector of `kind` for `volume` (for the Fourier projector this is the
-    /// padded 3D transform: done once, shared by every image).
+    /// 2×-oversampled 3D transform: done once, shared by every image).
     pub fn new(volume: &Volume, kind: ProjectorKind) -> Self {
+        Self::with_oversampling(volume, kind, 2).expect("oversampling 2 is valid")
+    }
+
+    /// Like [`Simulator::new`], with the Fourier projector's 3D spectrum oversampled
+    /// `oversampling` times (even, ≥ 2; ignored by the real-space projector): 4 brings the
+    /// projection error below 1 % at 2–8× the memory and preparation time
+    /// ([`FourierProjector::with_oversampling`]).
+    pub fn with_oversampling(
+        volume: &Volume,
+        kind: ProjectorKind,
+        oversampling: usize,
+    ) -> Result<Self, crate::PhysicsError> {
         let n = volume.box_size();
         let apix = f64::from(volume.apix());
         let (fourier, volume) = match kind {
-            ProjectorKind::Fourier => (Some(FourierProjector::new(volume)), None),
+            ProjectorKind::Fourier => (
+                Some(FourierProjector::with_oversampling(volume, oversampling)?),
+                None,
+            ),
             ProjectorKind::RealSpace => (None, Some(volume.clone())),
         };
-        Self {
+        Ok(Self {
             kind,
             n,
             apix,
             fourier,
             volume,
             ctf_grid: CtfGrid::new(2 * n, apix),
-        }
+        })
     }
 
     /// Image edge in pixels (the volume's box).
@@ -270,6 +285,28 @@ mod tests {
         Volume::new(data, apix).unwrap()
     }
 
+    /// Broader blobs (σ 3–4 voxels) within 5 voxels of the centre.
+    fn wide_blobs(n: usize, apix: f32) -> Volume {
+        let c = (n / 2) as f64;
+        let centres = [
+            ([0.0, 0.0, 0.0], 1.0, 4.0),
+            ([4.0, 1.0, -2.0], 0.8, 3.5),
+            ([-3.0, 3.0, 2.0], 0.6, 3.0),
+            ([-1.0, -4.0, 3.0], 0.9, 3.2),
+        ];
+        let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
+            centres
+                .iter()
+                .map(|(p, a, s)| {
+                    let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
+                    a * (-d2 / (2.0 * s * s)).exp()
+                })
+                .sum::<f64>() as f32
+        });
+        Volume::new(data, apix).unwrap()
+    }
+
     fn params(count: usize, seed: u64, max_shift_a: f64) -> Vec<ImagingParams> {
         (0..count as u64)
             .map(|i| {
@@ -419,6 +456,35 @@ mod tests {
             let e = rel_err(fused.index_axis(Axis(0), i), steps.index_axis(Axis(0), i));
             assert!(e < FLOAT_ROUNDING, "image {i}: relative difference {e:.2e}");
         }
+    }
+
+    /// The two simulators form the same images (with shifts; no CTF, whose suppression of low
+    /// frequencies would weigh the real-space projector's blur of fine detail), to the 1 % that
+    /// holds the projectors to each other, for a band-limited volume (blobs of σ ≥ 3 voxels).
+    #[test]
+    fn fourier_and_real_space_simulators_agree_below_one_percent() {
+        let (n, apix) = (32, 5.0);
+        let volume = wide_blobs(n, apix);
+        let ps = params(16, 4, 6.0);
+        let mut a = Array3::zeros((ps.len(), n, n));
+        let mut b = Array3::zeros((ps.len(), n, n));
+        Simulator::with_oversampling(&volume, ProjectorKind::Fourier, 4)
+            .unwrap()
+            .clean(&ps, false, a.view_mut());
+        Simulator::new(&volume, ProjectorKind::RealSpace).clean(&ps, false, b.view_mut());
+        for i in 0..ps.len() {
+            let e = rel_err(a.index_axis(Axis(0), i), b.index_axis(Axis(0), i));
+            assert!(
+                e < 0.01,
+                "image {i}: Fourier vs real space differ by {e:.2e} of the norm"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_oversampling_is_refused() {
+        let volume = blobs(8, 5.0);
+        assert!(Simulator::with_oversampling(&volume, ProjectorKind::Fourier, 3).is_err());
     }
 
     #[test]
