@@ -120,6 +120,7 @@ fn copy_images(
     let mut buffer = Array3::<f32>::zeros((batch.min(n), b, b));
     let mut start = 0;
     while start < n {
+        crate::util::check_interrupted()?;
         let count = batch.min(n - start);
         if buffer.dim().0 != count {
             buffer = Array3::zeros((count, b, b));

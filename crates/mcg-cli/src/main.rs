@@ -47,6 +47,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::init_logging(cli.verbose, cli.quiet);
+    util::install_interrupt_handler();
     let progress = progress::Progress::new(cli.quiet);
     let result = match cli.command {
         Command::Info(a) => info::run(a),

@@ -445,7 +445,12 @@ fn write_overlapped(
         }
         Ok(writer)
     });
+    let mut interrupted = Ok(());
     for (b, chunk) in params.chunks(batch).enumerate() {
+        if let Err(e) = util::check_interrupted() {
+            interrupted = Err(e);
+            break;
+        }
         let Ok(mut buffer) = free_rx.recv() else {
             break;
         };
@@ -462,6 +467,8 @@ fn write_overlapped(
     let writer = write_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the writing thread panicked"))??;
+    // On Ctrl-C the unfinished writer is dropped here, which removes its temporary file.
+    interrupted?;
     ensure!(
         writer.len() == params.len(),
         "wrote {} of {} images",

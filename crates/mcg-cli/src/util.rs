@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
@@ -108,5 +109,29 @@ pub fn print_json(value: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
+    Ok(())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// On the first Ctrl-C, long loops stop at their next batch ([`check_interrupted`]) and unwind,
+/// removing their unfinished temporary files; a second Ctrl-C exits at once (status 130).
+pub fn install_interrupt_handler() {
+    let result = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after the current batch (Ctrl-C again to quit now)");
+    });
+    if let Err(e) = result {
+        tracing::debug!("no Ctrl-C handler: {e}");
+    }
+}
+
+/// Fails once the user has pressed Ctrl-C.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        anyhow::bail!("interrupted by the user; nothing was written under the output names");
+    }
     Ok(())
 }
