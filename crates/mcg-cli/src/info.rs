@@ -83,7 +83,13 @@ fn mrc_info(path: &Path) -> Result<Value> {
 
 fn particles_info(args: &Args, path: &Path) -> Result<Value> {
     let kind = input::kind_of(path)?;
-    let set = input::metadata(path, &args.locate)?;
+    let start = Instant::now();
+    let (set, images) = if args.read_images {
+        let (set, images) = input::particles(path, &args.locate)?;
+        (set, Some(images))
+    } else {
+        (input::metadata(path, &args.locate)?, None)
+    };
     let mut report = set_summary(path, &set);
     if kind == Kind::Star {
         let star = read_star(path)?;
@@ -100,9 +106,7 @@ fn particles_info(args: &Args, path: &Path) -> Result<Value> {
             .collect();
         report["star_blocks"] = json!(blocks);
     }
-    if args.read_images {
-        let start = Instant::now();
-        let (_, images) = input::particles(path, &args.locate)?;
+    if let Some(images) = images {
         let stats = read_all(images.as_ref())?;
         report["images_read"] = json!({
             "stats": stats.json(),
