@@ -40,15 +40,24 @@ fn main() -> Result<()> {
     }
 }
 
-/// Formatting check and every test of the workspace (extra arguments go to `cargo test`).
+/// Formatting check and every test of the workspace (extra arguments go to `cargo test`),
+/// closing with one line that counts them all: `tests: N passed, M failed`.
 fn test(rest: &[String]) -> Result<()> {
     setup::run()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(rest.iter().map(String::as_str));
-    util::cargo(&args)?;
+    let mut counts = util::cargo_test(&args)?;
     // Doc tests run separately: `--all-targets` leaves them out.
-    util::cargo(&["test", "--workspace", "--doc"])
+    counts.add(util::cargo_test(&["test", "--workspace", "--doc"])?);
+    println!(
+        "\ntests: {} passed, {} failed, {} ignored",
+        counts.passed, counts.failed, counts.ignored
+    );
+    if counts.failed > 0 || counts.passed == 0 {
+        bail!("{} tests failed, {} passed", counts.failed, counts.passed);
+    }
+    Ok(())
 }
 
 /// The main job on an embedded default: simulate a particle set from the built-in test volume.

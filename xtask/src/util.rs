@@ -1,7 +1,8 @@
 //! Small helpers for running commands from xtask.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -39,4 +40,82 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Test counts summed over `cargo test`'s `test result:` lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl TestCounts {
+    pub fn add(&mut self, other: TestCounts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+
+    /// Adds the counts of one `test result: ok. 5 passed; 0 failed; 1 ignored; …` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result:") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo ARGS` (a `cargo test`), passing its output through and counting its tests. A
+/// failing run is an error.
+pub fn cargo_test(args: &[&str]) -> Result<TestCounts> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: {cargo} {}", args.join(" "));
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {cargo}"))?;
+    let mut counts = TestCounts::default();
+    let stdout = child.stdout.take().expect("piped");
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        counts.add_line(&line);
+        writeln!(out, "{line}")?;
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cargo} {} failed ({status})", args.join(" "));
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestCounts;
+
+    #[test]
+    fn counts_cargo_test_summaries() {
+        let mut c = TestCounts::default();
+        c.add_line("test result: ok. 59 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.46s");
+        c.add_line(
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        c.add_line("running 4 tests");
+        assert_eq!((c.passed, c.failed, c.ignored), (62, 1, 2));
+    }
 }
