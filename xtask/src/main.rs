@@ -51,7 +51,7 @@ fn test(rest: &[String]) -> Result<()> {
     // Doc tests run separately: `--all-targets` leaves them out.
     counts.add(util::cargo_test(&["test", "--workspace", "--doc"])?);
     println!(
-        "\ntests: {} passed, {} failed, {} ignored",
+        "\ntests: {} passed, {} failed, {} skipped",
         counts.passed, counts.failed, counts.ignored
     );
     if counts.failed > 0 || counts.passed == 0 {
