@@ -269,3 +269,66 @@ fn other_programs_files_convert() {
         pixels(&from_star.with_extension("mrcs"))
     );
 }
+
+/// `--volume` projects a user's map: the images are the library simulator's for the same
+/// poses, and the voxel size comes from the map's header.
+#[test]
+fn project_projects_a_map_file() {
+    use mcg_physics::simulate::{ImagingParams, ProjectorKind, Simulator};
+    let dir = tempfile::tempdir().unwrap();
+    let n = 16;
+    let data = ndarray::Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+        let d2 = (x as f32 - 9.0).powi(2) + (y as f32 - 7.0).powi(2) + (z as f32 - 8.0).powi(2);
+        (-d2 / 8.0).exp()
+    });
+    let volume = mcg_physics::Volume::new(data, 3.5).unwrap();
+    let map = dir.path().join("map.mrc");
+    mcg_formats::mrc::write_volume(&map, &volume).unwrap();
+    let out = dir.path().join("sim");
+    ok(&[
+        "project",
+        "--volume",
+        s(&map),
+        "--n",
+        "6",
+        "--seed",
+        "4",
+        "-q",
+        "--out",
+        s(&out),
+    ]);
+
+    let set = read_particles(&out.join("particles.star"), &StarOptions::default()).unwrap();
+    assert_eq!(set.optics[0].pixel_size, 3.5);
+    let params: Vec<ImagingParams> = set
+        .particles
+        .iter()
+        .map(|p| ImagingParams {
+            pose: p.pose.unwrap(),
+            shift: p.shift,
+            ctf: p.ctf,
+        })
+        .collect();
+    let mut want = ndarray::Array3::zeros((6, n, n));
+    Simulator::new(&volume, ProjectorKind::Fourier).clean(&params, false, want.view_mut());
+    let got = pixels(&out.join("particles.mrcs"));
+    let err = (&got - &want).mapv(|v| f64::from(v).powi(2)).sum().sqrt()
+        / want.mapv(|v| f64::from(v).powi(2)).sum().sqrt();
+    assert!(err < 1e-5, "CLI and library differ by {err:.2e}");
+
+    if let Some(hand) = shared("interop/cryodrgn/hand-vol.mrc") {
+        let out = dir.path().join("hand");
+        ok(&[
+            "project",
+            "--volume",
+            s(&hand),
+            "--n",
+            "3",
+            "--ctf",
+            "-q",
+            "--out",
+            s(&out),
+        ]);
+        assert_eq!(pixels(&out.join("particles.mrcs")).dim(), (3, 64, 64));
+    }
+}
