@@ -157,7 +157,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let config = SimulationConfig {
         ctf: args.ctf,
         noise_sigma,
-        normalization: args.normalize.clone(),
+        normalization: args.normalize,
         seed: args.seed,
     };
 
@@ -240,7 +240,7 @@ fn load_volume(args: &Args) -> Result<Volume> {
         ),
         None => {
             ensure!(
-                args.box_size >= 4 && args.box_size % 2 == 0,
+                args.box_size >= 4 && args.box_size.is_multiple_of(2),
                 "--box must be even and at least 4, got {}",
                 args.box_size
             );

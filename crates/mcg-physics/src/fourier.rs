@@ -57,7 +57,10 @@ impl std::fmt::Debug for Fft2 {
 impl Fft2 {
     /// Plans the transforms of `m × m` images (`m` even).
     pub fn new(m: usize) -> Self {
-        assert!(m >= 2 && m % 2 == 0, "Fft2 needs an even size, got {m}");
+        assert!(
+            m >= 2 && m.is_multiple_of(2),
+            "Fft2 needs an even size, got {m}"
+        );
         let mut real_planner = RealFftPlanner::<f32>::new();
         let mut planner = FftPlanner::<f32>::new();
         let r2c = real_planner.plan_fft_forward(m);

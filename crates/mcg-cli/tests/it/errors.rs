@@ -81,7 +81,7 @@ fn a_failed_run_leaves_no_half_written_output() {
 fn interrupted_run_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
         .args([
             "project",
             "--n",
