@@ -12,7 +12,7 @@ cargo xtask <command>
 
 commands:
   setup    install the system libraries the build needs (HDF5), if missing
-  test     set up, check formatting, then run every test of the workspace
+  test     set up, check formatting and lints, then run every test of the workspace
   demo     set up, build, and run the main job on the built-in test volume
   bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
 ";
@@ -40,11 +40,20 @@ fn main() -> Result<()> {
     }
 }
 
-/// Formatting check and every test of the workspace (extra arguments go to `cargo test`),
+/// Formatting and lint checks and every test of the workspace (extra arguments go to `cargo test`),
 /// closing with one line that counts them all: `tests: N passed, M failed`.
 fn test(rest: &[String]) -> Result<()> {
     setup::run()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(rest.iter().map(String::as_str));
     let mut counts = util::cargo_test(&args)?;
