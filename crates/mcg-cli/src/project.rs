@@ -312,16 +312,7 @@ fn from_star(
 fn random(args: &Args, n_box: usize, apix: f64) -> Result<(ParticleSet, Vec<ImagingParams>)> {
     ensure!(args.n > 0, "--n must be at least 1");
     let params = random_params(args, 0..args.n)?;
-    let optics = OpticsGroup {
-        id: 1,
-        name: "opticsGroup1".into(),
-        pixel_size: apix,
-        image_size: Some(n_box),
-        voltage: args.voltage,
-        cs: args.cs,
-        amplitude_contrast: args.amp_contrast,
-        extra: Vec::new(),
-    };
+    let optics = OpticsGroup::single(apix, Some(n_box), &params[0].ctf);
     let particles = params
         .iter()
         .map(|p| Particle {

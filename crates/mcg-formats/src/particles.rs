@@ -32,6 +32,24 @@ pub struct OpticsGroup {
     pub extra: Vec<(String, String)>,
 }
 
+impl OpticsGroup {
+    /// The one optics group of a set made here (a simulation, a bare stack): RELION's first
+    /// group (`id` 1, `opticsGroup1`) with the microscope of `ctf` (voltage, Cs, amplitude
+    /// contrast), pixels of `pixel_size` Å, and no extra columns.
+    pub fn single(pixel_size: f64, image_size: Option<usize>, ctf: &CtfParams) -> Self {
+        Self {
+            id: 1,
+            name: "opticsGroup1".into(),
+            pixel_size,
+            image_size,
+            voltage: ctf.voltage,
+            cs: ctf.cs,
+            amplitude_contrast: ctf.amplitude_contrast,
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// Where a particle's pixels are: a stack file and a 0-based index in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {

@@ -261,16 +261,11 @@ pub fn particle_set_from_stacks(paths: &[PathBuf], apix: Option<f64>) -> Result<
         }
     };
     let defaults = CtfParams::default();
-    let optics = OpticsGroup {
-        id: 1,
-        name: "opticsGroup1".to_owned(),
+    let optics = OpticsGroup::single(
         pixel_size,
-        image_size: (first.nx == first.ny).then_some(first.shape().2),
-        voltage: defaults.voltage,
-        cs: defaults.cs,
-        amplitude_contrast: defaults.amplitude_contrast,
-        extra: Vec::new(),
-    };
+        (first.nx == first.ny).then_some(first.shape().2),
+        &defaults,
+    );
     let ctf = CtfParams {
         defocus_u: 0.0,
         defocus_v: 0.0,

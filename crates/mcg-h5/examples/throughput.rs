@@ -52,16 +52,7 @@ fn main() {
     let path = dir.join("throughput.h5");
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let set = ParticleSet {
-        optics: vec![OpticsGroup {
-            id: 1,
-            name: "opticsGroup1".into(),
-            pixel_size: 5.0,
-            image_size: Some(b),
-            voltage: 300.0,
-            cs: 2.7,
-            amplitude_contrast: 0.1,
-            extra: vec![],
-        }],
+        optics: vec![OpticsGroup::single(5.0, Some(b), &Default::default())],
         particles: (0..n)
             .map(|_| Particle {
                 image: None,

@@ -729,16 +729,7 @@ mod tests {
 
     fn minimal_set(n: usize) -> ParticleSet {
         ParticleSet {
-            optics: vec![OpticsGroup {
-                id: 1,
-                name: "opticsGroup1".into(),
-                pixel_size: 5.0,
-                image_size: Some(4),
-                voltage: 300.0,
-                cs: 2.7,
-                amplitude_contrast: 0.1,
-                extra: vec![],
-            }],
+            optics: vec![OpticsGroup::single(5.0, Some(4), &Default::default())],
             particles: (0..n)
                 .map(|_| Particle {
                     image: None,

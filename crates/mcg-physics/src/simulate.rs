@@ -263,40 +263,41 @@ mod tests {
     /// Relative tolerance between two f32 evaluations of the same exact computation.
     const FLOAT_ROUNDING: f64 = 1e-5;
 
-    /// A band-limited, asymmetric volume: Gaussian blobs well inside the sphere of radius N/2.
+    /// A band-limited, asymmetric volume: Gaussian blobs (σ 1.6–2.5 voxels) well inside the
+    /// sphere of radius N/2.
     fn blobs(n: usize, apix: f32) -> Volume {
-        let c = (n / 2) as f64;
-        let centres = [
-            ([0.0, 0.0, 0.0], 1.0, 2.5),
-            ([5.0, 1.0, -2.0], 0.8, 2.0),
-            ([-3.0, 4.0, 2.0], 0.6, 1.8),
-            ([-1.0, -5.0, 3.0], 0.9, 1.6),
-        ];
-        let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
-            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
-            centres
-                .iter()
-                .map(|(p, a, s)| {
-                    let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
-                    a * (-d2 / (2.0 * s * s)).exp()
-                })
-                .sum::<f64>() as f32
-        });
-        Volume::new(data, apix).unwrap()
+        blob_volume(
+            n,
+            apix,
+            &[
+                ([0.0, 0.0, 0.0], 1.0, 2.5),
+                ([5.0, 1.0, -2.0], 0.8, 2.0),
+                ([-3.0, 4.0, 2.0], 0.6, 1.8),
+                ([-1.0, -5.0, 3.0], 0.9, 1.6),
+            ],
+        )
     }
 
     /// Broader blobs (σ 3–4 voxels) within 5 voxels of the centre.
     fn wide_blobs(n: usize, apix: f32) -> Volume {
+        blob_volume(
+            n,
+            apix,
+            &[
+                ([0.0, 0.0, 0.0], 1.0, 4.0),
+                ([4.0, 1.0, -2.0], 0.8, 3.5),
+                ([-3.0, 3.0, 2.0], 0.6, 3.0),
+                ([-1.0, -4.0, 3.0], 0.9, 3.2),
+            ],
+        )
+    }
+
+    /// Gaussian blobs `(centre relative to voxel N/2, amplitude, σ)` in voxel units.
+    fn blob_volume(n: usize, apix: f32, blobs: &[([f64; 3], f64, f64)]) -> Volume {
         let c = (n / 2) as f64;
-        let centres = [
-            ([0.0, 0.0, 0.0], 1.0, 4.0),
-            ([4.0, 1.0, -2.0], 0.8, 3.5),
-            ([-3.0, 3.0, 2.0], 0.6, 3.0),
-            ([-1.0, -4.0, 3.0], 0.9, 3.2),
-        ];
         let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
             let r = [x as f64 - c, y as f64 - c, z as f64 - c];
-            centres
+            blobs
                 .iter()
                 .map(|(p, a, s)| {
                     let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();

@@ -13,6 +13,7 @@ fn project_writes_stack_star_and_manifest_and_is_deterministic() {
         dir.path().join("b"),
         dir.path().join("c"),
     );
+    // Every run has the same settings; only the seed, threads and batch size vary.
     let common = [
         "project",
         "--n",
@@ -22,18 +23,15 @@ fn project_writes_stack_star_and_manifest_and_is_deterministic() {
         "--ctf",
         "--snr-db",
         "-10",
-        "--seed",
-        "7",
         "--max-shift",
         "5",
         "-q",
     ];
-    ok(&[&common[..], &["--threads", "1", "--out", s(&a)]].concat());
-    ok(&[
-        &common[..],
-        &["--threads", "2", "--batch", "37", "--out", s(&b)],
-    ]
-    .concat());
+    let run = |seed: &str, extra: &[&str], out: &std::path::Path| {
+        ok(&[&common[..], &["--seed", seed, "--out", s(out)], extra].concat());
+    };
+    run("7", &["--threads", "1"], &a);
+    run("7", &["--threads", "2", "--batch", "37"], &b);
     let first = pixels(&a.join("particles.mrcs"));
     assert_eq!(first.dim(), (300, 16, 16));
     assert_eq!(
@@ -41,21 +39,7 @@ fn project_writes_stack_star_and_manifest_and_is_deterministic() {
         pixels(&b.join("particles.mrcs")),
         "threads or batch size changed the data"
     );
-    ok(&[
-        "project",
-        "--n",
-        "300",
-        "--box",
-        "16",
-        "--ctf",
-        "--snr-db",
-        "-10",
-        "--seed",
-        "8",
-        "-q",
-        "--out",
-        s(&c),
-    ]);
+    run("8", &[], &c);
     assert_ne!(
         first,
         pixels(&c.join("particles.mrcs")),
