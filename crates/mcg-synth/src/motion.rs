@@ -1,0 +1,79 @@
+//! Rigid motions of bodies of atoms: the hinge opening of the Hsp90 benchmark.
+
+use crate::SynthError;
+
+/// Axis of the Hsp90 benchmark's hinge (unit vector, PDB frame): `(0, −1, 0)`.
+pub const HSP90_HINGE_AXIS: [f64; 3] = [0.0, -1.0, 0.0];
+
+/// Point on the Hsp90 benchmark's hinge axis, Å in the PDB frame of entry 2cg9.
+pub const HSP90_HINGE_PIVOT: [f64; 3] = [-55.888, -44.9415, 39.8865];
+
+/// The chain that moves in the Hsp90 benchmark (residues [`HSP90_BODY_RESIDUES`]).
+pub const HSP90_MOVING_CHAIN: &str = "A";
+
+/// The chain that stays fixed in the Hsp90 benchmark (residues [`HSP90_BODY_RESIDUES`]).
+pub const HSP90_FIXED_CHAIN: &str = "B";
+
+/// Residues of each Hsp90 chain that form the benchmark's bodies (both ends included).
+pub const HSP90_BODY_RESIDUES: std::ops::RangeInclusive<i32> = 12..=677;
+
+/// Rotates points rigidly by `beta_deg` degrees about the line through `pivot` (Å) along `axis`:
+/// x′ = R_β (x − p) + p, with R_β the right-handed rotation about `axis` (normalised here).
+///
+/// With `axis = (0, −1, 0)` this is the conventions' R_β =
+/// `[[cos β, 0, −sin β], [0, 1, 0], [sin β, 0, cos β]]`: see [`HSP90_HINGE_AXIS`] and
+/// [`HSP90_HINGE_PIVOT`]. Fails, moving nothing, when the axis is zero or not finite, or the
+/// angle or pivot is not finite.
+pub fn hinge_rotate<'a>(
+    positions: impl IntoIterator<Item = &'a mut [f64; 3]>,
+    axis: [f64; 3],
+    pivot: [f64; 3],
+    beta_deg: f64,
+) -> Result<(), SynthError> {
+    let r = rotation_matrix(axis, beta_deg)?;
+    if !pivot.iter().all(|p| p.is_finite()) {
+        return Err(SynthError::Parameter {
+            name: "hinge pivot (Å)",
+            value: pivot
+                .iter()
+                .copied()
+                .find(|p| !p.is_finite())
+                .unwrap_or(f64::NAN),
+            expected: "finite coordinates",
+        });
+    }
+    for x in positions {
+        let d = [x[0] - pivot[0], x[1] - pivot[1], x[2] - pivot[2]];
+        for i in 0..3 {
+            x[i] = r[i][0] * d[0] + r[i][1] * d[1] + r[i][2] * d[2] + pivot[i];
+        }
+    }
+    Ok(())
+}
+
+/// The right-handed rotation by `angle_deg` about `axis` (Rodrigues' formula).
+fn rotation_matrix(axis: [f64; 3], angle_deg: f64) -> Result<[[f64; 3]; 3], SynthError> {
+    let norm = axis.iter().map(|a| a * a).sum::<f64>().sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        return Err(SynthError::Parameter {
+            name: "hinge axis length",
+            value: norm,
+            expected: "a finite, non-zero axis",
+        });
+    }
+    if !angle_deg.is_finite() {
+        return Err(SynthError::Parameter {
+            name: "hinge angle (degrees)",
+            value: angle_deg,
+            expected: "a finite angle",
+        });
+    }
+    let [x, y, z] = axis.map(|a| a / norm);
+    let (s, c) = angle_deg.to_radians().sin_cos();
+    let t = 1.0 - c;
+    Ok([
+        [c + x * x * t, x * y * t - z * s, x * z * t + y * s],
+        [y * x * t + z * s, c + y * y * t, y * z * t - x * s],
+        [z * x * t - y * s, z * y * t + x * s, c + z * z * t],
+    ])
+}
