@@ -6,12 +6,16 @@
 //! - [`density`]: density maps ρ(r) = Σⱼ Zⱼ·g_σ(r − rⱼ) evaluated without aliasing from the
 //!   analytic Fourier transform of the Gaussians, and the shared frame origin.
 //! - [`motion`]: rigid hinge motions of a body (the Hsp90 benchmark's opening angle β).
+//! - [`bodies`]: projections of rigid-body conformations without one volume per image.
+//! - [`landscape`]: conformational-landscape descriptions and their distributions.
 //!
 //! Units: lengths in Å, angles in degrees at the API surface, densities in Z per Å³.
 //! Never panics on file input: every error names the file, the line and the field.
 
 pub mod atoms;
+pub mod bodies;
 pub mod density;
+pub mod landscape;
 pub mod motion;
 
 use std::path::PathBuf;

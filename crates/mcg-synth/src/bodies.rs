@@ -1,0 +1,1 @@
+//! Projections of rigid-body conformations (being written).

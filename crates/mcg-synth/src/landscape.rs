@@ -1,0 +1,1 @@
+//! Conformational-landscape descriptions (being written).
