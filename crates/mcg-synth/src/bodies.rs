@@ -98,17 +98,7 @@ impl RigidBodyProjector {
             });
         };
         let (n, apix) = (first.box_size(), first.apix());
-        if !origin.iter().all(|c| c.is_finite()) {
-            return Err(SynthError::Parameter {
-                name: "frame origin (Å)",
-                value: origin
-                    .iter()
-                    .copied()
-                    .find(|c| !c.is_finite())
-                    .unwrap_or(f64::NAN),
-                expected: "finite coordinates",
-            });
-        }
+        crate::motion::check_finite_point("frame origin (Å)", origin)?;
         let apix_f64 = f64::from(apix);
         let mut built = Vec::with_capacity(bodies.len());
         for (volume, motion) in bodies {
@@ -130,17 +120,7 @@ impl RigidBodyProjector {
                             expected: "a finite, non-zero axis",
                         });
                     }
-                    if !pivot.iter().all(|c| c.is_finite()) {
-                        return Err(SynthError::Parameter {
-                            name: "hinge pivot (Å)",
-                            value: pivot
-                                .iter()
-                                .copied()
-                                .find(|c| !c.is_finite())
-                                .unwrap_or(f64::NAN),
-                            expected: "finite coordinates",
-                        });
-                    }
+                    crate::motion::check_finite_point("hinge pivot (Å)", pivot)?;
                     let unit = axis.map(|a| a / norm);
                     let pivot_vox = [0, 1, 2].map(|i| (pivot[i] - origin[i]) / apix_f64);
                     Some((unit, pivot_vox))

@@ -31,17 +31,7 @@ pub fn hinge_rotate<'a>(
     beta_deg: f64,
 ) -> Result<(), SynthError> {
     let r = rotation_matrix(axis, beta_deg)?;
-    if !pivot.iter().all(|p| p.is_finite()) {
-        return Err(SynthError::Parameter {
-            name: "hinge pivot (Å)",
-            value: pivot
-                .iter()
-                .copied()
-                .find(|p| !p.is_finite())
-                .unwrap_or(f64::NAN),
-            expected: "finite coordinates",
-        });
-    }
+    check_finite_point("hinge pivot (Å)", pivot)?;
     for x in positions {
         let d = [x[0] - pivot[0], x[1] - pivot[1], x[2] - pivot[2]];
         for i in 0..3 {
@@ -76,4 +66,17 @@ fn rotation_matrix(axis: [f64; 3], angle_deg: f64) -> Result<[[f64; 3]; 3], Synt
         [y * x * t + z * s, c + y * y * t, y * z * t - x * s],
         [z * x * t - y * s, z * y * t + x * s, c + z * z * t],
     ])
+}
+
+/// Fails with a [`SynthError::Parameter`] naming `name` unless every coordinate of `point` is
+/// finite.
+pub(crate) fn check_finite_point(name: &'static str, point: [f64; 3]) -> Result<(), SynthError> {
+    match point.iter().copied().find(|c| !c.is_finite()) {
+        None => Ok(()),
+        Some(bad) => Err(SynthError::Parameter {
+            name,
+            value: bad,
+            expected: "finite coordinates",
+        }),
+    }
 }
