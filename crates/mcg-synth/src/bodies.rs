@@ -112,16 +112,8 @@ impl RigidBodyProjector {
             let hinge = match *motion {
                 BodyMotion::Fixed => None,
                 BodyMotion::Hinge { axis, pivot } => {
-                    let norm = axis.iter().map(|a| a * a).sum::<f64>().sqrt();
-                    if !(norm.is_finite() && norm > 0.0) {
-                        return Err(SynthError::Parameter {
-                            name: "hinge axis length",
-                            value: norm,
-                            expected: "a finite, non-zero axis",
-                        });
-                    }
+                    let unit = crate::motion::unit_axis(axis)?;
                     crate::motion::check_finite_point("hinge pivot (Å)", pivot)?;
-                    let unit = axis.map(|a| a / norm);
                     let pivot_vox = [0, 1, 2].map(|i| (pivot[i] - origin[i]) / apix_f64);
                     Some((unit, pivot_vox))
                 }

@@ -1,5 +1,7 @@
 //! Rigid motions of bodies of atoms: the hinge opening of the Hsp90 benchmark.
 
+use mcg_physics::pose::matrix_from_rotation_vector;
+
 use crate::SynthError;
 
 /// Axis of the Hsp90 benchmark's hinge (unit vector, PDB frame): `(0, −1, 0)`.
@@ -41,8 +43,24 @@ pub fn hinge_rotate<'a>(
     Ok(())
 }
 
-/// The right-handed rotation by `angle_deg` about `axis` (Rodrigues' formula).
+/// The right-handed rotation by `angle_deg` about `axis` (Rodrigues' formula, through
+/// [`matrix_from_rotation_vector`]).
 fn rotation_matrix(axis: [f64; 3], angle_deg: f64) -> Result<[[f64; 3]; 3], SynthError> {
+    let unit = unit_axis(axis)?;
+    if !angle_deg.is_finite() {
+        return Err(SynthError::Parameter {
+            name: "hinge angle (degrees)",
+            value: angle_deg,
+            expected: "a finite angle",
+        });
+    }
+    Ok(matrix_from_rotation_vector(
+        unit.map(|u| u * angle_deg.to_radians()),
+    ))
+}
+
+/// The unit vector along a hinge axis; fails when the axis is zero or not finite.
+pub(crate) fn unit_axis(axis: [f64; 3]) -> Result<[f64; 3], SynthError> {
     let norm = axis.iter().map(|a| a * a).sum::<f64>().sqrt();
     if !(norm.is_finite() && norm > 0.0) {
         return Err(SynthError::Parameter {
@@ -51,21 +69,7 @@ fn rotation_matrix(axis: [f64; 3], angle_deg: f64) -> Result<[[f64; 3]; 3], Synt
             expected: "a finite, non-zero axis",
         });
     }
-    if !angle_deg.is_finite() {
-        return Err(SynthError::Parameter {
-            name: "hinge angle (degrees)",
-            value: angle_deg,
-            expected: "a finite angle",
-        });
-    }
-    let [x, y, z] = axis.map(|a| a / norm);
-    let (s, c) = angle_deg.to_radians().sin_cos();
-    let t = 1.0 - c;
-    Ok([
-        [c + x * x * t, x * y * t - z * s, x * z * t + y * s],
-        [y * x * t + z * s, c + y * y * t, y * z * t - x * s],
-        [z * x * t - y * s, z * y * t + x * s, c + z * z * t],
-    ])
+    Ok(axis.map(|a| a / norm))
 }
 
 /// Fails with a [`SynthError::Parameter`] naming `name` unless every coordinate of `point` is
