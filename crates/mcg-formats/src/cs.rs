@@ -248,16 +248,14 @@ pub(crate) fn particles_from_cs(
         );
         let g = *index_of.entry(key).or_insert_with(|| {
             let id = optics.len() as u32 + 1;
-            optics.push(OpticsGroup {
+            optics.push(OpticsGroup::numbered(
                 id,
-                name: format!("opticsGroup{id}"),
-                pixel_size: psize[r],
-                image_size: boxes[r].map(|b| b as usize),
-                voltage: kv[r],
-                cs: cs[r],
-                amplitude_contrast: q0[r],
-                extra: Vec::new(),
-            });
+                psize[r],
+                boxes[r].map(|b| b as usize),
+                kv[r],
+                cs[r],
+                q0[r],
+            ));
             optics.len() - 1
         });
         let shift_psize = align_psize.as_ref().map_or(psize[r], |p| p[r]);

@@ -37,14 +37,35 @@ impl OpticsGroup {
     /// group (`id` 1, `opticsGroup1`) with the microscope of `ctf` (voltage, Cs, amplitude
     /// contrast), pixels of `pixel_size` Å, and no extra columns.
     pub fn single(pixel_size: f64, image_size: Option<usize>, ctf: &CtfParams) -> Self {
-        Self {
-            id: 1,
-            name: "opticsGroup1".into(),
+        Self::numbered(
+            1,
             pixel_size,
             image_size,
-            voltage: ctf.voltage,
-            cs: ctf.cs,
-            amplitude_contrast: ctf.amplitude_contrast,
+            ctf.voltage,
+            ctf.cs,
+            ctf.amplitude_contrast,
+        )
+    }
+
+    /// Optics group number `id`, named as RELION names them (`opticsGroup<id>`): pixels of
+    /// `pixel_size` Å, images of `image_size` pixels, a microscope at `voltage` kV with `cs` mm
+    /// spherical aberration and amplitude contrast `amplitude_contrast`; no extra columns.
+    pub fn numbered(
+        id: u32,
+        pixel_size: f64,
+        image_size: Option<usize>,
+        voltage: f64,
+        cs: f64,
+        amplitude_contrast: f64,
+    ) -> Self {
+        Self {
+            id,
+            name: format!("opticsGroup{id}"),
+            pixel_size,
+            image_size,
+            voltage,
+            cs,
+            amplitude_contrast,
             extra: Vec::new(),
         }
     }

@@ -1152,16 +1152,14 @@ fn group_optics_30(
         );
         let g = *index_of.entry(key).or_insert_with(|| {
             let id = optics.len() as u32 + 1;
-            optics.push(OpticsGroup {
+            optics.push(OpticsGroup::numbered(
                 id,
-                name: format!("opticsGroup{id}"),
-                pixel_size: pixel[i],
-                image_size: image_size.map(|s| s as usize),
-                voltage: voltage[i],
-                cs: cs[i],
-                amplitude_contrast: q0[i],
-                extra: Vec::new(),
-            });
+                pixel[i],
+                image_size.map(|s| s as usize),
+                voltage[i],
+                cs[i],
+                q0[i],
+            ));
             optics.len() - 1
         });
         groups.push(g);
