@@ -6,11 +6,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use mcg_formats::mrc::{self, MrcStackWriter};
 use mcg_formats::{ImageRef, OpticsGroup, Particle, ParticleSet, star};
+use mcg_physics::Volume;
 use mcg_physics::noise::{self, SNR_DEFINITION};
 use mcg_physics::normalize::Normalization;
 use mcg_physics::rng::{Purpose, stream};
-use mcg_physics::simulate::{ImagingParams, ProjectorKind, SimulationConfig, Simulator};
-use mcg_physics::{CtfParams, Pose, Shift, Volume};
+use mcg_physics::simulate::{
+    ImagingParams, ProjectorKind, RandomImaging, SimulationConfig, Simulator,
+};
 use ndarray::Array3;
 use rand::Rng;
 use serde_json::json;
@@ -336,44 +338,20 @@ fn random(args: &Args, n_box: usize, apix: f64) -> Result<(ParticleSet, Vec<Imag
 /// The random imaging parameters of images `range`: image `i` draws from its own streams, so
 /// they do not depend on batching or threads, and are defined beyond `--n` (for calibration).
 fn random_params(args: &Args, range: std::ops::Range<usize>) -> Result<Vec<ImagingParams>> {
-    let (lo_um, hi_um) = parse_range(&args.defocus_um)?;
-    let template = CtfParams {
+    let settings = RandomImaging {
+        defocus_um: util::parse_defocus_range(&args.defocus_um)?,
         voltage: args.voltage,
         cs: args.cs,
         amplitude_contrast: args.amp_contrast,
-        ..CtfParams::default()
+        max_shift: args.max_shift,
     };
-    template
+    settings
         .validate()
-        .context("the CTF settings (--voltage, --cs, --amp-contrast)")?;
-    ensure!(
-        args.max_shift.is_finite() && args.max_shift >= 0.0,
-        "--max-shift must be ≥ 0"
-    );
-    let seed = args.seed;
-    Ok(range
-        .map(|i| {
-            let i = i as u64;
-            let pose = Pose::sample_uniform(&mut stream(seed, Purpose::Pose, i));
-            let mut rng = stream(seed, Purpose::Ctf, i);
-            let defocus = (lo_um + (hi_um - lo_um) * rng.random::<f64>()) * 1e4;
-            let mut rng = stream(seed, Purpose::Shift, i);
-            let r = args.max_shift * rng.random::<f64>().sqrt();
-            let phi = rng.random::<f64>() * std::f64::consts::TAU;
-            ImagingParams {
-                pose,
-                shift: Shift {
-                    x: r * phi.cos(),
-                    y: r * phi.sin(),
-                },
-                ctf: CtfParams {
-                    defocus_u: defocus,
-                    defocus_v: defocus,
-                    ..template
-                },
-            }
-        })
-        .collect())
+        .map_err(|m| anyhow::anyhow!("{m}"))
+        .context(
+            "the imaging settings (--defocus-um, --voltage, --cs, --amp-contrast, --max-shift)",
+        )?;
+    Ok(range.map(|i| settings.draw(args.seed, i as u64)).collect())
 }
 
 /// The images whose mean variance defines the SNR: with random parameters the first
@@ -391,22 +369,6 @@ fn calibration_params(args: &Args, params: &[ImagingParams]) -> Result<Vec<Imagi
     Ok((0..k)
         .map(|_| params[rng.random_range(0..params.len())])
         .collect())
-}
-
-fn parse_range(text: &str) -> Result<(f64, f64)> {
-    let parse = |s: &str| s.trim().parse::<f64>();
-    let (lo, hi) = match text.split_once(':') {
-        Some((a, b)) => (parse(a), parse(b)),
-        None => (parse(text), parse(text)),
-    };
-    match (lo, hi) {
-        (Ok(lo), Ok(hi)) if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi => {
-            Ok((lo, hi))
-        }
-        _ => {
-            bail!("--defocus-um {text:?}: expected MIN:MAX in µm with 0 ≤ MIN ≤ MAX, e.g. 1.0:2.0")
-        }
-    }
 }
 
 /// Forms the images of `params` batch by batch with `form(batch, first_index, out)` while a

@@ -135,3 +135,20 @@ pub fn check_interrupted() -> Result<()> {
     }
     Ok(())
 }
+
+/// Parses a defocus range `MIN:MAX` in µm (or one value), as `--defocus-um` takes it.
+pub fn parse_defocus_range(text: &str) -> anyhow::Result<(f64, f64)> {
+    let parse = |s: &str| s.trim().parse::<f64>();
+    let (lo, hi) = match text.split_once(':') {
+        Some((a, b)) => (parse(a), parse(b)),
+        None => (parse(text), parse(text)),
+    };
+    match (lo, hi) {
+        (Ok(lo), Ok(hi)) if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi => {
+            Ok((lo, hi))
+        }
+        _ => anyhow::bail!(
+            "--defocus-um {text:?}: expected MIN:MAX in µm with 0 ≤ MIN ≤ MAX, e.g. 1.0:2.0"
+        ),
+    }
+}

@@ -17,9 +17,10 @@ use crate::ctf::CtfGrid;
 use crate::fourier::Fft2;
 use crate::normalize::{Normalization, normalize};
 use crate::project::{FourierProjector, project_real_space};
-use crate::rng::{Purpose, bulk_stream};
+use crate::rng::{Purpose, bulk_stream, stream};
 use crate::shift::translate_spectrum;
 use crate::{CtfParams, Pose, Shift, Volume, noise};
+use rand::Rng;
 
 /// Images per parallel task: each task plans its own FFTs and buffers, which costs about as
 /// much as forming a few images, so tasks must not be split finer than this.
@@ -74,15 +75,290 @@ pub struct SimulationConfig {
     pub seed: u64,
 }
 
-/// Forms particle images of one volume.
+/// How random imaging parameters are drawn for a synthetic data set: Haar-uniform poses,
+/// non-astigmatic defocus uniform in a range, shifts uniform in a disc. The default is the Hsp90
+/// benchmark's (conventions): 1.0–2.0 µm, 300 kV, Cs 2.7 mm, Q0 0.1, no shift.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RandomImaging {
+    /// Defocus range (min, max) in µm, uniform; ΔfU = ΔfV.
+    pub defocus_um: (f64, f64),
+    /// Acceleration voltage, kV.
+    pub voltage: f64,
+    /// Spherical aberration, mm.
+    pub cs: f64,
+    /// Amplitude contrast Q0.
+    pub amplitude_contrast: f64,
+    /// Largest shift, Å (uniform in the disc of this radius).
+    pub max_shift: f64,
+}
+
+impl Default for RandomImaging {
+    fn default() -> Self {
+        Self {
+            defocus_um: (1.0, 2.0),
+            voltage: 300.0,
+            cs: 2.7,
+            amplitude_contrast: 0.1,
+            max_shift: 0.0,
+        }
+    }
+}
+
+impl RandomImaging {
+    /// Checks the settings; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let (lo, hi) = self.defocus_um;
+        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi) {
+            return Err(format!(
+                "defocus range {lo}:{hi} µm: expected 0 ≤ min ≤ max"
+            ));
+        }
+        if !(self.max_shift.is_finite() && self.max_shift >= 0.0) {
+            return Err(format!("largest shift {} Å: expected ≥ 0", self.max_shift));
+        }
+        self.ctf_template().validate().map_err(|e| e.to_string())
+    }
+
+    fn ctf_template(&self) -> CtfParams {
+        CtfParams {
+            voltage: self.voltage,
+            cs: self.cs,
+            amplitude_contrast: self.amplitude_contrast,
+            ..CtfParams::default()
+        }
+    }
+
+    /// The parameters of image `index`: pose, defocus and shift each from their own stream
+    /// `(seed, Pose | Ctf | Shift, index)`, so they do not depend on batching, threads, or how
+    /// many images there are.
+    pub fn draw(&self, seed: u64, index: u64) -> ImagingParams {
+        let (lo_um, hi_um) = self.defocus_um;
+        let pose = Pose::sample_uniform(&mut stream(seed, Purpose::Pose, index));
+        let mut rng = stream(seed, Purpose::Ctf, index);
+        let defocus = (lo_um + (hi_um - lo_um) * rng.random::<f64>()) * 1e4;
+        let mut rng = stream(seed, Purpose::Shift, index);
+        let r = self.max_shift * rng.random::<f64>().sqrt();
+        let phi = rng.random::<f64>() * std::f64::consts::TAU;
+        ImagingParams {
+            pose,
+            shift: Shift {
+                x: r * phi.cos(),
+                y: r * phi.sin(),
+            },
+            ctf: CtfParams {
+                defocus_u: defocus,
+                defocus_v: defocus,
+                ..self.ctf_template()
+            },
+        }
+    }
+}
+
+/// A source of projections for [`SlicePipeline`]: it writes the centred half-plane spectrum of
+/// one image's `2N × 2N` zero-padded projection, in the layout of [`FourierProjector::slice`].
+///
+/// [`FourierProjector`] is one (a central slice of one volume); the synthetic-data crate's
+/// rigid-body projector is another (one slice per body, per conformation).
+pub trait SliceSource: Sync {
+    /// Writes the padded spectrum of image `index` of the batch (its imaging parameters are
+    /// `params`) into `spec` (`2N · (N + 1)` long). `scratch` is a spare buffer of the same
+    /// length the source may use freely.
+    fn slice_spectrum(
+        &self,
+        index: usize,
+        params: &ImagingParams,
+        spec: &mut [Complex32],
+        scratch: &mut [Complex32],
+    );
+}
+
+impl SliceSource for FourierProjector {
+    fn slice_spectrum(
+        &self,
+        _index: usize,
+        params: &ImagingParams,
+        spec: &mut [Complex32],
+        _scratch: &mut [Complex32],
+    ) {
+        self.slice(&params.pose, spec);
+    }
+}
+
+/// The real-space projector as a [`SliceSource`]: line integral, zero padding, 2D FFT.
 #[derive(Debug)]
-pub struct Simulator {
-    kind: ProjectorKind,
+struct RealSpaceSource {
+    volume: Volume,
+}
+
+impl SliceSource for RealSpaceSource {
+    fn slice_spectrum(
+        &self,
+        _index: usize,
+        params: &ImagingParams,
+        spec: &mut [Complex32],
+        _scratch: &mut [Complex32],
+    ) {
+        let n = self.volume.box_size();
+        let mut padded = Array2::<f32>::zeros((2 * n, 2 * n));
+        {
+            let mut projection = padded.slice_mut(s![n / 2..n / 2 + n, n / 2..n / 2 + n]);
+            let mut one = projection.view_mut().insert_axis(Axis(0));
+            project_real_space(
+                &self.volume,
+                std::slice::from_ref(&params.pose),
+                one.view_mut(),
+            );
+        }
+        Fft2::new(2 * n).forward(padded.view(), spec);
+    }
+}
+
+/// The image-formation steps after projection (shift, CTF, inverse transform and crop, noise,
+/// normalisation), for any [`SliceSource`] of `N × N` images of `apix` Å pixels.
+#[derive(Debug)]
+pub struct SlicePipeline {
     n: usize,
     apix: f64,
-    fourier: Option<FourierProjector>,
-    volume: Option<Volume>,
     ctf_grid: CtfGrid,
+}
+
+impl SlicePipeline {
+    /// The pipeline for `n × n` images (`n` even, ≥ 2) of `apix` Å pixels.
+    pub fn new(n: usize, apix: f64) -> Self {
+        assert!(n >= 2 && n.is_multiple_of(2), "image size must be even");
+        Self {
+            n,
+            apix,
+            ctf_grid: CtfGrid::new(2 * n, apix),
+        }
+    }
+
+    /// Image edge in pixels.
+    pub fn box_size(&self) -> usize {
+        self.n
+    }
+
+    /// Pixel size in Å.
+    pub fn apix(&self) -> f64 {
+        self.apix
+    }
+
+    /// Clean images (projection from `source`, shift, and the CTF when `ctf`) of `params`,
+    /// into `out` (`[params.len()][N][N]`), in parallel.
+    pub fn clean<S: SliceSource + ?Sized>(
+        &self,
+        source: &S,
+        params: &[ImagingParams],
+        ctf: bool,
+        mut out: ArrayViewMut3<'_, f32>,
+    ) {
+        assert_eq!(out.dim(), (params.len(), self.n, self.n), "output shape");
+        out.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(params.par_iter())
+            .enumerate()
+            .with_min_len(MIN_IMAGES_PER_TASK)
+            .for_each_init(
+                || Workspace::new(self.n),
+                |ws, (i, (image, p))| self.clean_one(source, i, p, ctf, ws, image),
+            );
+    }
+
+    /// Finished images: clean images plus noise (image `first_index + i` draws its noise from
+    /// its own stream) and normalisation, into `out`, in parallel.
+    pub fn simulate<S: SliceSource + ?Sized>(
+        &self,
+        source: &S,
+        params: &[ImagingParams],
+        config: &SimulationConfig,
+        first_index: u64,
+        mut out: ArrayViewMut3<'_, f32>,
+    ) {
+        assert_eq!(out.dim(), (params.len(), self.n, self.n), "output shape");
+        out.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(params.par_iter())
+            .enumerate()
+            .with_min_len(MIN_IMAGES_PER_TASK)
+            .for_each_init(
+                || Workspace::new(self.n),
+                |ws, (i, (mut image, p))| {
+                    self.clean_one(source, i, p, config.ctf, ws, image.view_mut());
+                    if let Some(sigma) = config.noise_sigma {
+                        let mut rng =
+                            bulk_stream(config.seed, Purpose::Noise, first_index + i as u64);
+                        noise::add_white_noise(image.view_mut(), sigma as f32, &mut rng);
+                    }
+                    normalize(image, &config.normalization);
+                },
+            );
+    }
+
+    /// The dataset-level signal variance `s²` (conventions, "Noise and SNR"): the whole-box
+    /// variance of the clean images of `params`, averaged.
+    pub fn signal_variance<S: SliceSource + ?Sized>(
+        &self,
+        source: &S,
+        params: &[ImagingParams],
+        ctf: bool,
+    ) -> f64 {
+        let mut images = ndarray::Array3::zeros((params.len(), self.n, self.n));
+        self.clean(source, params, ctf, images.view_mut());
+        let total: f64 = images
+            .axis_iter(Axis(0))
+            .into_par_iter()
+            .map(|im| noise::image_variance(im))
+            .sum();
+        total / params.len().max(1) as f64
+    }
+
+    fn clean_one<S: SliceSource + ?Sized>(
+        &self,
+        source: &S,
+        index: usize,
+        p: &ImagingParams,
+        ctf: bool,
+        ws: &mut Workspace,
+        mut image: ArrayViewMut2<'_, f32>,
+    ) {
+        let (n, m) = (self.n, 2 * self.n);
+        source.slice_spectrum(index, p, &mut ws.spec, &mut ws.scratch);
+        if p.shift.x != 0.0 || p.shift.y != 0.0 {
+            let [tx, ty] = p.shift.simulation_translation(self.apix);
+            translate_spectrum(&mut ws.spec, m, tx, ty);
+        }
+        if ctf {
+            self.ctf_grid.evaluate(&p.ctf, &mut ws.ctf);
+            for (z, c) in ws.spec.iter_mut().zip(&ws.ctf) {
+                *z *= *c;
+            }
+        }
+        ws.fft.inverse(&mut ws.spec, ws.padded.view_mut());
+        image.assign(&ws.padded.slice(s![n / 2..n / 2 + n, n / 2..n / 2 + n]));
+    }
+}
+
+/// The projector a [`Simulator`] was built with.
+#[derive(Debug)]
+enum Source {
+    Fourier(FourierProjector),
+    RealSpace(RealSpaceSource),
+}
+
+impl Source {
+    fn as_dyn(&self) -> &dyn SliceSource {
+        match self {
+            Source::Fourier(p) => p,
+            Source::RealSpace(r) => r,
+        }
+    }
+}
+
+/// Forms particle images of one volume: its projector and a [`SlicePipeline`].
+#[derive(Debug)]
+pub struct Simulator {
+    source: Source,
+    pipeline: SlicePipeline,
 }
 
 impl Simulator {
@@ -101,47 +377,34 @@ impl Simulator {
         kind: ProjectorKind,
         oversampling: usize,
     ) -> Result<Self, crate::PhysicsError> {
-        let n = volume.box_size();
-        let apix = f64::from(volume.apix());
-        let (fourier, volume) = match kind {
-            ProjectorKind::Fourier => (
-                Some(FourierProjector::with_oversampling(volume, oversampling)?),
-                None,
-            ),
-            ProjectorKind::RealSpace => (None, Some(volume.clone())),
+        let source = match kind {
+            ProjectorKind::Fourier => {
+                Source::Fourier(FourierProjector::with_oversampling(volume, oversampling)?)
+            }
+            ProjectorKind::RealSpace => Source::RealSpace(RealSpaceSource {
+                volume: volume.clone(),
+            }),
         };
         Ok(Self {
-            kind,
-            n,
-            apix,
-            fourier,
-            volume,
-            ctf_grid: CtfGrid::new(2 * n, apix),
+            source,
+            pipeline: SlicePipeline::new(volume.box_size(), f64::from(volume.apix())),
         })
     }
 
     /// Image edge in pixels (the volume's box).
     pub fn box_size(&self) -> usize {
-        self.n
+        self.pipeline.n
     }
 
     /// Pixel size in Å.
     pub fn apix(&self) -> f64 {
-        self.apix
+        self.pipeline.apix
     }
 
     /// Clean images (projection, shift, and the CTF when `ctf`) of `params`, into `out`
     /// (`[params.len()][N][N]`), in parallel.
-    pub fn clean(&self, params: &[ImagingParams], ctf: bool, mut out: ArrayViewMut3<'_, f32>) {
-        assert_eq!(out.dim(), (params.len(), self.n, self.n), "output shape");
-        out.axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .zip(params.par_iter())
-            .with_min_len(MIN_IMAGES_PER_TASK)
-            .for_each_init(
-                || Workspace::new(self.n),
-                |ws, (image, p)| self.clean_one(p, ctf, ws, image),
-            );
+    pub fn clean(&self, params: &[ImagingParams], ctf: bool, out: ArrayViewMut3<'_, f32>) {
+        self.pipeline.clean(self.source.as_dyn(), params, ctf, out);
     }
 
     /// Finished images: clean images plus noise (image `first_index + i` draws its noise from
@@ -151,82 +414,17 @@ impl Simulator {
         params: &[ImagingParams],
         config: &SimulationConfig,
         first_index: u64,
-        mut out: ArrayViewMut3<'_, f32>,
+        out: ArrayViewMut3<'_, f32>,
     ) {
-        assert_eq!(out.dim(), (params.len(), self.n, self.n), "output shape");
-        out.axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .zip(params.par_iter())
-            .enumerate()
-            .with_min_len(MIN_IMAGES_PER_TASK)
-            .for_each_init(
-                || Workspace::new(self.n),
-                |ws, (i, (mut image, p))| {
-                    self.clean_one(p, config.ctf, ws, image.view_mut());
-                    if let Some(sigma) = config.noise_sigma {
-                        let mut rng =
-                            bulk_stream(config.seed, Purpose::Noise, first_index + i as u64);
-                        noise::add_white_noise(image.view_mut(), sigma as f32, &mut rng);
-                    }
-                    normalize(image, &config.normalization);
-                },
-            );
+        self.pipeline
+            .simulate(self.source.as_dyn(), params, config, first_index, out);
     }
 
     /// The dataset-level signal variance `s²` (conventions, "Noise and SNR"): the whole-box
     /// variance of the clean images of `params`, averaged.
     pub fn signal_variance(&self, params: &[ImagingParams], ctf: bool) -> f64 {
-        let mut images = ndarray::Array3::zeros((params.len(), self.n, self.n));
-        self.clean(params, ctf, images.view_mut());
-        let total: f64 = images
-            .axis_iter(Axis(0))
-            .into_par_iter()
-            .map(|im| noise::image_variance(im))
-            .sum();
-        total / params.len().max(1) as f64
-    }
-
-    fn clean_one(
-        &self,
-        p: &ImagingParams,
-        ctf: bool,
-        ws: &mut Workspace,
-        mut image: ArrayViewMut2<'_, f32>,
-    ) {
-        let (n, m) = (self.n, 2 * self.n);
-        let shifted = p.shift.x != 0.0 || p.shift.y != 0.0;
-        match self.kind {
-            ProjectorKind::Fourier => {
-                let projector = self.fourier.as_ref().expect("built for Fourier");
-                projector.slice(&p.pose, &mut ws.spec);
-            }
-            ProjectorKind::RealSpace => {
-                let volume = self.volume.as_ref().expect("built for real space");
-                let mut projection = ws.padded.slice_mut(s![n / 2..n / 2 + n, n / 2..n / 2 + n]);
-                let mut one = projection.view_mut().insert_axis(Axis(0));
-                project_real_space(volume, std::slice::from_ref(&p.pose), one.view_mut());
-                if !shifted && !ctf {
-                    image.assign(&projection);
-                    return;
-                }
-                ws.fft.forward(ws.padded.view(), &mut ws.spec);
-            }
-        }
-        if shifted {
-            let [tx, ty] = p.shift.simulation_translation(self.apix);
-            translate_spectrum(&mut ws.spec, m, tx, ty);
-        }
-        if ctf {
-            self.ctf_grid.evaluate(&p.ctf, &mut ws.ctf);
-            for (z, c) in ws.spec.iter_mut().zip(&ws.ctf) {
-                *z *= *c;
-            }
-        }
-        ws.fft.inverse(&mut ws.spec, ws.padded.view_mut());
-        image.assign(&ws.padded.slice(s![n / 2..n / 2 + n, n / 2..n / 2 + n]));
-        if self.kind == ProjectorKind::RealSpace {
-            ws.padded.fill(0.0);
-        }
+        self.pipeline
+            .signal_variance(self.source.as_dyn(), params, ctf)
     }
 }
 
@@ -234,6 +432,7 @@ impl Simulator {
 struct Workspace {
     fft: Fft2,
     spec: Vec<Complex32>,
+    scratch: Vec<Complex32>,
     ctf: Vec<f32>,
     padded: Array2<f32>,
 }
@@ -245,6 +444,7 @@ impl Workspace {
         Self {
             fft,
             spec: vec![Complex32::default(); len],
+            scratch: vec![Complex32::default(); len],
             ctf: vec![0.0; len],
             padded: Array2::zeros((2 * n, 2 * n)),
         }
