@@ -258,8 +258,27 @@ pub fn read_particles(path: &Path, opts: &StarOptions) -> Result<ParticleSet> {
 /// differ from its optics group's, when a number is not finite, or when an extra column
 /// repeats a written label.
 pub fn write_particles(path: &Path, set: &ParticleSet) -> Result<()> {
+    write_particles_with_notes(path, set, &[])
+}
+
+/// [`write_particles`] with comment lines at the top of the file (`# ` is prepended to each
+/// note), e.g. to declare the meaning of extra columns. Readers skip them.
+pub fn write_particles_with_notes(path: &Path, set: &ParticleSet, notes: &[String]) -> Result<()> {
     let file = particles_to_star(set, path)?;
-    let text = render_star(&file, Some("# version 30001"), path)?;
+    let mut text = String::new();
+    for note in notes {
+        if note.contains(['\n', '\r']) {
+            return Err(FormatError::invalid(
+                path,
+                "header comment",
+                "a note must be a single line",
+            ));
+        }
+        text.push_str("# ");
+        text.push_str(note);
+        text.push('\n');
+    }
+    text.push_str(&render_star(&file, Some("# version 30001"), path)?);
     write_atomically(path, text.as_bytes())
 }
 

@@ -22,15 +22,25 @@
 //!   "parameters": [
 //!     { "name": "beta",
 //!       "distribution": { "kind": "categorical", "values": [0.0, 20.0], "weights": [0.25, 0.75] } }
-//!   ],
-//!   "discrete_models": [
-//!     { "name": "closed", "path": "adk_closed.pdb", "weight": 1.0 }
 //!   ]
 //! }
 //! ```
 //!
-//! `selection.residues` (both ends included) may be omitted or `null` for the whole chain;
-//! `discrete_models` may be omitted. Distributions (`kind`):
+//! `selection.residues` (both ends included) may be omitted or `null` for the whole chain.
+//! Atoms of the structures that no body selects stay fixed. A landscape of separate discrete
+//! models instead lists them, with no structures, bodies, motions or parameters:
+//!
+//! ```json
+//! {
+//!   "name": "adenylate-kinase",
+//!   "structures": [], "bodies": [], "motions": [], "parameters": [],
+//!   "discrete_models": [
+//!     { "name": "closed", "path": "adk_closed.pdb", "weight": 1.0 },
+//!     { "name": "open", "path": "adk_open.pdb", "weight": 1.0 }
+//!   ]
+//! }
+//! ```
+//! Distributions (`kind`):
 //! - `{"kind": "uniform", "min": a, "max": b}`: U(a, b);
 //! - `{"kind": "categorical", "values": [...], "weights": [...]}`: weights ≥ 0, not all zero,
 //!   normalised on use (a Bernoulli is a two-value categorical, [`Distribution::bernoulli`]);
@@ -312,6 +322,28 @@ impl Distribution {
         }
     }
 
+    /// The smallest and largest value the distribution can take (a categorical's values,
+    /// zero-weight ones included; a uniform's bounds).
+    pub fn range(&self) -> (f64, f64) {
+        match self {
+            Self::Uniform { min, max } => (*min, *max),
+            Self::Fixed { value } => (*value, *value),
+            Self::Categorical { values, .. } => values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                }),
+            Self::Mixture { components } => {
+                components
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
+                        let (a, b) = c.distribution.range();
+                        (lo.min(a), hi.max(b))
+                    })
+            }
+        }
+    }
+
     /// The values a discrete distribution can take, in order of first appearance (a
     /// categorical's values in its order, zero-weight ones included); `None` when continuous.
     pub fn support(&self) -> Option<Vec<f64>> {
@@ -418,6 +450,22 @@ impl Landscape {
                 "structures",
                 "no structure file and no discrete model",
             ));
+        }
+        if !models.is_empty() {
+            for (field, empty) in [
+                ("structures", self.structures.is_empty()),
+                ("bodies", self.bodies.is_empty()),
+                ("motions", self.motions.is_empty()),
+                ("parameters", self.parameters.is_empty()),
+            ] {
+                if !empty {
+                    return Err(LandscapeError::invalid(
+                        field,
+                        "a landscape of discrete models takes no structures, bodies, motions or \
+                         parameters (each particle is one of the models)",
+                    ));
+                }
+            }
         }
         let mut body_names = HashSet::new();
         for (i, b) in self.bodies.iter().enumerate() {
@@ -916,7 +964,25 @@ mod tests {
 
     #[test]
     fn discrete_models_are_drawn_by_weight() {
-        let mut l = hsp90_continuous();
+        let mut mixed = hsp90_continuous();
+        mixed.discrete_models = Some(vec![DiscreteModel {
+            name: "closed".into(),
+            path: "closed.pdb".into(),
+            weight: 1.0,
+        }]);
+        let msg = mixed.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("structures") && msg.contains("discrete models"),
+            "{msg}"
+        );
+        let mut l = Landscape {
+            name: "adk".into(),
+            structures: vec![],
+            bodies: vec![],
+            motions: vec![],
+            parameters: vec![],
+            discrete_models: None,
+        };
         l.discrete_models = Some(vec![
             DiscreteModel {
                 name: "closed".into(),

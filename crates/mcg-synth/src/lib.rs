@@ -8,6 +8,8 @@
 //! - [`motion`]: rigid hinge motions of a body (the Hsp90 benchmark's opening angle β).
 //! - [`bodies`]: projections of rigid-body conformations without one volume per image.
 //! - [`landscape`]: conformational-landscape descriptions and their distributions.
+//! - [`molecule`]: a landscape with its atoms: conformations, ground-truth maps, projectors.
+//! - [`phantom`]: the built-in Hsp90-like phantom used when the structures are not at hand.
 //!
 //! Units: lengths in Å, angles in degrees at the API surface, densities in Z per Å³.
 //! Never panics on file input: every error names the file, the line and the field.
@@ -16,12 +18,15 @@ pub mod atoms;
 pub mod bodies;
 pub mod density;
 pub mod landscape;
+pub mod molecule;
 pub mod motion;
+pub mod phantom;
 
 use std::path::PathBuf;
 
 pub use atoms::{Atom, AtomicModel, Element};
 pub use density::{DensityConfig, density_map, frame_origin};
+pub use molecule::{Conformation, ConformationProjector, Molecule, StructureSource};
 pub use motion::hinge_rotate;
 
 /// Errors of reading atomic models and building maps from them.
@@ -75,6 +80,10 @@ pub enum SynthError {
         value: f64,
         expected: &'static str,
     },
+    /// A landscape cannot be built on the atoms given (a body selecting nothing, two bodies
+    /// sharing atoms, two motions on one body).
+    #[error("landscape {field}: {message}")]
+    Landscape { field: String, message: String },
     /// The physics crate rejected a volume.
     #[error(transparent)]
     Physics(#[from] mcg_physics::PhysicsError),
