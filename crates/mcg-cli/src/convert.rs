@@ -110,7 +110,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
 }
 
 /// Streams every image through `sink` in batches: `sink(batch, first_index)`.
-fn copy_images(
+pub(crate) fn copy_images(
     images: &dyn ImageSource,
     batch: usize,
     mut sink: impl FnMut(&Array3<f32>, usize) -> Result<()>,

@@ -8,6 +8,8 @@ mod info;
 mod input;
 mod progress;
 mod project;
+mod stackout;
+mod synth;
 mod util;
 
 use std::process::ExitCode;
@@ -40,6 +42,11 @@ enum Command {
     /// Simulate particle images of a volume, like relion_project: one image per row of a STAR
     /// file (its poses, shifts and CTFs), or N images at random poses.
     Project(project::Args),
+    /// Synthesise a particle set of a conformational landscape (the Hsp90 benchmark presets or
+    /// a landscape file), with ground-truth maps; whole or in shards.
+    Synth(Box<synth::Args>),
+    /// Merge the shards written by `synth --shard K/M` into one particle set.
+    MergeShards(synth::MergeArgs),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
     Ctf(ctf::Args),
 }
@@ -54,6 +61,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a, &progress),
         Command::Project(a) => project::run(a, &progress),
         Command::Ctf(a) => ctf::run(a, &progress),
+        Command::Synth(a) => synth::run(*a, &progress),
+        Command::MergeShards(a) => synth::run_merge(a, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,6 @@ use mcg_physics::rng::{Purpose, stream};
 use mcg_physics::simulate::{
     ImagingParams, ProjectorKind, RandomImaging, SimulationConfig, Simulator,
 };
-use ndarray::Array3;
 use rand::Rng;
 use serde_json::json;
 use tracing::info;
@@ -21,6 +20,7 @@ use tracing::info;
 use crate::builtin;
 use crate::input::Locate;
 use crate::progress::Progress;
+use crate::stackout::{Sinks, write_overlapped};
 use crate::util::{self, WithHint};
 
 /// Simulate particle images: projection at each pose, shift, CTF (on a 2× padded image),
@@ -168,10 +168,17 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let stack_path = args.out.join("particles.mrcs");
     let writer = MrcStackWriter::create(&stack_path, n_box, n_box, apix)?;
     let bar = progress.bar(n as u64, "projecting");
-    write_overlapped(writer, &params, args.batch, n_box, |chunk, first, out| {
+    let sinks = Sinks {
+        mrc: writer,
+        h5: None,
+    };
+    let sinks = write_overlapped(sinks, n, args.batch, n_box, |first, out| {
+        let chunk = &params[first..first + out.dim().0];
         simulator.simulate(chunk, &config, first as u64, out);
         bar.inc(chunk.len() as u64);
+        Ok(())
     })?;
+    sinks.mrc.finish()?;
     bar.finish_and_clear();
 
     for (i, p) in set.particles.iter_mut().enumerate() {
@@ -369,65 +376,4 @@ fn calibration_params(args: &Args, params: &[ImagingParams]) -> Result<Vec<Imagi
     Ok((0..k)
         .map(|_| params[rng.random_range(0..params.len())])
         .collect())
-}
-
-/// Forms the images of `params` batch by batch with `form(batch, first_index, out)` while a
-/// second thread appends the previous batch to `writer`, then finishes the stack. Two batch
-/// buffers circulate, so memory stays flat in the number of images.
-fn write_overlapped(
-    mut writer: MrcStackWriter,
-    params: &[ImagingParams],
-    batch: usize,
-    n_box: usize,
-    mut form: impl FnMut(&[ImagingParams], usize, ndarray::ArrayViewMut3<'_, f32>),
-) -> Result<()> {
-    use std::sync::mpsc::sync_channel;
-    let (full_tx, full_rx) = sync_channel::<(Array3<f32>, usize)>(1);
-    let (free_tx, free_rx) = sync_channel::<Array3<f32>>(2);
-    let size = batch.min(params.len());
-    for _ in 0..2 {
-        free_tx
-            .send(Array3::zeros((size, n_box, n_box)))
-            .expect("room for two buffers");
-    }
-    let write_thread = std::thread::spawn(move || -> Result<MrcStackWriter> {
-        for (buffer, count) in full_rx {
-            writer.append(buffer.slice(ndarray::s![..count, .., ..]))?;
-            // The former may already have stopped; then the buffer is simply dropped.
-            let _ = free_tx.send(buffer);
-        }
-        Ok(writer)
-    });
-    let mut interrupted = Ok(());
-    for (b, chunk) in params.chunks(batch).enumerate() {
-        if let Err(e) = util::check_interrupted() {
-            interrupted = Err(e);
-            break;
-        }
-        let Ok(mut buffer) = free_rx.recv() else {
-            break;
-        };
-        form(
-            chunk,
-            b * batch,
-            buffer.slice_mut(ndarray::s![..chunk.len(), .., ..]),
-        );
-        if full_tx.send((buffer, chunk.len())).is_err() {
-            break; // The writer failed; its error is reported below.
-        }
-    }
-    drop(full_tx);
-    let writer = write_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writing thread panicked"))??;
-    // On Ctrl-C the unfinished writer is dropped here, which removes its temporary file.
-    interrupted?;
-    ensure!(
-        writer.len() == params.len(),
-        "wrote {} of {} images",
-        writer.len(),
-        params.len()
-    );
-    writer.finish()?;
-    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod errors;
+mod synth;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -12,6 +13,7 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_multicryogan"))
         .args(args)
         .env("NO_COLOR", "1")
+        .env_remove("MULTICRYOGAN_STRUCTURES")
         .output()
         .expect("the binary runs")
 }
