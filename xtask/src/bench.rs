@@ -66,6 +66,56 @@ pub fn run(rest: &[String]) -> Result<()> {
         });
     }
 
+    // Issue 3: the Hsp90 benchmark end to end (ground truth, stack, STAR and container), and
+    // peak memory at two sizes to show it does not grow with the images.
+    let synth_sizes: &[usize] = if quick {
+        &[2_000, 10_000]
+    } else {
+        &[10_000, 100_000]
+    };
+    for &n in synth_sizes {
+        for h5 in [true, false] {
+            let out = work.join(format!("synth_{n}_{h5}"));
+            let n_s = n.to_string();
+            let out_s = out.to_string_lossy().into_owned();
+            let mut args = vec![
+                "synth",
+                "--preset",
+                "hsp90-continuous",
+                "--n",
+                &n_s,
+                "--seed",
+                "1",
+                "--json",
+                "--quiet",
+                "--out",
+                &out_s,
+            ];
+            if !h5 {
+                args.push("--no-h5");
+            }
+            let (secs, report) = timed(&bin, &args)?;
+            let manifest: Value = std::fs::read_to_string(out.join("manifest.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            let source = manifest["settings"]["structures"].clone();
+            figures.push(Figure {
+                name: format!(
+                    "synth Hsp90 {n} × 32², CTF + noise, end to end{}",
+                    if h5 { " incl. HDF5" } else { ", no HDF5" }
+                ),
+                value: secs,
+                unit: "s",
+                target: (n == 100_000 && h5).then(|| "< 10 s".to_string()),
+                detail: json!({"images": n, "images_per_second": n as f64 / secs,
+                    "peak_rss_mib": report["peak_rss_mib"], "structures": source,
+                    "report": report}),
+            });
+            std::fs::remove_dir_all(&out).ok();
+        }
+    }
+
     let star = work.join("project_32/particles.star");
     let (secs, report) = timed(
         &bin,

@@ -13,7 +13,11 @@ cargo xtask <command>
 commands:
   setup    install the system libraries the build needs (HDF5), if missing
   test     set up, check formatting and lints, then run every test of the workspace
-  demo     set up, build, and run the main job on the built-in test volume
+  demo     set up, build, and run the main job: a small Hsp90 data set (structures from
+           ../shared when present, the built-in phantom otherwise)
+  synth    set up, build, and make the paper's two data sets (100,000 Hsp90 images each,
+           continuous and discrete) in out/hsp90-continuous and out/hsp90-discrete;
+           extra arguments go to `multicryogan synth` (e.g. --structures DIR, --shards 10)
   bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
 ";
 
@@ -28,6 +32,7 @@ fn main() -> Result<()> {
         "setup" => setup::run(),
         "test" => test(rest),
         "demo" => demo(rest),
+        "synth" => synth(rest),
         "bench" => bench::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
@@ -69,21 +74,68 @@ fn test(rest: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The main job on an embedded default: simulate a particle set from the built-in test volume.
+/// The main job on an embedded default: a small Hsp90 discrete data set.
 fn demo(rest: &[String]) -> Result<()> {
     setup::run()?;
-    util::cargo(&["build", "--release", "--bin", "multicryogan"])?;
+    let bin = release_cli()?;
     let out = util::root().join("out/demo");
-    let bin = util::root().join("target/release/multicryogan");
     let out_s = out.to_string_lossy().into_owned();
     let mut args = vec![
-        "project", "--n", "10000", "--ctf", "--snr-db", "-10", "--seed", "1", "--out", &out_s,
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        "10000",
+        "--seed",
+        "1",
+        "--out",
+        &out_s,
     ];
     args.extend(rest.iter().map(String::as_str));
     util::run(&bin, &args)?;
     util::run(&bin, &["info", &format!("{out_s}/particles.star")])?;
     eprintln!(
-        "demo: particle set written to {out_s} (particles.mrcs, particles.star, manifest.json)"
+        "demo: Hsp90 data set written to {out_s} (particles.mrcs, particles.star, particles.h5, \
+         ground_truth/, manifest.json)"
     );
     Ok(())
+}
+
+/// The paper's two data sets (section 5): 100,000 images of 32² at 5 Å, CTF 1–2 µm, −10 dB.
+fn synth(rest: &[String]) -> Result<()> {
+    setup::run()?;
+    let bin = release_cli()?;
+    for (preset, seed) in [("hsp90-continuous", "1"), ("hsp90-discrete", "2")] {
+        let out = util::root().join("out").join(preset);
+        let out_s = out.to_string_lossy().into_owned();
+        let mut args = vec![
+            "synth",
+            "--preset",
+            preset,
+            "--n",
+            "100000",
+            "--box",
+            "32",
+            "--apix",
+            "5",
+            "--snr-db",
+            "-10",
+            "--defocus-um",
+            "1.0:2.0",
+            "--seed",
+            seed,
+            "--out",
+            &out_s,
+        ];
+        args.extend(rest.iter().map(String::as_str));
+        util::run(&bin, &args)?;
+        eprintln!("synth: {preset} written to {out_s}");
+    }
+    Ok(())
+}
+
+/// Builds the release CLI and returns its path.
+fn release_cli() -> Result<std::path::PathBuf> {
+    util::cargo(&["build", "--release", "--bin", "multicryogan"])?;
+    Ok(util::root().join("target/release/multicryogan"))
 }

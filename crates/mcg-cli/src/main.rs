@@ -42,10 +42,7 @@ enum Command {
     /// Simulate particle images of a volume, like relion_project: one image per row of a STAR
     /// file (its poses, shifts and CTFs), or N images at random poses.
     Project(project::Args),
-    /// Synthesise a particle set of a conformational landscape (the Hsp90 benchmark presets or
-    /// a landscape file), with ground-truth maps; whole or in shards.
     Synth(Box<synth::Args>),
-    /// Merge the shards written by `synth --shard K/M` into one particle set.
     MergeShards(synth::MergeArgs),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
     Ctf(ctf::Args),

@@ -1010,4 +1010,16 @@ mod tests {
                 .contains("discrete_models")
         );
     }
+
+    #[test]
+    fn readme_landscape_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```json\n{\n  \"name\": \"my-hinge\"")
+            .expect("example in README");
+        let body = &readme[start + "```json\n".len()..];
+        let text = &body[..body.find("```").expect("closed block")];
+        let l = Landscape::from_json_str(text).unwrap();
+        assert_eq!(l.parameters[0].distribution.range(), (0.0, 30.0));
+    }
 }
