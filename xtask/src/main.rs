@@ -2,6 +2,7 @@
 //! command, and every command installs what it needs first.
 
 mod bench;
+mod libtorch;
 mod setup;
 mod util;
 
@@ -11,7 +12,8 @@ const USAGE: &str = "\
 cargo xtask <command>
 
 commands:
-  setup    install the system libraries the build needs (HDF5), if missing
+  setup    install what the build needs, if missing: HDF5 and pkg-config (apt), and
+           libtorch 2.11.0 from the PyPI wheels into a cache outside the repository
   test     set up, check formatting and lints, then run every test of the workspace
   demo     set up, build, and run the main job: a small Hsp90 data set (structures from
            ../shared when present, the built-in phantom otherwise)

@@ -1,7 +1,7 @@
 //! Installs the system libraries the build needs, when they are missing.
 //!
-//! Today that is HDF5 (for `mcg-h5`, through the `hdf5-metno` crate) and `pkg-config`, which
-//! locates it. On Debian and Ubuntu they come from `apt-get`; as root it runs directly,
+//! That is HDF5 (for `mcg-h5`, through the `hdf5-metno` crate) and `pkg-config`, which
+//! locates it, then libtorch for the trainer ([`crate::libtorch`]). On Debian and Ubuntu they come from `apt-get`; as root it runs directly,
 //! otherwise through `sudo` when available. Elsewhere the error says what to install.
 
 use anyhow::{Result, bail};
@@ -12,6 +12,12 @@ use crate::util;
 const PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config"), ("libhdf5-dev", "hdf5")];
 
 pub fn run() -> Result<()> {
+    system_packages()?;
+    crate::libtorch::ensure()?;
+    Ok(())
+}
+
+fn system_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(_, probe)| !present(probe))

@@ -1,0 +1,260 @@
+//! The differentiable forward model: volumes → projections → shift and CTF → noise, on libtorch.
+//!
+//! One truth (`ARCHITECTURE.md`): the parts that need no gradient come from the physics crate
+//! itself. Poses are drawn and turned into RELION matrices by `mcg_physics::pose`; each
+//! particle's shift phase ramp and CTF are evaluated on the 2×-padded grid by
+//! `mcg_physics::shift::translate_spectrum` and `mcg_physics::ctf::CtfGrid` into one complex
+//! filter per particle. Only the projection (which G's gradient flows through) is computed here,
+//! by the same rule as `mcg_physics::project::project_real_space`: the line integral, in unit
+//! steps, of the trilinearly interpolated volume along the pose's viewing direction, zero
+//! outside the box. A test holds this model to the physics crate's simulator.
+//!
+//! Layouts: volumes are `[V][z][y][x]`, images `[B][y][x]`, the voxel/pixel `N/2` is the
+//! origin. The filter multiplies the plain 2D DFT (`rfft2`) of the projection zero-padded to
+//! `2N` (placed at `N/2 .. 3N/2`): the physics crate's centred spectra differ from the plain DFT
+//! by the factor `(−1)^(kx+ky)` on both sides of a pointwise product, so the same filter applies.
+
+use mcg_physics::ctf::CtfGrid;
+use mcg_physics::fourier::half_width;
+use mcg_physics::shift::translate_spectrum;
+use mcg_physics::simulate::ImagingParams;
+use tch::{Device, Kind, Tensor};
+
+/// The physics of one batch of particles, prepared on the CPU by the physics crate and moved to
+/// the device: rotation matrices and, when the CTF or shifts apply, the Fourier filters.
+#[derive(Debug)]
+pub struct BatchPhysics {
+    /// RELION matrices `A`, `[B][3][3]`, float.
+    pub rotations: Tensor,
+    /// `CTF × shift ramp` on the plain `rfft2` layout of the `2N`-padded image,
+    /// `[B][2N][N + 1]`, complex; `None` when neither applies.
+    pub filters: Option<Tensor>,
+}
+
+impl BatchPhysics {
+    /// Prepares `params` for images of `n`² pixels of `apix` Å; the CTF is applied when `ctf`.
+    pub fn new(params: &[ImagingParams], n: usize, apix: f64, ctf: bool, device: Device) -> Self {
+        let b = params.len();
+        let mut rot = Vec::with_capacity(b * 9);
+        for p in params {
+            for row in p.pose.matrix() {
+                rot.extend(row.iter().map(|&v| v as f32));
+            }
+        }
+        let rotations = Tensor::from_slice(&rot)
+            .view([b as i64, 3, 3])
+            .to_device(device);
+        let shifted = params.iter().any(|p| p.shift.x != 0.0 || p.shift.y != 0.0);
+        let filters = (ctf || shifted).then(|| {
+            let m = 2 * n;
+            let len = m * half_width(m);
+            let grid = CtfGrid::new(m, apix);
+            let mut ctf_values = vec![0.0f32; len];
+            let mut data = Vec::with_capacity(b * len * 2);
+            for p in params {
+                let mut h = vec![rustfft_one(); len];
+                if p.shift.x != 0.0 || p.shift.y != 0.0 {
+                    let [tx, ty] = p.shift.simulation_translation(apix);
+                    translate_spectrum(&mut h, m, tx, ty);
+                }
+                if ctf {
+                    grid.evaluate(&p.ctf, &mut ctf_values);
+                    for (z, c) in h.iter_mut().zip(&ctf_values) {
+                        *z *= *c;
+                    }
+                }
+                for z in h {
+                    data.push(z.re);
+                    data.push(z.im);
+                }
+            }
+            Tensor::from_slice(&data)
+                .view([b as i64, m as i64, half_width(m) as i64, 2])
+                .view_as_complex()
+                .to_device(device)
+        });
+        Self { rotations, filters }
+    }
+}
+
+fn rustfft_one() -> rustfft::num_complex::Complex32 {
+    rustfft::num_complex::Complex32::new(1.0, 0.0)
+}
+
+/// Projects volumes and forms images, differentiably (see the module notes).
+#[derive(Debug)]
+pub struct ForwardModel {
+    n: i64,
+    /// The sample offsets `(u, v, t)` of every (step, row, column), `[T·N·N][3]`, before rotation.
+    offsets: Tensor,
+    steps: i64,
+}
+
+impl ForwardModel {
+    /// The model for `n`³ volumes and `n`² images on `device`.
+    pub fn new(n: usize, device: Device) -> Self {
+        let n = n as i64;
+        let c = (n / 2) as f64;
+        // Every sample a ray through the box can see: |t| ≤ √3·(N/2 + 1).
+        let half = (3f64.sqrt() * (c + 1.0)).ceil() as i64;
+        let steps = 2 * half + 1;
+        let opts = (Kind::Float, device);
+        let t = Tensor::arange_start(-half, half + 1, opts);
+        let yx = Tensor::arange(n, opts) - c;
+        let tt = t.view([steps, 1, 1]).expand([steps, n, n], false);
+        let vv = yx.view([1, n, 1]).expand([steps, n, n], false);
+        let uu = yx.view([1, 1, n]).expand([steps, n, n], false);
+        let offsets = Tensor::stack(&[uu, vv, tt], -1).view([steps * n * n, 3]);
+        Self { n, offsets, steps }
+    }
+
+    /// Box edge `N`.
+    pub fn box_size(&self) -> usize {
+        self.n as usize
+    }
+
+    /// Projections `[B][N][N]` of `volumes` (`[B][N][N][N]`, one per image) at the poses of
+    /// `rotations` (`[B][3][3]`): Σ_t V(Aᵀ(u, v, t) + c), trilinear, zero outside.
+    pub fn project(&self, volumes: &Tensor, rotations: &Tensor) -> Tensor {
+        let n = self.n;
+        let b = rotations.size()[0];
+        let c = (n / 2) as f64;
+        // Sample point p = (u, v, t)·A + c, in (x, y, z) voxel indices.
+        let points = self.offsets.unsqueeze(0).matmul(rotations) + c;
+        // grid_sample with align_corners: −1 is index 0 and +1 is index N − 1.
+        let grid = (points * (2.0 / (n - 1) as f64) - 1.0).view([b, self.steps, n, n, 3]);
+        let samples = volumes.unsqueeze(1).grid_sampler(&grid, 0, 0, true);
+        samples.sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
+    }
+
+    /// Applies per-image Fourier filters (`[B][2N][N + 1]`, complex) to images `[B][N][N]` on the
+    /// `2N`-padded grid, returning the central `N × N`.
+    pub fn filter(&self, images: &Tensor, filters: &Tensor) -> Tensor {
+        let n = self.n;
+        let lo = n / 2;
+        let padded = images.constant_pad_nd([lo, lo, lo, lo]);
+        let spectrum = padded.fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward");
+        let filtered = spectrum * filters;
+        let back = filtered.fft_irfft2(Some(&[2 * n, 2 * n][..]), [-2i64, -1], "backward");
+        back.narrow(1, lo, n).narrow(2, lo, n)
+    }
+
+    /// Clean images of `volumes` (one per image) under `physics`.
+    pub fn clean(&self, volumes: &Tensor, physics: &BatchPhysics) -> Tensor {
+        let projections = self.project(volumes, &physics.rotations);
+        match &physics.filters {
+            Some(f) => self.filter(&projections, f),
+            None => projections,
+        }
+    }
+
+    /// Adds white Gaussian noise of standard deviation `sigma` (libtorch's generator).
+    pub fn add_noise(images: &Tensor, sigma: f64) -> Tensor {
+        if sigma > 0.0 {
+            images + images.randn_like() * sigma
+        } else {
+            images.shallow_clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcg_physics::rng::{Purpose, stream};
+    use mcg_physics::simulate::{ProjectorKind, RandomImaging, Simulator};
+    use mcg_physics::{Shift, Volume};
+    use ndarray::Array3;
+    use rand::Rng;
+
+    /// Band-limited blobs inside the sphere of radius N/2.
+    fn blobs(n: usize) -> Volume {
+        let c = (n / 2) as f64;
+        let spots = [
+            ([0.0, 0.0, 0.0], 1.0, 2.5),
+            ([5.0, 1.0, -2.0], 0.8, 2.0),
+            ([-3.0, 4.0, 2.0], 0.6, 1.8),
+            ([-1.0, -5.0, 3.0], 0.9, 1.6),
+        ];
+        let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
+            spots
+                .iter()
+                .map(|(p, a, s)| {
+                    let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
+                    a * (-d2 / (2.0 * s * s)).exp()
+                })
+                .sum::<f64>() as f32
+        });
+        Volume::new(data, 5.0).unwrap()
+    }
+
+    fn to_tensor(v: &Volume) -> Tensor {
+        let n = v.box_size() as i64;
+        Tensor::from_slice(v.data().as_slice().unwrap()).view([n, n, n])
+    }
+
+    #[test]
+    fn forward_model_matches_the_physics_crate() {
+        let n = 24;
+        let volume = blobs(n);
+        let imaging = RandomImaging {
+            max_shift: 8.0,
+            ..RandomImaging::default()
+        };
+        let mut params: Vec<ImagingParams> = (0..6).map(|i| imaging.draw(3, i)).collect();
+        // Astigmatism and a B-factor too.
+        let mut rng = stream(3, Purpose::Other(7), 0);
+        for p in &mut params {
+            p.ctf.defocus_v = p.ctf.defocus_u * rng.random_range(0.8..1.0);
+            p.ctf.defocus_angle = rng.random_range(0.0..180.0);
+            p.ctf.bfactor = 40.0;
+        }
+        params[0].shift = Shift { x: 0.0, y: 0.0 };
+        for ctf in [false, true] {
+            let mut expected = Array3::zeros((params.len(), n, n));
+            Simulator::new(&volume, ProjectorKind::RealSpace).clean(
+                &params,
+                ctf,
+                expected.view_mut(),
+            );
+            let model = ForwardModel::new(n, Device::Cpu);
+            let physics = BatchPhysics::new(&params, n, 5.0, ctf, Device::Cpu);
+            let vols = to_tensor(&volume)
+                .unsqueeze(0)
+                .expand([params.len() as i64, n as i64, n as i64, n as i64], false);
+            let got = model.clean(&vols, &physics);
+            let got: Vec<f32> = got.flatten(0, -1).try_into().unwrap();
+            for (i, want) in expected.outer_iter().enumerate() {
+                let g = &got[i * n * n..(i + 1) * n * n];
+                let num: f64 = g
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum();
+                let den: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
+                let rel = (num / den).sqrt();
+                assert!(rel < 1e-3, "ctf {ctf}, image {i}: relative error {rel}");
+            }
+        }
+    }
+
+    #[test]
+    fn projection_is_differentiable_in_the_volume() {
+        let n = 16;
+        let model = ForwardModel::new(n, Device::Cpu);
+        let params: Vec<ImagingParams> = (0..2)
+            .map(|i| RandomImaging::default().draw(1, i))
+            .collect();
+        let physics = BatchPhysics::new(&params, n, 5.0, true, Device::Cpu);
+        let v = to_tensor(&blobs(n))
+            .unsqueeze(0)
+            .repeat([2, 1, 1, 1])
+            .set_requires_grad(true);
+        let loss = model.clean(&v, &physics).square().sum(Kind::Float);
+        loss.backward();
+        let g = v.grad();
+        assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(g.isfinite().all().int64_value(&[]) == 1);
+    }
+}

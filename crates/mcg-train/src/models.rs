@@ -1,0 +1,327 @@
+//! The generator G (volumes from latent variables) and the discriminator D (a score per image),
+//! and the WGAN-GP losses.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// What the generator is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Multi-CryoGAN: a latent segment z = (1 − α)·z₀ + α·z₁ mapped to volumes by a 3D CNN.
+    #[default]
+    Multi,
+    /// CryoGAN: one learnable volume.
+    Single,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "multi" => Ok(Self::Multi),
+            "single" => Ok(Self::Single),
+            other => Err(format!("unknown mode {other:?}: expected multi or single")),
+        }
+    }
+}
+
+/// The architecture settings of G and D (saved with the model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// multi or single.
+    pub mode: Mode,
+    /// Volume and image edge, voxels.
+    pub box_size: usize,
+    /// Edge of the paper's latent cube (z ∈ R^{L³}); 32 in the paper.
+    pub latent_size: usize,
+    /// Upper bound of the uniform distribution z₀, z₁ are drawn from (the paper: 0.025).
+    pub latent_scale: f64,
+    /// Channels of G's hidden 3D convolutions.
+    pub generator_channels: i64,
+    /// Channels of D's first convolution (doubled at each of its strided layers).
+    pub discriminator_channels: i64,
+    /// Zero G's volumes outside the sphere of radius N/2.
+    pub spherical_mask: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Multi,
+            box_size: 32,
+            latent_size: 32,
+            latent_scale: 0.025,
+            generator_channels: 16,
+            discriminator_channels: 32,
+            spherical_mask: true,
+        }
+    }
+}
+
+/// The generator: volumes `[k][N][N][N]` for latent positions α (`[k]`, in [0, 1]).
+#[derive(Debug)]
+pub struct Generator {
+    mode: Mode,
+    n: i64,
+    /// Fixed latent end points `[2][1][L][L][L]` (multi mode); saved with the weights.
+    ends: Option<Tensor>,
+    net: Option<nn::Sequential>,
+    /// The single volume (single mode).
+    volume: Option<Tensor>,
+    mask: Option<Tensor>,
+}
+
+impl Generator {
+    /// Builds G under `path` of a var store. The latent end points are drawn from
+    /// U(0, latent_scale) with libtorch's generator (seed it first) and registered as
+    /// non-trainable variables, so checkpoints keep them.
+    pub fn new(path: &nn::Path, cfg: &ModelConfig) -> Self {
+        let n = cfg.box_size as i64;
+        let device = path.device();
+        let mask = cfg.spherical_mask.then(|| sphere_mask(n, device));
+        match cfg.mode {
+            Mode::Single => {
+                let volume = path.var("volume", &[n, n, n], nn::Init::Const(0.0));
+                Self {
+                    mode: Mode::Single,
+                    n,
+                    ends: None,
+                    net: None,
+                    volume: Some(volume),
+                    mask,
+                }
+            }
+            Mode::Multi => {
+                let l = cfg.latent_size as i64;
+                let mut ends = path.var(
+                    "latent_ends",
+                    &[2, 1, l, l, l],
+                    nn::Init::Uniform {
+                        lo: 0.0,
+                        up: cfg.latent_scale,
+                    },
+                );
+                ends = ends.set_requires_grad(false);
+                let c = cfg.generator_channels;
+                let conv = |p: nn::Path, i: i64, o: i64| {
+                    nn::conv3d(
+                        p,
+                        i,
+                        o,
+                        3,
+                        nn::ConvConfig {
+                            padding: 1,
+                            ..Default::default()
+                        },
+                    )
+                };
+                let net = nn::seq()
+                    .add(conv(path / "c1", 1, c))
+                    .add_fn(|x| x.leaky_relu())
+                    .add(conv(path / "c2", c, 2 * c))
+                    .add_fn(|x| x.leaky_relu())
+                    .add(conv(path / "c3", 2 * c, c))
+                    .add_fn(|x| x.leaky_relu())
+                    .add(conv(path / "c4", c, 1));
+                Self {
+                    mode: Mode::Multi,
+                    n,
+                    ends: Some(ends),
+                    net: Some(net),
+                    volume: None,
+                    mask,
+                }
+            }
+        }
+    }
+
+    /// The volumes at latent positions `alphas` (`[k]`), non-negative.
+    pub fn volumes(&self, alphas: &Tensor) -> Tensor {
+        let k = alphas.size()[0];
+        let n = self.n;
+        let raw = match self.mode {
+            Mode::Single => self
+                .volume
+                .as_ref()
+                .expect("single mode has a volume")
+                .unsqueeze(0)
+                .expand([k, n, n, n], false),
+            Mode::Multi => {
+                let ends = self.ends.as_ref().expect("multi mode has latent ends");
+                let a = alphas.view([k, 1, 1, 1, 1]);
+                let rest = -&a + 1.0;
+                let z = ends.get(0).unsqueeze(0) * rest + ends.get(1).unsqueeze(0) * &a;
+                let mut out = self.net.as_ref().expect("multi mode has a net").forward(&z);
+                if out.size()[2] != n {
+                    out = out.upsample_trilinear3d([n, n, n], false, None, None, None);
+                }
+                out.squeeze_dim(1)
+            }
+        };
+        let v = raw.relu();
+        match &self.mask {
+            Some(m) => v * m,
+            None => v,
+        }
+    }
+}
+
+/// 1 inside the sphere of radius N/2 about voxel N/2, 0 outside, `[N][N][N]`.
+pub fn sphere_mask(n: i64, device: tch::Device) -> Tensor {
+    let c = (n / 2) as f64;
+    let r = Tensor::arange(n, (Kind::Float, device)) - c;
+    let r2 = r.square();
+    let d2 = r2.view([n, 1, 1]) + r2.view([1, n, 1]) + r2.view([1, 1, n]);
+    d2.le(c * c).to_kind(Kind::Float)
+}
+
+/// The discriminator: a 2D CNN without batch normalisation (WGAN-GP forbids it), one score per
+/// image.
+#[derive(Debug)]
+pub struct Discriminator {
+    net: nn::Sequential,
+}
+
+impl Discriminator {
+    /// Builds D for `n`² images under `path`.
+    pub fn new(path: &nn::Path, cfg: &ModelConfig) -> Self {
+        let c = cfg.discriminator_channels;
+        let strided = |p: nn::Path, i: i64, o: i64| {
+            nn::conv2d(
+                p,
+                i,
+                o,
+                4,
+                nn::ConvConfig {
+                    stride: 2,
+                    padding: 1,
+                    ..Default::default()
+                },
+            )
+        };
+        let n = cfg.box_size as i64;
+        let side = n / 8;
+        let net = nn::seq()
+            .add_fn(|x| x.unsqueeze(1))
+            .add(strided(path / "c1", 1, c))
+            .add_fn(|x| x.leaky_relu())
+            .add(strided(path / "c2", c, 2 * c))
+            .add_fn(|x| x.leaky_relu())
+            .add(strided(path / "c3", 2 * c, 4 * c))
+            .add_fn(|x| x.leaky_relu())
+            .add_fn(|x| x.flatten(1, -1))
+            .add(nn::linear(
+                path / "out",
+                4 * c * side * side,
+                1,
+                Default::default(),
+            ))
+            .add_fn(|x| x.squeeze_dim(1));
+        Self { net }
+    }
+
+    /// Scores `[B]` of images `[B][N][N]`.
+    pub fn score(&self, images: &Tensor) -> Tensor {
+        self.net.forward(images)
+    }
+}
+
+/// The WGAN-GP gradient penalty E[(‖∇D(x̂)‖₂ − 1)²], x̂ = ε·real + (1 − ε)·fake with one ε ~
+/// U(0, 1) per sample, the norm taken over each sample's whole gradient (not per pixel).
+pub fn gradient_penalty(
+    score: impl Fn(&Tensor) -> Tensor,
+    real: &Tensor,
+    fake: &Tensor,
+    eps: &Tensor,
+) -> Tensor {
+    let b = real.size()[0];
+    let e = eps.view([b, 1, 1]);
+    let rest = -&e + 1.0;
+    let interp = (real * &e + fake * rest).detach().set_requires_grad(true);
+    let out = score(&interp);
+    let grads = Tensor::run_backward(&[out.sum(Kind::Float)], &[&interp], true, true);
+    let norms = grads[0].view([b, -1]).norm_scalaropt_dim(2, [1i64], false);
+    (norms - 1.0).square().mean(Kind::Float)
+}
+
+/// The discriminator's WGAN-GP loss, E[D(fake)] − E[D(real)] + λ·penalty, and its parts
+/// (Wasserstein estimate E[D(real)] − E[D(fake)], penalty).
+pub fn discriminator_loss(
+    d: &Discriminator,
+    real: &Tensor,
+    fake: &Tensor,
+    eps: &Tensor,
+    lambda: f64,
+) -> (Tensor, Tensor, Tensor) {
+    let wasserstein = d.score(real).mean(Kind::Float) - d.score(fake).mean(Kind::Float);
+    let penalty = gradient_penalty(|x| d.score(x), real, fake, eps);
+    let loss = -&wasserstein + &penalty * lambda;
+    (loss, wasserstein, penalty)
+}
+
+/// The generator's loss, −E[D(fake)].
+pub fn generator_loss(d: &Discriminator, fake: &Tensor) -> Tensor {
+    -d.score(fake).mean(Kind::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn gradient_penalty_matches_a_hand_computed_case() {
+        // D(x) = Σ w·x + x₀₀² over a 2×2 image: ∇D = w + (2x₀₀, 0, 0, 0).
+        let w = Tensor::from_slice(&[1.0f32, 2.0, 2.0, 0.0]).view([1, 2, 2]);
+        let score = |x: &Tensor| {
+            (x * &w).sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
+                + x.select(1, 0).select(1, 0).square()
+        };
+        let real = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]).view([2, 2, 2]);
+        let fake = Tensor::zeros([2, 2, 2], (Kind::Float, Device::Cpu));
+        let eps = Tensor::from_slice(&[1.0f32, 0.0]);
+        // Sample 0: x̂ = real₀ → x₀₀ = 1, ∇ = (3, 2, 2, 0), ‖∇‖ = √17.
+        // Sample 1: x̂ = fake₁ = 0 → ∇ = (1, 2, 2, 0), ‖∇‖ = 3.
+        let expected = (((17f64).sqrt() - 1.0).powi(2) + (3.0f64 - 1.0).powi(2)) / 2.0;
+        let gp = gradient_penalty(score, &real, &fake, &eps).double_value(&[]);
+        assert!((gp - expected).abs() < 1e-5, "{gp} vs {expected}");
+        // The per-pixel norm (the original code's bug) would give Σ over pixels of (|g| − 1)²,
+        // a different number: make sure the test tells them apart.
+        let per_pixel = ((4.0 + 1.0 + 1.0 + 1.0) + (0.0 + 1.0 + 1.0 + 1.0)) / 8.0;
+        assert!((gp - per_pixel).abs() > 0.1);
+    }
+
+    #[test]
+    fn generator_and_discriminator_have_the_right_shapes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            box_size: 16,
+            latent_size: 8,
+            generator_channels: 4,
+            discriminator_channels: 4,
+            ..ModelConfig::default()
+        };
+        let g = Generator::new(&(vs.root() / "g"), &cfg);
+        let d = Discriminator::new(&(vs.root() / "d"), &cfg);
+        let v = g.volumes(&Tensor::from_slice(&[0.0f32, 0.5, 1.0]));
+        assert_eq!(v.size(), [3, 16, 16, 16]);
+        assert!(v.min().double_value(&[]) >= 0.0);
+        let s = d.score(&Tensor::zeros([5, 16, 16], (Kind::Float, Device::Cpu)));
+        assert_eq!(s.size(), [5]);
+        // The latent end points are saved but not trained.
+        let trainable: Vec<String> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            !trainable.iter().any(|k| k.contains("latent_ends")),
+            "{trainable:?}"
+        );
+        assert!(vs.variables().contains_key("g.latent_ends"));
+    }
+}
