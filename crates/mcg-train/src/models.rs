@@ -84,7 +84,10 @@ impl Generator {
         let mask = cfg.spherical_mask.then(|| sphere_mask(n, device));
         match cfg.mode {
             Mode::Single => {
-                let volume = path.var("volume", &[n, n, n], nn::Init::Const(0.0));
+                // Kept non-negative by projection after each update
+                // ([`Generator::project_constraints`]), not by a ReLU, which would stop the
+                // gradient of every voxel that once went below zero.
+                let volume = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
                 Self {
                     mode: Mode::Single,
                     n,
@@ -161,10 +164,24 @@ impl Generator {
                 out.squeeze_dim(1)
             }
         };
-        let v = raw.relu();
+        let v = match self.mode {
+            Mode::Single => raw,
+            Mode::Multi => raw.relu(),
+        };
         match &self.mask {
             Some(m) => v * m,
             None => v,
+        }
+    }
+}
+
+impl Generator {
+    /// Restores the constraints after an optimiser step: the single volume is clamped to ≥ 0.
+    pub fn project_constraints(&mut self) {
+        if let Some(v) = &mut self.volume {
+            tch::no_grad(|| {
+                let _ = v.clamp_min_(0.0);
+            });
         }
     }
 }

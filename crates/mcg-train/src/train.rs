@@ -1,0 +1,628 @@
+//! The training loop (the paper's Algorithm 2): k discriminator steps per generator step, with
+//! WGAN-GP, Adam, data batches read lazily on a background thread, metrics, checkpoints and an
+//! exact resume.
+//!
+//! Reproducibility: every random draw of step `s` comes from streams of `(seed, s)`: poses,
+//! CTF rows and data indices from the physics crate's named streams, and libtorch's generator
+//! (noise, α, ε) re-seeded from `(seed, s)` at the start of the step. A checkpoint therefore
+//! needs only the weights, the optimiser state and the step to continue exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use mcg_formats::{ImageSource, ParticleSet};
+use mcg_physics::rng::{Purpose, stream};
+use mcg_physics::simulate::ImagingParams;
+use mcg_physics::{Pose, Shift};
+use ndarray::Array3;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::TrainError;
+use crate::adam::Adam;
+use crate::forward::{BatchPhysics, ForwardModel};
+use crate::models::{Discriminator, Generator, ModelConfig, discriminator_loss, generator_loss};
+
+/// Every hyper-parameter of a run (written to `RUN/config.json` first; `--config` reads one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// G and D.
+    pub model: ModelConfig,
+    /// Real (and simulated) images per discriminator step.
+    pub batch_size: usize,
+    /// Poses per generated volume in a batch (G's cost falls by this factor).
+    pub poses_per_volume: usize,
+    /// Discriminator steps per generator step (k).
+    pub d_steps: usize,
+    /// Gradient-penalty weight λ.
+    pub gp_lambda: f64,
+    /// Adam learning rates and betas.
+    pub lr_g: f64,
+    /// Discriminator learning rate.
+    pub lr_d: f64,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// Apply the CTF of a random particle of the data set to each simulated image.
+    pub ctf: bool,
+    /// Shift simulated images by a random particle's shift.
+    pub shifts: bool,
+    /// Noise σ of simulated images; `None`: from the data's manifest or estimated.
+    pub noise_sigma: Option<f64>,
+    /// Master seed.
+    pub seed: u64,
+    /// Seconds between checkpoints.
+    pub checkpoint_seconds: f64,
+    /// Log a metrics line every this many G steps.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::default(),
+            batch_size: 32,
+            poses_per_volume: 4,
+            d_steps: 4,
+            gp_lambda: 10.0,
+            lr_g: 1e-3,
+            lr_d: 1e-4,
+            beta1: 0.5,
+            beta2: 0.9,
+            ctf: true,
+            shifts: false,
+            noise_sigma: None,
+            seed: 0,
+            checkpoint_seconds: 300.0,
+            log_every: 1,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings; the message names the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Invalid(m));
+        let n = self.model.box_size;
+        if n < 8 || !n.is_multiple_of(8) {
+            return bad(format!(
+                "model.box_size = {n}: expected a multiple of 8, at least 8"
+            ));
+        }
+        if self.batch_size == 0 || self.poses_per_volume == 0 || self.d_steps == 0 {
+            return bad("batch_size, poses_per_volume and d_steps must be at least 1".into());
+        }
+        if !self.batch_size.is_multiple_of(self.poses_per_volume) {
+            return bad(format!(
+                "batch_size = {} must be a multiple of poses_per_volume = {}",
+                self.batch_size, self.poses_per_volume
+            ));
+        }
+        for (name, v) in [
+            ("lr_g", self.lr_g),
+            ("lr_d", self.lr_d),
+            ("gp_lambda", self.gp_lambda),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} = {v}: expected a finite number ≥ 0"));
+            }
+        }
+        if self.log_every == 0 {
+            return bad("log_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the data set gives the simulator: per-particle CTFs and shifts to draw from, and σ.
+#[derive(Debug, Clone)]
+pub struct DataPhysics {
+    /// Each particle's imaging parameters (pose ignored).
+    pub particles: Vec<ImagingParams>,
+    /// Pixel size, Å.
+    pub apix: f64,
+    /// Noise σ of the data.
+    pub noise_sigma: f64,
+}
+
+impl DataPhysics {
+    /// From a particle set; σ is given (from a manifest or a flag).
+    pub fn from_set(set: &ParticleSet, apix: f64, noise_sigma: f64) -> Self {
+        let particles = set
+            .particles
+            .iter()
+            .map(|p| ImagingParams {
+                pose: Pose::default(),
+                shift: p.shift,
+                ctf: p.ctf,
+            })
+            .collect();
+        Self {
+            particles,
+            apix,
+            noise_sigma,
+        }
+    }
+}
+
+/// The noise σ of images estimated from their outer annulus (pixels beyond 0.9·N/2 from the
+/// centre, where a centred particle has no signal): the pooled standard deviation.
+pub fn estimate_noise_sigma(source: &dyn ImageSource, count: usize) -> Result<f64, TrainError> {
+    let n = source.box_size();
+    let count = count.min(source.len()).max(1);
+    let mut images = Array3::<f32>::zeros((count, n, n));
+    let indices: Vec<usize> = (0..count).collect();
+    source
+        .read_batch(&indices, images.view_mut())
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let c = (n / 2) as f64;
+    let r0 = 0.9 * c;
+    let (mut sum, mut sum2, mut k) = (0.0, 0.0, 0usize);
+    for image in images.outer_iter() {
+        for ((y, x), v) in image.indexed_iter() {
+            let r = ((x as f64 - c).powi(2) + (y as f64 - c).powi(2)).sqrt();
+            if r >= r0 {
+                let v = f64::from(*v);
+                sum += v;
+                sum2 += v * v;
+                k += 1;
+            }
+        }
+    }
+    let mean = sum / k as f64;
+    Ok((sum2 / k as f64 - mean * mean).max(0.0).sqrt())
+}
+
+/// Random batches of real images read on a background thread, two batches ahead.
+#[derive(Debug)]
+pub struct Prefetcher {
+    rx: Receiver<Result<Array3<f32>, String>>,
+}
+
+impl Prefetcher {
+    /// Starts reading batches `first_batch, first_batch + 1, …` of `batch` images, each drawn
+    /// uniformly (with replacement) from stream `(seed, Other(1), batch number)`.
+    pub fn start(source: Arc<dyn ImageSource>, batch: usize, seed: u64, first_batch: u64) -> Self {
+        let (tx, rx) = sync_channel(2);
+        std::thread::spawn(move || {
+            let n = source.box_size();
+            let mut b = first_batch;
+            loop {
+                let mut rng = stream(seed, Purpose::Other(1), b);
+                let indices: Vec<usize> = (0..batch)
+                    .map(|_| rng.random_range(0..source.len()))
+                    .collect();
+                let mut out = Array3::zeros((batch, n, n));
+                let result = source
+                    .read_batch(&indices, out.view_mut())
+                    .map(|()| out)
+                    .map_err(|e| e.to_string());
+                if tx.send(result).is_err() {
+                    return;
+                }
+                b += 1;
+            }
+        });
+        Self { rx }
+    }
+
+    /// The next batch.
+    pub fn next(&self) -> Result<Array3<f32>, TrainError> {
+        self.rx
+            .recv()
+            .map_err(|_| TrainError::Invalid("the data reader stopped".into()))?
+            .map_err(TrainError::Invalid)
+    }
+}
+
+/// One step's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    /// G steps done.
+    pub step: u64,
+    /// Seconds since the run (or resume) started.
+    pub time: f64,
+    /// Discriminator loss (last D step).
+    pub d_loss: f64,
+    /// Generator loss.
+    pub g_loss: f64,
+    /// Wasserstein estimate E[D(real)] − E[D(fake)] (last D step).
+    pub wasserstein: f64,
+    /// Gradient penalty (last D step).
+    pub gradient_penalty: f64,
+    /// Simulated images per second over this step.
+    pub images_per_second: f64,
+}
+
+/// A Multi-CryoGAN (or CryoGAN) model being trained.
+#[derive(Debug)]
+pub struct Trainer {
+    /// The configuration.
+    pub config: TrainConfig,
+    vs: nn::VarStore,
+    g: Generator,
+    d: Discriminator,
+    opt_g: Adam,
+    opt_d: Adam,
+    forward: ForwardModel,
+    device: Device,
+    step: u64,
+}
+
+fn trainable(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(k, t)| k.starts_with(prefix) && t.requires_grad())
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl Trainer {
+    /// A fresh model on `device` (G's weights and latent end points from `config.seed`).
+    pub fn new(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
+        config.validate()?;
+        tch::manual_seed(torch_seed(config.seed, 2, 0));
+        let vs = nn::VarStore::new(device);
+        let g = Generator::new(&(vs.root() / "g"), &config.model);
+        let d = Discriminator::new(&(vs.root() / "d"), &config.model);
+        let opt_g = Adam::new(
+            trainable(&vs, "g."),
+            config.lr_g,
+            config.beta1,
+            config.beta2,
+        );
+        let opt_d = Adam::new(
+            trainable(&vs, "d."),
+            config.lr_d,
+            config.beta1,
+            config.beta2,
+        );
+        let forward = ForwardModel::new(config.model.box_size, device);
+        Ok(Self {
+            config,
+            vs,
+            g,
+            d,
+            opt_g,
+            opt_d,
+            forward,
+            device,
+            step: 0,
+        })
+    }
+
+    /// G steps done.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The generator.
+    pub fn generator(&self) -> &Generator {
+        &self.g
+    }
+
+    /// Simulated images of a batch: volumes at random α, random poses, CTFs and shifts of
+    /// random data particles, noise. Draws from `(seed, step, d_step)` streams and libtorch's
+    /// generator.
+    pub fn simulate(&self, data: &DataPhysics, tag: u64) -> Tensor {
+        let cfg = &self.config;
+        let b = cfg.batch_size;
+        let volumes_n = (b / cfg.poses_per_volume) as i64;
+        let alphas = Tensor::rand([volumes_n], (Kind::Float, self.device));
+        let volumes = self.g.volumes(&alphas).repeat_interleave_self_int(
+            cfg.poses_per_volume as i64,
+            Some(0),
+            None,
+        );
+        let params = self.draw_params(data, tag);
+        let physics =
+            BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
+        let clean = self.forward.clean(&volumes, &physics);
+        ForwardModel::add_noise(&clean, data.noise_sigma)
+    }
+
+    fn draw_params(&self, data: &DataPhysics, tag: u64) -> Vec<ImagingParams> {
+        let mut rng = stream(self.config.seed, Purpose::Other(3), tag);
+        (0..self.config.batch_size)
+            .map(|_| {
+                let pose = Pose::sample_uniform(&mut rng);
+                let p = data.particles[rng.random_range(0..data.particles.len())];
+                ImagingParams {
+                    pose,
+                    shift: if self.config.shifts {
+                        p.shift
+                    } else {
+                        Shift::default()
+                    },
+                    ctf: p.ctf,
+                }
+            })
+            .collect()
+    }
+
+    /// One G step with its k D steps, taking real batches from `real`.
+    pub fn train_step(
+        &mut self,
+        data: &DataPhysics,
+        real: &mut dyn FnMut() -> Result<Array3<f32>, TrainError>,
+    ) -> Result<StepMetrics, TrainError> {
+        let start = std::time::Instant::now();
+        let s = self.step;
+        tch::manual_seed(torch_seed(self.config.seed, 4, s));
+        let k = self.config.d_steps as u64;
+        let (mut d_loss, mut w, mut gp) = (0.0, 0.0, 0.0);
+        for j in 0..k {
+            let real = to_tensor(&real()?, self.device);
+            let fake = self.simulate(data, s * (k + 1) + j).detach();
+            let eps = Tensor::rand([real.size()[0]], (Kind::Float, self.device));
+            self.opt_d.zero_grad();
+            let (loss, wass, pen) =
+                discriminator_loss(&self.d, &real, &fake, &eps, self.config.gp_lambda);
+            loss.backward();
+            self.opt_d.step();
+            d_loss = loss.double_value(&[]);
+            w = wass.double_value(&[]);
+            gp = pen.double_value(&[]);
+        }
+        let fake = self.simulate(data, s * (k + 1) + k);
+        self.opt_g.zero_grad();
+        self.opt_d.zero_grad();
+        let g_loss = generator_loss(&self.d, &fake);
+        g_loss.backward();
+        self.opt_g.step();
+        self.g.project_constraints();
+        self.step += 1;
+        let secs = start.elapsed().as_secs_f64();
+        Ok(StepMetrics {
+            step: self.step,
+            time: 0.0,
+            d_loss,
+            g_loss: g_loss.double_value(&[]),
+            wasserstein: w,
+            gradient_penalty: gp,
+            images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
+        })
+    }
+
+    /// Writes a checkpoint (weights, latent end points, optimiser states, step) to `path` as
+    /// safetensors, through a temporary file.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(k, t)| (format!("model.{k}"), t.detach().to_device(Device::Cpu)))
+            .collect();
+        for (prefix, opt) in [("opt_g", &self.opt_g), ("opt_d", &self.opt_d)] {
+            for (k, t) in opt.state() {
+                named.push((format!("{prefix}.{k}"), t.to_device(Device::Cpu)));
+            }
+        }
+        named.push((
+            "trainer.step".into(),
+            Tensor::from_slice(&[self.step as i64]),
+        ));
+        let config = serde_json::to_string(&self.config).expect("config serialises");
+        let config_bytes: Vec<u8> = config.into_bytes();
+        named.push(("trainer.config".into(), Tensor::from_slice(&config_bytes)));
+        let tmp = tmp_path(path);
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        Tensor::write_safetensors(&refs, &tmp)?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(())
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save`] into this trainer; fails when it was
+    /// made with another model configuration, naming the difference.
+    pub fn load(&mut self, path: &Path) -> Result<(), TrainError> {
+        let what = |m: String| TrainError::Invalid(format!("checkpoint {}: {m}", path.display()));
+        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| what(e.to_string()))?
+            .into_iter()
+            .collect();
+        let config = tensors
+            .get("trainer.config")
+            .ok_or_else(|| what("no trainer.config".into()))?;
+        let bytes: Vec<u8> = Vec::<u8>::try_from(config).map_err(|e| what(e.to_string()))?;
+        let saved: TrainConfig = serde_json::from_slice(&bytes).map_err(|e| what(e.to_string()))?;
+        if saved.model != self.config.model {
+            return Err(what(format!(
+                "made with model {} but this run's model is {}",
+                serde_json::to_string(&saved.model).unwrap_or_default(),
+                serde_json::to_string(&self.config.model).unwrap_or_default()
+            )));
+        }
+        tch::no_grad(|| -> Result<(), TrainError> {
+            for (k, mut t) in self.vs.variables() {
+                let key = format!("model.{k}");
+                let src = tensors
+                    .get(&key)
+                    .ok_or_else(|| what(format!("no tensor {key}")))?;
+                if src.size() != t.size() {
+                    return Err(what(format!(
+                        "tensor {key} has shape {:?}, expected {:?}",
+                        src.size(),
+                        t.size()
+                    )));
+                }
+                t.copy_(src);
+            }
+            Ok(())
+        })?;
+        for (prefix, opt) in [("opt_g.", &mut self.opt_g), ("opt_d.", &mut self.opt_d)] {
+            let state: BTreeMap<String, Tensor> = tensors
+                .iter()
+                .filter_map(|(k, t)| {
+                    k.strip_prefix(prefix)
+                        .map(|s| (s.to_string(), t.to_device(self.device)))
+                })
+                .collect();
+            opt.load_state(&state).map_err(what)?;
+        }
+        let step = tensors
+            .get("trainer.step")
+            .ok_or_else(|| what("no trainer.step".into()))?;
+        self.step = step.int64_value(&[0]) as u64;
+        Ok(())
+    }
+}
+
+/// A seed for libtorch's generator from the stream `(seed, Other(purpose), index)`.
+fn torch_seed(seed: u64, purpose: u32, index: u64) -> i64 {
+    (stream(seed, Purpose::Other(purpose), index).random::<u64>() >> 1) as i64
+}
+
+fn to_tensor(a: &Array3<f32>, device: Device) -> Tensor {
+    let (b, h, w) = a.dim();
+    let data: Vec<f32> = a.iter().copied().collect();
+    Tensor::from_slice(&data)
+        .view([b as i64, h as i64, w as i64])
+        .to_device(device)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Mode;
+    use mcg_physics::Volume;
+    use mcg_physics::simulate::{ProjectorKind, RandomImaging, Simulator};
+
+    /// Images held in memory.
+    struct Memory(Array3<f32>);
+
+    impl ImageSource for Memory {
+        fn len(&self) -> usize {
+            self.0.dim().0
+        }
+        fn box_size(&self) -> usize {
+            self.0.dim().1
+        }
+        fn pixel_size(&self) -> f64 {
+            5.0
+        }
+        fn read_batch(
+            &self,
+            indices: &[usize],
+            mut out: ndarray::ArrayViewMut3<'_, f32>,
+        ) -> mcg_formats::Result<()> {
+            for (i, &j) in indices.iter().enumerate() {
+                out.index_axis_mut(ndarray::Axis(0), i)
+                    .assign(&self.0.index_axis(ndarray::Axis(0), j));
+            }
+            Ok(())
+        }
+    }
+
+    /// An asymmetric pair of blobs in a 16³ box.
+    fn truth(n: usize) -> Volume {
+        let c = (n / 2) as f64;
+        let data = ndarray::Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
+            let blob = |p: [f64; 3], s: f64| {
+                let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
+                (-d2 / (2.0 * s * s)).exp()
+            };
+            (blob([0.0, 0.0, 0.0], 2.0) + 0.7 * blob([3.5, 0.0, 0.0], 1.5)) as f32
+        });
+        Volume::new(data, 5.0).unwrap()
+    }
+
+    /// The mass of a volume in spherical shells about its centre, radii 0 … N/2 (a
+    /// rotation-invariant summary: reconstructions are defined up to rotation and reflection).
+    fn profile(v: &[f32], n: usize) -> Vec<f64> {
+        let c = (n / 2) as f64;
+        let mut sum = vec![0.0; n / 2 + 1];
+        let mut count = vec![0.0; n / 2 + 1];
+        for z in 0..n {
+            for y in 0..n {
+                for x in 0..n {
+                    let r =
+                        ((x as f64 - c).powi(2) + (y as f64 - c).powi(2) + (z as f64 - c).powi(2))
+                            .sqrt()
+                            .round() as usize;
+                    if r <= n / 2 {
+                        sum[r] += f64::from(v[(z * n + y) * n + x]);
+                        count[r] += 1.0;
+                    }
+                }
+            }
+        }
+        let _ = count;
+        sum
+    }
+
+    fn relative_distance(a: &[f64], b: &[f64]) -> f64 {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+        let n: f64 = b.iter().map(|y| y * y).sum();
+        (d / n).sqrt()
+    }
+
+    #[test]
+    fn single_mode_learns_a_volume_from_clean_images() {
+        let n = 16;
+        let vol = truth(n);
+        let params: Vec<ImagingParams> = (0..512)
+            .map(|i| RandomImaging::default().draw(11, i))
+            .collect();
+        let mut images = Array3::zeros((params.len(), n, n));
+        Simulator::new(&vol, ProjectorKind::RealSpace).clean(&params, false, images.view_mut());
+        let source: Arc<dyn ImageSource> = Arc::new(Memory(images));
+        let config = TrainConfig {
+            model: ModelConfig {
+                mode: Mode::Single,
+                box_size: n,
+                discriminator_channels: 8,
+                ..ModelConfig::default()
+            },
+            batch_size: 16,
+            poses_per_volume: 16,
+            d_steps: 2,
+            lr_g: 0.005,
+            lr_d: 1e-3,
+            ctf: false,
+            seed: 3,
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::new(config, Device::Cpu).unwrap();
+        let data = DataPhysics {
+            particles: params.clone(),
+            apix: 5.0,
+            noise_sigma: 0.0,
+        };
+        let feed = Prefetcher::start(source, 16, 3, 0);
+        let want = profile(vol.data().as_slice().unwrap(), n);
+        let got = |t: &Trainer| {
+            let v = t.generator().volumes(&Tensor::from_slice(&[0.0f32]));
+            let v: Vec<f32> = v.flatten(0, -1).try_into().unwrap();
+            relative_distance(&profile(&v, n), &want)
+        };
+        let before = got(&trainer);
+        for _ in 0..300 {
+            trainer.train_step(&data, &mut || feed.next()).unwrap();
+        }
+        let after = got(&trainer);
+        eprintln!("profile distance {before:.3} → {after:.3}");
+        assert!(
+            before > 0.95,
+            "starts from an almost empty volume: {before}"
+        );
+        // Measured: 0.99 → 0.09 in 300 steps.
+        assert!(after < 0.3, "profile distance after training: {after}");
+    }
+}
