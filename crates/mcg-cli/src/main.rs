@@ -10,6 +10,7 @@ mod progress;
 mod project;
 mod stackout;
 mod synth;
+mod train;
 mod util;
 
 use std::process::ExitCode;
@@ -44,6 +45,7 @@ enum Command {
     Project(project::Args),
     Synth(Box<synth::Args>),
     MergeShards(synth::MergeArgs),
+    Train(Box<train::Args>),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
     Ctf(ctf::Args),
 }
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Ctf(a) => ctf::run(a, &progress),
         Command::Synth(a) => synth::run(*a, &progress),
         Command::MergeShards(a) => synth::run_merge(a, &progress),
+        Command::Train(a) => train::run(*a, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod adam;
 pub mod device;
 pub mod forward;
 pub mod models;
+pub mod run;
 pub mod train;
 
 pub use device::{DeviceChoice, select};

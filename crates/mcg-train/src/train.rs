@@ -298,6 +298,11 @@ impl Trainer {
         })
     }
 
+    /// Where the model lives.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     /// G steps done.
     pub fn step(&self) -> u64 {
         self.step

@@ -1,0 +1,253 @@
+//! `multicryogan train`: learn a Multi-CryoGAN (or CryoGAN) model from a particle set.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail, ensure};
+use mcg_train::models::Mode;
+use mcg_train::run::{RunData, RunOptions};
+use mcg_train::train::{DataPhysics, TrainConfig, estimate_noise_sigma};
+use mcg_train::{DeviceChoice, device};
+use serde_json::{Value, json};
+use tracing::info;
+
+use crate::input::{self, Locate};
+use crate::progress::Progress;
+use crate::util::{self, WithHint};
+
+/// Train Multi-CryoGAN on a particle set: a generator of volumes whose simulated images (random
+/// poses, the data's own CTFs, noise of the data's σ) a discriminator cannot tell from the data.
+/// No pose estimation, no clustering.
+///
+/// Writes RUN/config.json first (every setting), then RUN/metrics.jsonl (one line per logged
+/// step: step, time, D loss, G loss, Wasserstein estimate, gradient penalty, images/s),
+/// RUN/checkpoint.safetensors (G, D, optimiser states, step; every few minutes, at the end and
+/// on Ctrl-C), RUN/volumes/alpha_*.mrc (G at α = 0, 0.5, 1) and RUN/images/step_*.png (real
+/// images above simulated ones). --resume continues exactly where the checkpoint left off
+/// (--steps is the total to reach).
+///
+/// Settings: the defaults, then --config FILE (a JSON file like RUN/config.json's "train"
+/// part; unknown fields are errors), then the flags. σ of the simulated noise: --noise-sigma,
+/// else the data set's manifest.json (as written by synth), else estimated from the images'
+/// outer annulus.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    multicryogan train --particles hsp90/particles.star --out run --minutes 20\n  \
+    multicryogan train --particles hsp90/particles.h5 --out run --steps 5000 --device cuda\n  \
+    multicryogan train --particles hsp90/particles.star --out run --steps 8000 --resume")]
+pub struct Args {
+    /// The particle set (STAR + MRCS, or the HDF5 container).
+    #[arg(long, value_name = "FILE")]
+    particles: PathBuf,
+    /// The run folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// multi (Multi-CryoGAN, a latent segment of conformations) or single (CryoGAN, one volume).
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// Total generator steps to reach.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Train for this many minutes (this invocation).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Settings file (JSON).
+    #[arg(long, value_name = "JSON")]
+    config: Option<PathBuf>,
+    /// Continue from RUN/checkpoint.safetensors with RUN/config.json's settings.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or auto (the GPU when one is usable).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// CPU threads for libtorch (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write a metrics line every this many generator steps.
+    #[arg(long)]
+    log_every: Option<usize>,
+    /// Master seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Images per discriminator step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Discriminator steps per generator step.
+    #[arg(long)]
+    d_steps: Option<usize>,
+    /// Noise σ of the simulated images.
+    #[arg(long)]
+    noise_sigma: Option<f64>,
+    /// Seconds between checkpoints.
+    #[arg(long)]
+    checkpoint_seconds: Option<f64>,
+    #[command(flatten)]
+    locate: Locate,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, progress: &Progress) -> Result<()> {
+    if let Some(t) = args.threads {
+        ensure!(t > 0, "--threads must be at least 1");
+        device::set_threads(t);
+    }
+    let dev = device::select(args.device)?;
+    info!(device = ?dev, "device");
+    let mut config = base_config(&args)?;
+    apply_flags(&mut config, &args);
+
+    let (set, images) = input::particles(&args.particles, &args.locate)?;
+    ensure!(
+        !set.is_empty(),
+        "{}: no particles",
+        args.particles.display()
+    );
+    let n = images.box_size();
+    if n < 8 || !n.is_multiple_of(8) {
+        return Err(anyhow::anyhow!(
+            "{}: the images are {n}×{n} pixels; the trainer needs a box that is a multiple of 8",
+            args.particles.display()
+        ))
+        .with_hint("resample or crop the particles (e.g. relion_image_handler --new_box)");
+    }
+    if config.model.box_size != n {
+        if args.config.is_some() || args.resume {
+            bail!(
+                "{}: the images are {n}×{n} pixels but the settings say model.box_size = {}",
+                args.particles.display(),
+                config.model.box_size
+            );
+        }
+        config.model.box_size = n;
+    }
+    let apix = images.pixel_size();
+    let (sigma, sigma_source) = noise_sigma(&args, &config, images.as_ref())?;
+    info!(sigma, source = %sigma_source, "noise");
+    config.noise_sigma = Some(sigma);
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the training settings")?;
+    let data = RunData {
+        images: Arc::from(images),
+        physics: DataPhysics::from_set(&set, apix, sigma),
+        description: json!({
+            "particles": args.particles.display().to_string(),
+            "images": set.len(),
+            "box_size": n,
+            "pixel_size_A": apix,
+            "noise_sigma": sigma,
+            "noise_sigma_source": sigma_source,
+        }),
+    };
+    let opts = RunOptions {
+        out: args.out.clone(),
+        steps: args.steps,
+        minutes: args.minutes,
+        resume: args.resume,
+        device: dev,
+    };
+    let bar = progress.bar(args.steps.unwrap_or(0), "training");
+    let summary = mcg_train::run::run(
+        config,
+        &data,
+        &opts,
+        &mut |step, _, m| {
+            bar.set_position(step);
+            bar.set_message(format!("W {:.3}", m.wasserstein));
+        },
+        &|| util::check_interrupted().is_err(),
+    )
+    .with_context(|| format!("training into {}", args.out.display()))?;
+    bar.finish_and_clear();
+    if summary.interrupted {
+        bail!(
+            "interrupted at step {}: the checkpoint is saved; continue with --resume",
+            summary.step
+        );
+    }
+    if args.json {
+        util::print_json(&serde_json::to_value(&summary)?)?;
+    } else {
+        println!("{}", args.out.display());
+    }
+    Ok(())
+}
+
+/// Defaults, or the --config file, or (resuming) the run's own config.json.
+fn base_config(args: &Args) -> Result<TrainConfig> {
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid training settings", path.display()));
+    }
+    if args.resume {
+        let path = args.out.join("config.json");
+        let doc = read_json(&path).with_context(|| {
+            format!(
+                "--resume: no readable {} (is this a run folder?)",
+                path.display()
+            )
+        })?;
+        return serde_json::from_value(doc["train"].clone())
+            .with_context(|| format!("{}: field train", path.display()));
+    }
+    Ok(TrainConfig::default())
+}
+
+fn apply_flags(config: &mut TrainConfig, args: &Args) {
+    if let Some(m) = args.mode {
+        config.model.mode = m;
+    }
+    if let Some(v) = args.log_every {
+        config.log_every = v;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    if let Some(v) = args.batch_size {
+        config.batch_size = v;
+    }
+    if let Some(v) = args.d_steps {
+        config.d_steps = v;
+    }
+    if let Some(v) = args.noise_sigma {
+        config.noise_sigma = Some(v);
+    }
+    if let Some(v) = args.checkpoint_seconds {
+        config.checkpoint_seconds = v;
+    }
+}
+
+/// σ and where it came from.
+fn noise_sigma(
+    args: &Args,
+    config: &TrainConfig,
+    images: &dyn mcg_formats::ImageSource,
+) -> Result<(f64, String)> {
+    if let Some(s) = config.noise_sigma {
+        ensure!(s.is_finite() && s >= 0.0, "noise σ must be ≥ 0, got {s}");
+        return Ok((s, "settings".into()));
+    }
+    let manifest = manifest_beside(&args.particles);
+    if let Some((path, doc)) = manifest
+        && doc["noise"].is_object()
+    {
+        let s = doc["noise"]["sigma"].as_f64().unwrap_or(0.0);
+        return Ok((s, format!("{}", path.display())));
+    }
+    let s = estimate_noise_sigma(images, 1000).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((s, "estimated from the outer annulus of 1000 images".into()))
+}
+
+fn manifest_beside(particles: &Path) -> Option<(PathBuf, Value)> {
+    let path = particles.parent()?.join("manifest.json");
+    read_json(&path).map(|doc| (path, doc))
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}

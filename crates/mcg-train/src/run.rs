@@ -1,0 +1,273 @@
+//! A training run's folder: `config.json` (written first), `metrics.jsonl` (one line per
+//! logged G step), `checkpoint.safetensors` (every few minutes, at the end and on interrupt),
+//! `volumes/alpha_0.00.mrc`, `alpha_0.50.mrc`, `alpha_1.00.mrc` (G at each checkpoint) and
+//! `images/step_NNNNNNN.png` (real images above simulated ones, at each checkpoint).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mcg_formats::ImageSource;
+use mcg_physics::Volume;
+use ndarray::{Array3, ArrayView2};
+use serde_json::{Value, json};
+use tch::{Device, Tensor};
+
+use crate::TrainError;
+use crate::train::{DataPhysics, Prefetcher, StepMetrics, TrainConfig, Trainer};
+
+/// The data a run trains on.
+pub struct RunData {
+    /// The images.
+    pub images: Arc<dyn ImageSource>,
+    /// CTFs, shifts, pixel size and σ for the simulator.
+    pub physics: DataPhysics,
+    /// A description for `config.json` (the particles file, where σ came from).
+    pub description: Value,
+}
+
+impl std::fmt::Debug for RunData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunData")
+            .field("images", &self.images.len())
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long to train and where.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run folder.
+    pub out: PathBuf,
+    /// Total G steps to reach (counting those of a resumed run).
+    pub steps: Option<u64>,
+    /// Wall-clock budget of this invocation, minutes.
+    pub minutes: Option<f64>,
+    /// Continue from `out/checkpoint.safetensors`.
+    pub resume: bool,
+    /// Where tensors live.
+    pub device: Device,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    /// G steps reached.
+    pub step: u64,
+    /// Whether it stopped because of an interrupt.
+    pub interrupted: bool,
+    /// Seconds this invocation trained.
+    pub seconds: f64,
+    /// Mean seconds per G step in this invocation.
+    pub seconds_per_step: f64,
+}
+
+/// The checkpoint file of a run folder.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.safetensors")
+}
+
+/// Trains (see the module notes). `on_step(step, target, metrics)` is called after each G step
+/// (for progress bars); `interrupted()` is polled between steps and stops the run after a
+/// checkpoint.
+pub fn run(
+    config: TrainConfig,
+    data: &RunData,
+    opts: &RunOptions,
+    on_step: &mut dyn FnMut(u64, Option<u64>, &StepMetrics),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<RunSummary, TrainError> {
+    let io =
+        |path: &Path, e: std::io::Error| TrainError::Invalid(format!("{}: {e}", path.display()));
+    if opts.steps.is_none() && opts.minutes.is_none() {
+        return Err(TrainError::Invalid("give --steps or --minutes".into()));
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|e| io(&opts.out, e))?;
+    let config_path = opts.out.join("config.json");
+    let mut trainer = Trainer::new(config.clone(), opts.device)?;
+    if opts.resume {
+        let ckpt = checkpoint_path(&opts.out);
+        if !ckpt.is_file() {
+            return Err(TrainError::Invalid(format!(
+                "--resume: no checkpoint at {}",
+                ckpt.display()
+            )));
+        }
+        trainer.load(&ckpt)?;
+    } else {
+        let doc = json!({
+            "software": concat!("multicryogan ", env!("CARGO_PKG_VERSION")),
+            "train": config,
+            "data": data.description,
+            "device": format!("{:?}", opts.device),
+        });
+        write_atomic(
+            &config_path,
+            (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
+        )?;
+        // A new run starts a new metrics file.
+        let _ = std::fs::remove_file(opts.out.join("metrics.jsonl"));
+    }
+    let k = config.d_steps as u64;
+    let feed = Prefetcher::start(
+        Arc::clone(&data.images),
+        config.batch_size,
+        config.seed,
+        trainer.step() * k,
+    );
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| io(&metrics_path, e))?;
+    let start = Instant::now();
+    let first_step = trainer.step();
+    let mut last_checkpoint = Instant::now();
+    let mut was_interrupted = false;
+    loop {
+        if opts.steps.is_some_and(|s| trainer.step() >= s) {
+            break;
+        }
+        if opts
+            .minutes
+            .is_some_and(|m| start.elapsed().as_secs_f64() >= m * 60.0)
+        {
+            break;
+        }
+        if interrupted() {
+            was_interrupted = true;
+            break;
+        }
+        let mut m = trainer.train_step(&data.physics, &mut || feed.next())?;
+        m.time = start.elapsed().as_secs_f64();
+        if m.step.is_multiple_of(config.log_every as u64) {
+            let line = serde_json::to_string(&m).expect("metrics serialise");
+            writeln!(metrics, "{line}").map_err(|e| io(&metrics_path, e))?;
+        }
+        on_step(m.step, opts.steps, &m);
+        if last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_seconds {
+            checkpoint(&trainer, data, &opts.out)?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    metrics.flush().map_err(|e| io(&metrics_path, e))?;
+    checkpoint(&trainer, data, &opts.out)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let steps = (trainer.step() - first_step).max(1);
+    Ok(RunSummary {
+        step: trainer.step(),
+        interrupted: was_interrupted,
+        seconds,
+        seconds_per_step: seconds / steps as f64,
+    })
+}
+
+/// The checkpoint, the volume snapshots and an image grid.
+fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), TrainError> {
+    trainer.save(&checkpoint_path(out))?;
+    let volumes_dir = out.join("volumes");
+    std::fs::create_dir_all(&volumes_dir)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", volumes_dir.display())))?;
+    let apix = data.physics.apix as f32;
+    for alpha in [0.0f32, 0.5, 1.0] {
+        let v = tch::no_grad(|| {
+            trainer
+                .generator()
+                .volumes(&Tensor::from_slice(&[alpha]).to_device(trainer.device()))
+        });
+        let volume = Volume::new(to_array3(&v.get(0)), apix)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let path = volumes_dir.join(format!("alpha_{alpha:.2}.mrc"));
+        mcg_formats::mrc::write_volume(&path, &volume)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    }
+    let images_dir = out.join("images");
+    std::fs::create_dir_all(&images_dir)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", images_dir.display())))?;
+    // The first images of the set, not a batch of the prefetcher, whose order the training
+    // steps own (taking one here would change the batches after a resume).
+    let count = 8.min(data.images.len());
+    let n = data.images.box_size();
+    let mut real = Array3::zeros((count, n, n));
+    let indices: Vec<usize> = (0..count).collect();
+    data.images
+        .read_batch(&indices, real.view_mut())
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let fake = tch::no_grad(|| trainer.simulate(&data.physics, u64::MAX - trainer.step()));
+    let fake = to_array3(&fake);
+    let rows: Vec<Vec<ArrayView2<'_, f32>>> = [&real, &fake]
+        .iter()
+        .map(|s| {
+            (0..count)
+                .map(|i| s.index_axis(ndarray::Axis(0), i))
+                .collect()
+        })
+        .collect();
+    write_grid(
+        &images_dir.join(format!("step_{:07}.png", trainer.step())),
+        &rows,
+        4,
+    )?;
+    Ok(())
+}
+
+fn to_array3(t: &Tensor) -> Array3<f32> {
+    let t = t.detach().to_device(Device::Cpu).contiguous();
+    let size: Vec<usize> = t.size().iter().map(|&s| s as usize).collect();
+    let data: Vec<f32> = t.flatten(0, -1).try_into().expect("float tensor");
+    Array3::from_shape_vec((size[0], size[1], size[2]), data).expect("shape")
+}
+
+/// A grayscale PNG of image rows, each image scaled to its own min–max and enlarged `zoom`
+/// times, with 2-pixel white gutters.
+pub fn write_grid(
+    path: &Path,
+    rows: &[Vec<ArrayView2<'_, f32>>],
+    zoom: usize,
+) -> Result<(), TrainError> {
+    let err = |m: String| TrainError::Invalid(format!("{}: {m}", path.display()));
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let n = rows.iter().flatten().next().map_or(0, |im| im.dim().0);
+    let cell = n * zoom + 2;
+    let (w, h) = (cols * cell + 2, rows.len() * cell + 2);
+    let mut pixels = vec![255u8; w * h];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, image) in row.iter().enumerate() {
+            let (lo, hi) = image
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
+            let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
+            for ((y, x), &v) in image.indexed_iter() {
+                let g = ((v - lo) * scale).round().clamp(0.0, 255.0) as u8;
+                for dy in 0..zoom {
+                    let py = 2 + r * cell + y * zoom + dy;
+                    let start = py * w + 2 + c * cell + x * zoom;
+                    pixels[start..start + zoom].fill(g);
+                }
+            }
+        }
+    }
+    let tmp = path.with_extension("png.tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(|e| err(e.to_string()))?;
+    writer
+        .write_image_data(&pixels)
+        .map_err(|e| err(e.to_string()))?;
+    writer.finish().map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
