@@ -4,6 +4,7 @@
 mod commands;
 mod errors;
 mod synth;
+mod train;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,257 @@
+//! `multicryogan train`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{fails, ok, s};
+
+/// A tiny noisy discrete set (16² images of 10 Å) for the trainer.
+fn tiny_set(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("data");
+    ok(&[
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        "64",
+        "--box",
+        "16",
+        "--apix",
+        "10",
+        "--calibration-images",
+        "32",
+        "--no-h5",
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    out.join("particles.star")
+}
+
+/// Settings small enough for seconds on two cores.
+const SMALL: &str = r#"{
+  "model": { "mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 0.025,
+             "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true },
+  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5
+}"#;
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn train_writes_the_run_folder_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let config = dir.path().join("small.json");
+    std::fs::write(&config, SMALL).unwrap();
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    let common = [
+        "train",
+        "--particles",
+        s(&star),
+        "--config",
+        s(&config),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ];
+    ok(&[&common[..], &["--out", s(&straight), "--steps", "4"]].concat());
+    ok(&[&common[..], &["--out", s(&split), "--steps", "2"]].concat());
+    ok(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&split),
+        "--steps",
+        "4",
+        "--resume",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ]);
+
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["train"]["model"]["box_size"], 16);
+    // σ came from the synthetic set's manifest.
+    assert!(
+        doc["data"]["noise_sigma_source"]
+            .as_str()
+            .unwrap()
+            .ends_with("manifest.json")
+    );
+    let m = metrics(&straight);
+    assert_eq!(m.len(), 4);
+    for (i, line) in m.iter().enumerate() {
+        assert_eq!(line["step"], i as u64 + 1);
+        for key in [
+            "time",
+            "d_loss",
+            "g_loss",
+            "wasserstein",
+            "gradient_penalty",
+            "images_per_second",
+        ] {
+            assert!(
+                line[key].as_f64().is_some_and(f64::is_finite),
+                "{key} in {line}"
+            );
+        }
+    }
+    for a in ["0.00", "0.50", "1.00"] {
+        let v =
+            mcg_formats::mrc::read_volume(&straight.join(format!("volumes/alpha_{a}.mrc")), None)
+                .unwrap();
+        assert_eq!((v.box_size(), v.apix()), (16, 10.0));
+    }
+    assert!(straight.join("images/step_0000004.png").is_file());
+
+    // Two steps, then two more after --resume, give the same numbers and the same model as four.
+    let resumed = metrics(&split);
+    assert_eq!(resumed.len(), 4);
+    for (a, b) in m.iter().zip(&resumed) {
+        for key in ["d_loss", "g_loss", "wasserstein", "gradient_penalty"] {
+            assert_eq!(a[key], b[key], "step {}: {key}", a["step"]);
+        }
+    }
+    let volume = |run: &Path| std::fs::read(run.join("volumes/alpha_1.00.mrc")).unwrap();
+    assert_eq!(volume(&straight), volume(&split));
+}
+
+#[test]
+fn train_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let run = dir.path().join("run");
+    // No GPU here (CI has none): asking for one is a clear error.
+    if std::env::var_os("MCG_EXPECT_GPU").is_none() {
+        let msg = fails(&[
+            "train",
+            "--particles",
+            s(&star),
+            "--out",
+            s(&run),
+            "--steps",
+            "1",
+            "--device",
+            "cuda",
+        ]);
+        assert!(msg.contains("no usable GPU"), "{msg}");
+    }
+    let msg = fails(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&run),
+        "--steps",
+        "1",
+        "--resume",
+        "--device",
+        "cpu",
+    ]);
+    assert!(msg.contains("config.json"), "{msg}");
+    // A checkpoint from another model is refused, naming the difference.
+    let config = dir.path().join("small.json");
+    std::fs::write(&config, SMALL).unwrap();
+    ok(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&run),
+        "--steps",
+        "1",
+        "--config",
+        s(&config),
+        "--device",
+        "cpu",
+        "-q",
+    ]);
+    let other = dir.path().join("other.json");
+    std::fs::write(
+        &other,
+        SMALL.replace("\"generator_channels\": 4", "\"generator_channels\": 6"),
+    )
+    .unwrap();
+    let msg = fails(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&run),
+        "--steps",
+        "2",
+        "--resume",
+        "--config",
+        s(&other),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        msg.contains("checkpoint") && msg.contains("generator_channels"),
+        "{msg}"
+    );
+    // Images of the wrong size for the settings.
+    let big = dir.path().join("big");
+    ok(&[
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        "8",
+        "--box",
+        "24",
+        "--apix",
+        "7",
+        "--calibration-images",
+        "8",
+        "--no-h5",
+        "--out",
+        s(&big),
+        "-q",
+    ]);
+    let msg = fails(&[
+        "train",
+        "--particles",
+        s(&big.join("particles.star")),
+        "--out",
+        s(&dir.path().join("r2")),
+        "--steps",
+        "1",
+        "--config",
+        s(&config),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        msg.contains("24×24") && msg.contains("box_size = 16"),
+        "{msg}"
+    );
+    // Unknown settings are errors.
+    std::fs::write(&other, r#"{"batchsize": 3}"#).unwrap();
+    let msg = fails(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&dir.path().join("r3")),
+        "--steps",
+        "1",
+        "--config",
+        s(&other),
+    ]);
+    assert!(msg.contains("batchsize"), "{msg}");
+}
