@@ -362,7 +362,9 @@ impl Trainer {
         let s = self.step;
         tch::manual_seed(torch_seed(self.config.seed, 4, s));
         let k = self.config.d_steps as u64;
-        let (mut d_loss, mut w, mut gp) = (0.0, 0.0, 0.0);
+        // Losses stay on the device until the step ends: reading a value forces the host to
+        // wait for the device, once per step rather than after every D step.
+        let mut last = None;
         for j in 0..k {
             let real = to_tensor(&real()?, self.device);
             let fake = self.simulate(data, s * (k + 1) + j).detach();
@@ -372,9 +374,10 @@ impl Trainer {
                 discriminator_loss(&self.d, &real, &fake, &eps, self.config.gp_lambda);
             loss.backward();
             self.opt_d.step();
-            d_loss = loss.double_value(&[]);
-            w = wass.double_value(&[]);
-            gp = pen.double_value(&[]);
+            last = Some(Tensor::stack(
+                &[loss.detach(), wass.detach(), pen.detach()],
+                0,
+            ));
         }
         let fake = self.simulate(data, s * (k + 1) + k);
         self.opt_g.zero_grad();
@@ -384,12 +387,22 @@ impl Trainer {
         self.opt_g.step();
         self.g.project_constraints();
         self.step += 1;
+        let values = Tensor::cat(
+            &[
+                last.expect("k ≥ 1").to_kind(Kind::Double),
+                g_loss.detach().to_kind(Kind::Double).unsqueeze(0),
+            ],
+            0,
+        )
+        .to_device(Device::Cpu);
+        let values: Vec<f64> = Vec::<f64>::try_from(&values).map_err(TrainError::Torch)?;
+        let (d_loss, w, gp, g_value) = (values[0], values[1], values[2], values[3]);
         let secs = start.elapsed().as_secs_f64();
         Ok(StepMetrics {
             step: self.step,
             time: 0.0,
             d_loss,
-            g_loss: g_loss.double_value(&[]),
+            g_loss: g_value,
             wasserstein: w,
             gradient_penalty: gp,
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,

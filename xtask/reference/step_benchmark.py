@@ -1,0 +1,124 @@
+"""The default Multi-CryoGAN training step written in PyTorch, for timing against the Rust
+trainer (`cargo xtask bench` and docs). Same architecture and shapes as crates/mcg-train:
+
+- G: latent z = (1 - a) z0 + a z1 in R^{1x32^3}, Conv3d 1->16->32->16->1 (3^3, padding 1,
+  LeakyReLU), ReLU, spherical mask; 8 volumes per batch, 4 poses each.
+- Projection: real-space line integral via grid_sample over 2*ceil(sqrt(3)(N/2+1))+1 steps.
+- Shift/CTF: rfft2 of the 2N-padded projection times a per-image complex filter, irfft2, crop.
+- D: Conv2d 1->32->64->128 (4x4, stride 2, padding 1, LeakyReLU), Linear -> 1, no batch norm.
+- WGAN-GP: k = 4 D steps (lambda 10, per-sample gradient norm) per G step, Adam.
+
+Usage: python3 step_benchmark.py [--device cpu|cuda] [--threads T] [--steps S] [--warmup W]
+Prints one JSON line: {"seconds_per_step": ..., "device": ..., "threads": ...}.
+"""
+import argparse, json, math, time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+p = argparse.ArgumentParser()
+p.add_argument("--device", default="cpu")
+p.add_argument("--threads", type=int, default=0)
+p.add_argument("--steps", type=int, default=10)
+p.add_argument("--warmup", type=int, default=2)
+p.add_argument("--box", type=int, default=32)
+a = p.parse_args()
+if a.threads:
+    torch.set_num_threads(a.threads)
+dev = torch.device(a.device)
+N, B, PPV, K, LAM = a.box, 32, 4, 4, 10.0
+torch.manual_seed(0)
+
+class G(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.ends = nn.Parameter(torch.rand(2, 1, 32, 32, 32) * 0.025, requires_grad=False)
+        c = 16
+        s.net = nn.Sequential(nn.Conv3d(1, c, 3, padding=1), nn.LeakyReLU(0.01),
+                              nn.Conv3d(c, 2 * c, 3, padding=1), nn.LeakyReLU(0.01),
+                              nn.Conv3d(2 * c, c, 3, padding=1), nn.LeakyReLU(0.01),
+                              nn.Conv3d(c, 1, 3, padding=1))
+        r = torch.arange(N) - N // 2
+        d2 = r.view(N, 1, 1) ** 2 + r.view(1, N, 1) ** 2 + r.view(1, 1, N) ** 2
+        s.register_buffer("mask", (d2 <= (N // 2) ** 2).float())
+    def forward(s, alpha):
+        k = alpha.shape[0]
+        al = alpha.view(k, 1, 1, 1, 1)
+        z = s.ends[0:1] * (1 - al) + s.ends[1:2] * al
+        out = s.net(z)
+        if out.shape[2] != N:
+            out = F.interpolate(out, size=(N, N, N), mode="trilinear", align_corners=False)
+        return out.squeeze(1).relu() * s.mask
+
+class D(nn.Module):
+    def __init__(s):
+        super().__init__()
+        c = 32
+        s.net = nn.Sequential(nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.01),
+                              nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.01),
+                              nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.LeakyReLU(0.01),
+                              nn.Flatten(), nn.Linear(4 * c * (N // 8) ** 2, 1))
+    def forward(s, x):
+        return s.net(x.unsqueeze(1)).squeeze(1)
+
+half = math.ceil(math.sqrt(3) * (N // 2 + 1))
+steps = 2 * half + 1
+t = torch.arange(-half, half + 1, device=dev, dtype=torch.float32)
+yx = torch.arange(N, device=dev, dtype=torch.float32) - N // 2
+offsets = torch.stack([yx.view(1, 1, N).expand(steps, N, N), yx.view(1, N, 1).expand(steps, N, N),
+                       t.view(steps, 1, 1).expand(steps, N, N)], -1).view(-1, 3)
+
+def random_rotations(b):
+    q = torch.randn(b, 4, device=dev)
+    q = q / q.norm(dim=1, keepdim=True)
+    w, x, y, z = q.unbind(1)
+    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], 1).view(b, 3, 3)
+
+def simulate(g, sigma=1.0):
+    alphas = torch.rand(B // PPV, device=dev)
+    vols = g(alphas).repeat_interleave(PPV, 0)
+    rot = random_rotations(B)
+    pts = offsets.unsqueeze(0) @ rot + N // 2
+    grid = (pts * (2.0 / (N - 1)) - 1).view(B, steps, N, N, 3)
+    proj = F.grid_sample(vols.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=True).sum((1, 2))
+    lo = N // 2
+    padded = F.pad(proj, (lo, lo, lo, lo))
+    filt = torch.randn(B, 2 * N, N + 1, dtype=torch.complex64, device=dev)
+    img = torch.fft.irfft2(torch.fft.rfft2(padded) * filt, s=(2 * N, 2 * N))[:, lo:lo + N, lo:lo + N]
+    return img + torch.randn_like(img) * sigma
+
+g, d = G().to(dev), D().to(dev)
+og = torch.optim.Adam([p for p in g.parameters() if p.requires_grad], lr=1e-3, betas=(0.5, 0.9))
+od = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.5, 0.9))
+
+def step():
+    for _ in range(K):
+        real = torch.randn(B, N, N, device=dev)
+        fake = simulate(g).detach()
+        eps = torch.rand(B, 1, 1, device=dev)
+        x = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        grad, = torch.autograd.grad(d(x).sum(), x, create_graph=True)
+        gp = ((grad.view(B, -1).norm(dim=1) - 1) ** 2).mean()
+        loss = d(fake).mean() - d(real).mean() + LAM * gp
+        od.zero_grad(); loss.backward(); od.step()
+    fake = simulate(g)
+    og.zero_grad(); od.zero_grad()
+    (-d(fake).mean()).backward(); og.step()
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+for _ in range(a.warmup):
+    step()
+sync()
+t0 = time.perf_counter()
+for _ in range(a.steps):
+    step()
+sync()
+sec = (time.perf_counter() - t0) / a.steps
+print(json.dumps({"seconds_per_step": sec, "device": a.device, "threads": torch.get_num_threads(),
+                  "torch": torch.__version__}))
