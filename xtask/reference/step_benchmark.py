@@ -3,7 +3,10 @@ trainer (`cargo xtask bench` and docs). Same architecture and shapes as crates/m
 
 - G: latent z = (1 - a) z0 + a z1 in R^{1x32^3}, Conv3d 1->16->32->16->1 (3^3, padding 1,
   LeakyReLU), ReLU, spherical mask; 8 volumes per batch, 4 poses each.
-- Projection: real-space line integral via grid_sample over 2*ceil(sqrt(3)(N/2+1))+1 steps.
+- Projection (--projector): fourier (default): each volume divided by the sinc^2 gridding
+  correction, zero-padded to 2N, fftn, centred and shifted, extended by one periodic plane, and
+  sampled trilinearly (grid_sample) at the central slice of each of its 4 poses; or real-space:
+  line integral via grid_sample over 2*ceil(sqrt(3)(N/2+1))+1 steps.
 - Shift/CTF: rfft2 of the 2N-padded projection times a per-image complex filter, irfft2, crop.
 - D: Conv2d 1->32->64->128 (4x4, stride 2, padding 1, LeakyReLU), Linear -> 1, no batch norm.
 - WGAN-GP: k = 4 D steps (lambda 10, per-sample gradient norm) per G step, Adam.
@@ -22,6 +25,7 @@ p.add_argument("--threads", type=int, default=0)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--box", type=int, default=32)
+p.add_argument("--projector", default="fourier", choices=["fourier", "real-space"])
 a = p.parse_args()
 if a.threads:
     torch.set_num_threads(a.threads)
@@ -76,18 +80,48 @@ def random_rotations(b):
                         2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
                         2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], 1).view(b, 3, 3)
 
+M, H = 2 * N, N + 1
+kx = torch.arange(H, device=dev, dtype=torch.float32)
+kyi = torch.arange(M, device=dev, dtype=torch.float32)
+ky = torch.remainder(kyi + N, M) - N
+kxx, kyy = kx.view(1, H).expand(M, H), ky.view(M, 1).expand(M, H)
+freqs = torch.stack([kxx, kyy, torch.zeros_like(kxx)], -1).view(-1, 3)
+slice_weight = (kxx ** 2 + kyy ** 2 <= N * N).float() * (1 - 2 * torch.remainder(kx.view(1, H) + kyi.view(M, 1), 2))
+w = torch.sinc((torch.arange(N, device=dev, dtype=torch.float32) - N // 2) / M) ** 2
+correction = 1 / (w.view(N, 1, 1) * w.view(1, N, 1) * w.view(1, 1, N))
+idx = torch.arange(M, device=dev, dtype=torch.float32)
+sign3 = 1 - 2 * torch.remainder(idx.view(M, 1, 1) + idx.view(1, M, 1) + idx.view(1, 1, M), 2)
+
+def fourier_slices(vols, rot):
+    v = vols.shape[0]
+    lo = N // 2
+    padded = F.pad(vols * correction, (lo, N - lo, lo, N - lo, lo, N - lo))
+    f = torch.fft.fftshift(torch.fft.fftn(padded, dim=(-3, -2, -1)) * sign3, dim=(-3, -2, -1))
+    parts = torch.view_as_real(f).permute(0, 4, 1, 2, 3)
+    for d in (2, 3, 4):
+        parts = torch.cat([parts, parts.narrow(d, 0, 1)], d)
+    pts = freqs.unsqueeze(0) @ rot + N
+    grid = (pts * (2.0 / M) - 1).view(v, PPV, M, H, 3)
+    s = F.grid_sample(parts, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    s = s.permute(0, 2, 3, 4, 1).reshape(B, M, H, 2).contiguous()
+    return torch.view_as_complex(s) * slice_weight
+
 def simulate(g, sigma=1.0):
     alphas = torch.rand(B // PPV, device=dev)
-    vols = g(alphas).repeat_interleave(PPV, 0)
+    vols = g(alphas)
     rot = random_rotations(B)
-    pts = offsets.unsqueeze(0) @ rot + N // 2
-    grid = (pts * (2.0 / (N - 1)) - 1).view(B, steps, N, N, 3)
-    proj = F.grid_sample(vols.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=True).sum((1, 2))
     lo = N // 2
-    padded = F.pad(proj, (lo, lo, lo, lo))
     filt = torch.randn(B, 2 * N, N + 1, dtype=torch.complex64, device=dev)
-    img = torch.fft.irfft2(torch.fft.rfft2(padded) * filt, s=(2 * N, 2 * N))[:, lo:lo + N, lo:lo + N]
+    if a.projector == "fourier":
+        spec = fourier_slices(vols, rot)
+    else:
+        each = vols.repeat_interleave(PPV, 0)
+        pts = offsets.unsqueeze(0) @ rot + N // 2
+        grid = (pts * (2.0 / (N - 1)) - 1).view(B, steps, N, N, 3)
+        proj = F.grid_sample(each.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=True).sum((1, 2))
+        spec = torch.fft.rfft2(F.pad(proj, (lo, lo, lo, lo)))
+    img = torch.fft.irfft2(spec * filt, s=(2 * N, 2 * N))[:, lo:lo + N, lo:lo + N]
     return img + torch.randn_like(img) * sigma
 
 g, d = G().to(dev), D().to(dev)
@@ -120,5 +154,5 @@ for _ in range(a.steps):
     step()
 sync()
 sec = (time.perf_counter() - t0) / a.steps
-print(json.dumps({"seconds_per_step": sec, "device": a.device, "threads": torch.get_num_threads(),
+print(json.dumps({"seconds_per_step": sec, "device": a.device, "projector": a.projector, "threads": torch.get_num_threads(),
                   "torch": torch.__version__}))

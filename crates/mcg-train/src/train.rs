@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::TrainError;
 use crate::adam::Adam;
-use crate::forward::{BatchPhysics, ForwardModel};
+use crate::forward::{BatchPhysics, ForwardModel, Projector};
 use crate::models::{Discriminator, Generator, ModelConfig, discriminator_loss, generator_loss};
 
 /// Every hyper-parameter of a run (written to `RUN/config.json` first; `--config` reads one).
@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub beta1: f64,
     /// Adam β₂.
     pub beta2: f64,
+    /// The projector of the forward model: fourier (central slices; the default, faster) or
+    /// real-space.
+    pub projector: Projector,
     /// Apply the CTF of a random particle of the data set to each simulated image.
     pub ctf: bool,
     /// Shift simulated images by a random particle's shift.
@@ -74,6 +77,7 @@ impl Default for TrainConfig {
             lr_d: 1e-4,
             beta1: 0.5,
             beta2: 0.9,
+            projector: Projector::Fourier,
             ctf: true,
             shifts: false,
             noise_sigma: None,
@@ -321,15 +325,18 @@ impl Trainer {
         let b = cfg.batch_size;
         let volumes_n = (b / cfg.poses_per_volume) as i64;
         let alphas = Tensor::rand([volumes_n], (Kind::Float, self.device));
-        let volumes = self.g.volumes(&alphas).repeat_interleave_self_int(
-            cfg.poses_per_volume as i64,
-            Some(0),
-            None,
-        );
+        let volumes = self.g.volumes(&alphas);
         let params = self.draw_params(data, tag);
         let physics =
             BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
-        let clean = self.forward.clean(&volumes, &physics);
+        let ppv = cfg.poses_per_volume as i64;
+        let clean = match cfg.projector {
+            Projector::Fourier => self.forward.clean_fourier(&volumes, &physics, ppv),
+            Projector::RealSpace => {
+                let each = volumes.repeat_interleave_self_int(ppv, Some(0), None);
+                self.forward.clean(&each, &physics)
+            }
+        };
         ForwardModel::add_noise(&clean, data.noise_sigma)
     }
 
