@@ -2,7 +2,7 @@
 trainer (`cargo xtask bench` and docs). Same architecture and shapes as crates/mcg-train:
 
 - G: latent z = (1 - a) z0 + a z1 in R^{1x32^3}, Conv3d 1->16->32->16->1 (3^3, padding 1,
-  LeakyReLU), ReLU, spherical mask; 8 volumes per batch, 4 poses each.
+  LeakyReLU), softplus, spherical mask; 8 volumes per batch, 4 poses each.
 - Projection (--projector): fourier (default): each volume divided by the sinc^2 gridding
   correction, zero-padded to 2N, fftn, centred and shifted, extended by one periodic plane, and
   sampled trilinearly (grid_sample) at the central slice of each of its 4 poses; or real-space:
@@ -52,7 +52,7 @@ class G(nn.Module):
         out = s.net(z)
         if out.shape[2] != N:
             out = F.interpolate(out, size=(N, N, N), mode="trilinear", align_corners=False)
-        return out.squeeze(1).relu() * s.mask
+        return F.softplus(out.squeeze(1)) * s.mask
 
 class D(nn.Module):
     def __init__(s):

@@ -166,7 +166,9 @@ impl Generator {
         };
         let v = match self.mode {
             Mode::Single => raw,
-            Mode::Multi => raw.relu(),
+            // Softplus, not ReLU: a ReLU output dies for good once every voxel of it goes
+            // negative (seen: the whole volume collapsed to zero within minutes of training).
+            Mode::Multi => raw.softplus(),
         };
         match &self.mask {
             Some(m) => v * m,
