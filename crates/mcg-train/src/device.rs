@@ -1,9 +1,9 @@
 //! Choosing where tensors live: the CPU, or a CUDA GPU when libtorch has CUDA and one is visible.
 //!
 //! The project's libtorch cache holds the CPU libraries only; `libtorch_cuda.so` comes from a
-//! CUDA-enabled libtorch 2.11.0 on the library path (e.g. a PyTorch 2.11.0 installation's
-//! `torch/lib`). The linker drops it from the binary (nothing references it by name), so it is
-//! loaded here explicitly before CUDA is asked for.
+//! CUDA-enabled PyTorch 2.11.0 (looked for as `load_cuda` says). The linker would
+//! drop it from the binary anyway (nothing references it by name), so it is loaded here
+//! explicitly before CUDA is asked for.
 
 use std::sync::OnceLock;
 
@@ -38,29 +38,69 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
-/// The outcome of loading `libtorch_cuda.so`: `Ok` or the loader's message.
+/// The outcome of loading `libtorch_cuda.so`: `Ok` or the loaders' messages. Tried in order:
+/// the library path (`LD_LIBRARY_PATH`, the binary's run path), the folder named by
+/// `MULTICRYOGAN_TORCH_LIB`, and the `torch/lib` folder of the `python3` on the `PATH` when it
+/// has PyTorch (its CUDA libraries come along through that folder's own run paths). The
+/// library must come from PyTorch 2.11.0, the version the binary is built against.
 fn load_cuda() -> &'static Result<(), String> {
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
     LOADED.get_or_init(|| {
-        let name = c"libtorch_cuda.so";
-        // SAFETY: dlopen with a valid C string; the handle is kept open for the process's life.
-        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        if handle.is_null() {
-            // SAFETY: dlerror returns a thread-local C string or null.
-            let err = unsafe { libc::dlerror() };
-            let message = if err.is_null() {
-                "unknown error".to_string()
-            } else {
-                // SAFETY: non-null, NUL-terminated, valid until the next dl call on this thread.
-                unsafe { std::ffi::CStr::from_ptr(err) }
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            Err(message)
-        } else {
-            Ok(())
+        let mut errors = Vec::new();
+        let mut candidates = vec!["libtorch_cuda.so".to_string()];
+        if let Some(dir) = std::env::var_os("MULTICRYOGAN_TORCH_LIB") {
+            candidates.push(format!("{}/libtorch_cuda.so", dir.to_string_lossy()));
         }
+        if let Some(dir) = python_torch_lib() {
+            candidates.push(format!("{dir}/libtorch_cuda.so"));
+        }
+        for name in candidates {
+            match dlopen(&name) {
+                Ok(()) => {
+                    tracing::debug!(library = %name, "loaded libtorch's CUDA library");
+                    return Ok(());
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(errors.join("; "))
     })
+}
+
+/// The `torch/lib` folder of the `python3` on the `PATH`, if it has PyTorch 2.11.
+fn python_torch_lib() -> Option<String> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, torch; print(torch.__version__); print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut lines = text.lines();
+    let version = lines.next()?;
+    let dir = lines.next()?;
+    version.starts_with("2.11.").then(|| dir.to_string())
+}
+
+fn dlopen(name: &str) -> Result<(), String> {
+    let c_name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: dlopen with a valid C string; the handle stays open for the process's life.
+    let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if !handle.is_null() {
+        return Ok(());
+    }
+    // SAFETY: dlerror returns a thread-local C string or null.
+    let err = unsafe { libc::dlerror() };
+    if err.is_null() {
+        Err(format!("{name}: unknown error"))
+    } else {
+        // SAFETY: non-null, NUL-terminated, valid until the next dl call on this thread.
+        Err(unsafe { std::ffi::CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned())
+    }
 }
 
 /// Whether a CUDA GPU is usable (loading libtorch's CUDA library first).
@@ -80,8 +120,8 @@ pub fn select(choice: DeviceChoice) -> Result<Device, TrainError> {
         DeviceChoice::Cuda => {
             if let Err(e) = load_cuda() {
                 return Err(TrainError::NoGpu(format!(
-                    "libtorch's CUDA library could not be loaded ({e}); a CUDA-enabled libtorch \
-                     2.11.0 must be on the library path"
+                    "libtorch's CUDA library could not be loaded ({e}); install PyTorch 2.11.0 \
+                     with CUDA for python3, or set MULTICRYOGAN_TORCH_LIB to its torch/lib folder"
                 )));
             }
             if !tch::Cuda::is_available() {
