@@ -116,6 +116,99 @@ pub fn run(rest: &[String]) -> Result<()> {
         }
     }
 
+    // Issue 4: seconds per generator step (with its k discriminator steps) of the default
+    // configuration on the CPU, for both projectors, measured from metrics.jsonl after the
+    // first steps; and the PyTorch reference of the same step when python3 has PyTorch.
+    let data = work.join("train_data");
+    util::run(
+        &bin,
+        &[
+            "synth",
+            "--preset",
+            "hsp90-discrete",
+            "--n",
+            "4000",
+            "--seed",
+            "1",
+            "--quiet",
+            "--no-h5",
+            "--out",
+            &data.to_string_lossy(),
+        ],
+    )?;
+    let train_steps = if quick { 4 } else { 8 };
+    for projector in ["fourier", "real-space"] {
+        let config = work.join(format!("{projector}.json"));
+        std::fs::write(&config, format!("{{\"projector\": \"{projector}\"}}"))
+            .context("writing a training config")?;
+        let run = work.join(format!("train_{projector}"));
+        let steps = train_steps.to_string();
+        timed(
+            &bin,
+            &[
+                "train",
+                "--particles",
+                &data.join("particles.star").to_string_lossy(),
+                "--out",
+                &run.to_string_lossy(),
+                "--steps",
+                &steps,
+                "--device",
+                "cpu",
+                "--config",
+                &config.to_string_lossy(),
+                "--quiet",
+                "--json",
+            ],
+        )?;
+        let (per_step, images_per_second) = step_time(&run.join("metrics.jsonl"))?;
+        figures.push(Figure {
+            name: format!(
+                "train: seconds per G step (k = 4 D steps), default model, {projector}, CPU"
+            ),
+            value: per_step,
+            unit: "s",
+            target: None,
+            detail: json!({"steps": train_steps, "simulated_images_per_second": images_per_second}),
+        });
+        let script = root.join("xtask/reference/step_benchmark.py");
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string();
+        let reference = std::process::Command::new("python3")
+            .args([
+                &script.to_string_lossy(),
+                "--device",
+                "cpu",
+                "--projector",
+                projector,
+                "--threads",
+                &threads,
+                "--steps",
+                "3",
+                "--warmup",
+                "1",
+            ])
+            .output();
+        match reference {
+            Ok(out) if out.status.success() => {
+                let line: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                if let Some(py) = line["seconds_per_step"].as_f64() {
+                    figures.push(Figure {
+                        name: format!("train: the same step in PyTorch ({projector}, CPU); ratio Rust/PyTorch in detail"),
+                        value: py,
+                        unit: "s",
+                        target: Some("Rust ≤ PyTorch".into()),
+                        detail: json!({"ratio_rust_over_pytorch": per_step / py, "reference": line}),
+                    });
+                }
+            }
+            _ => eprintln!(
+                "bench: python3 has no PyTorch here; the PyTorch reference step was not timed"
+            ),
+        }
+    }
+
     let star = work.join("project_32/particles.star");
     let (secs, report) = timed(
         &bin,
@@ -157,6 +250,28 @@ pub fn run(rest: &[String]) -> Result<()> {
     std::fs::remove_dir_all(&work).ok();
     println!("written: {}", path.display());
     Ok(())
+}
+
+/// Mean seconds per step after the first (warm-up) step, and the last simulated images/s, from
+/// a run's metrics.jsonl.
+fn step_time(metrics: &Path) -> Result<(f64, f64)> {
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    anyhow::ensure!(
+        lines.len() >= 2,
+        "{}: fewer than two steps",
+        metrics.display()
+    );
+    let t = |v: &Value| v["time"].as_f64().unwrap_or(0.0);
+    let per_step = (t(&lines[lines.len() - 1]) - t(&lines[0])) / (lines.len() - 1) as f64;
+    let ips = lines[lines.len() - 1]["images_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    Ok((per_step, ips))
 }
 
 /// Runs the CLI, returning the wall time and its JSON report (stdout).
