@@ -41,9 +41,7 @@ impl BatchPhysics {
                 rot.extend(row.iter().map(|&v| v as f32));
             }
         }
-        let rotations = Tensor::from_slice(&rot)
-            .view([b as i64, 3, 3])
-            .to_device(device);
+        let rotations = upload(Tensor::from_slice(&rot).view([b as i64, 3, 3]), device);
         let shifted = params.iter().any(|p| p.shift.x != 0.0 || p.shift.y != 0.0);
         let filters = (ctf || shifted).then(|| {
             let m = 2 * n;
@@ -68,12 +66,25 @@ impl BatchPhysics {
                     data.push(z.im);
                 }
             }
-            Tensor::from_slice(&data)
-                .view([b as i64, m as i64, half_width(m) as i64, 2])
-                .view_as_complex()
-                .to_device(device)
+            upload(
+                Tensor::from_slice(&data).view([b as i64, m as i64, half_width(m) as i64, 2]),
+                device,
+            )
+            .view_as_complex()
         });
         Self { rotations, filters }
+    }
+}
+
+/// Moves a host tensor to `device`: to a GPU through pinned memory, without making the host
+/// wait for the copy (the device orders it before the kernels that read it).
+pub fn upload(t: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cpu => t,
+        d => {
+            let kind = t.kind();
+            t.pin_memory(d).to_device_(d, kind, true, false)
+        }
     }
 }
 
@@ -120,6 +131,8 @@ pub struct ForwardModel {
     slice_weight: Tensor,
     /// The gridding correction `1 / Π sinc²(π u / 2N)`, `[N][N][N]`.
     correction: Tensor,
+    /// `(−1)^(kx + ky + kz)` on the `2N` grid: centres the 3D transform on index `N`.
+    centring: Tensor,
 }
 
 impl ForwardModel {
@@ -159,6 +172,9 @@ impl ForwardModel {
         // sinc(π u / 2N) per axis; libtorch's sinc(x) is sin(πx)/(πx).
         let w = ((Tensor::arange(n, opts) - c) / m as f64).sinc().square();
         let correction = (w.view([n, 1, 1]) * w.view([1, n, 1]) * w.view([1, 1, n])).reciprocal();
+        let idx = Tensor::arange(m, opts);
+        let par = idx.view([m, 1, 1]) + idx.view([1, m, 1]) + idx.view([1, 1, m]);
+        let centring = par.remainder(2.0) * -2.0 + 1.0;
         Self {
             n,
             offsets,
@@ -166,6 +182,7 @@ impl ForwardModel {
             frequencies,
             slice_weight,
             correction,
+            centring,
         }
     }
 
@@ -175,16 +192,12 @@ impl ForwardModel {
     /// `[V][2][2N + 1]³` (real and imaginary parts as channels).
     pub fn spectra(&self, volumes: &Tensor) -> Tensor {
         let n = self.n;
-        let m = 2 * n;
         let lo = n / 2;
         let corrected = volumes * &self.correction;
         let padded = corrected.constant_pad_nd([lo, n - lo, lo, n - lo, lo, n - lo]);
         let f = padded.fft_fftn(None::<&[i64]>, &[-3i64, -2, -1][..], "backward");
         // Origin at index N: the centred transform is the DFT times (−1)^(kx + ky + kz).
-        let idx = Tensor::arange(m, (Kind::Float, volumes.device()));
-        let par = idx.view([m, 1, 1]) + idx.view([1, m, 1]) + idx.view([1, 1, m]);
-        let sign = par.remainder(2.0) * -2.0 + 1.0;
-        let centred = (f * sign).fft_fftshift(&[-3i64, -2, -1][..]);
+        let centred = (f * &self.centring).fft_fftshift(&[-3i64, -2, -1][..]);
         let mut parts = centred.view_as_real().permute([0, 4, 1, 2, 3]);
         for d in 2..5 {
             parts = Tensor::cat(&[parts.shallow_clone(), parts.narrow(d, 0, 1)], d);

@@ -508,9 +508,10 @@ fn torch_seed(seed: u64, purpose: u32, index: u64) -> i64 {
 fn to_tensor(a: &Array3<f32>, device: Device) -> Tensor {
     let (b, h, w) = a.dim();
     let data: Vec<f32> = a.iter().copied().collect();
-    Tensor::from_slice(&data)
-        .view([b as i64, h as i64, w as i64])
-        .to_device(device)
+    crate::forward::upload(
+        Tensor::from_slice(&data).view([b as i64, h as i64, w as i64]),
+        device,
+    )
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
