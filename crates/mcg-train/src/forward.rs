@@ -76,14 +76,15 @@ impl BatchPhysics {
     }
 }
 
-/// Moves a host tensor to `device`: to a GPU through pinned memory, without making the host
-/// wait for the copy (the device orders it before the kernels that read it).
+/// Moves a host tensor to `device`, asking for an asynchronous copy. (Pinning the host memory
+/// first would let the copy overlap more, but libtorch 2.11 warns at every `pin_memory` call
+/// that tch makes, since tch passes the deprecated device argument.)
 pub fn upload(t: Tensor, device: Device) -> Tensor {
     match device {
         Device::Cpu => t,
         d => {
             let kind = t.kind();
-            t.pin_memory(d).to_device_(d, kind, true, false)
+            t.to_device_(d, kind, true, false)
         }
     }
 }
