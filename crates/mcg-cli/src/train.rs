@@ -48,6 +48,10 @@ pub struct Args {
     /// Total generator steps to reach.
     #[arg(long)]
     steps: Option<u64>,
+    /// Multi mode with a low-dimensional latent of this many dimensions and a small decoder,
+    /// instead of the paper's 32³ latent (faster).
+    #[arg(long, value_name = "D")]
+    latent_dims: Option<usize>,
     /// Train for this many minutes (this invocation).
     #[arg(long)]
     minutes: Option<f64>,
@@ -201,6 +205,9 @@ fn base_config(args: &Args) -> Result<TrainConfig> {
 fn apply_flags(config: &mut TrainConfig, args: &Args) {
     if let Some(m) = args.mode {
         config.model.mode = m;
+    }
+    if let Some(d) = args.latent_dims {
+        config.model.latent_dims = Some(d);
     }
     if let Some(v) = args.log_every {
         config.log_every = v;

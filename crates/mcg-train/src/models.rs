@@ -39,6 +39,11 @@ pub struct ModelConfig {
     pub latent_size: usize,
     /// Upper bound of the uniform distribution z₀, z₁ are drawn from (the paper: 0.025).
     pub latent_scale: f64,
+    /// Multi mode with a low-dimensional latent instead of the paper's cube: z₀, z₁ ∈ R^d and a
+    /// small decoder (a linear layer to 4³ cells, then three ×2 upsamplings with 3D
+    /// convolutions). `None` (the default): the paper's latent.
+    #[serde(default)]
+    pub latent_dims: Option<usize>,
     /// Channels of G's hidden 3D convolutions.
     pub generator_channels: i64,
     /// Channels of D's first convolution (doubled at each of its strided layers).
@@ -54,6 +59,7 @@ impl Default for ModelConfig {
             box_size: 32,
             latent_size: 32,
             latent_scale: 0.025,
+            latent_dims: None,
             generator_channels: 16,
             discriminator_channels: 32,
             spherical_mask: true,
@@ -94,6 +100,55 @@ impl Generator {
                     ends: None,
                     net: None,
                     volume: Some(volume),
+                    mask,
+                }
+            }
+            Mode::Multi if cfg.latent_dims.is_some() => {
+                let d = cfg.latent_dims.expect("checked") as i64;
+                let ends = path
+                    .var(
+                        "latent_ends",
+                        &[2, d],
+                        nn::Init::Uniform {
+                            lo: 0.0,
+                            up: cfg.latent_scale,
+                        },
+                    )
+                    .set_requires_grad(false);
+                let c = cfg.generator_channels;
+                let conv = |p: nn::Path, i: i64, o: i64| {
+                    nn::conv3d(
+                        p,
+                        i,
+                        o,
+                        3,
+                        nn::ConvConfig {
+                            padding: 1,
+                            ..Default::default()
+                        },
+                    )
+                };
+                let up = |x: &Tensor| {
+                    let s = x.size()[2] * 2;
+                    x.upsample_trilinear3d([s, s, s], false, None, None, None)
+                };
+                let net = nn::seq()
+                    .add(nn::linear(path / "l1", d, 2 * c * 64, Default::default()))
+                    .add_fn(move |x| x.leaky_relu().view([-1, 2 * c, 4, 4, 4]))
+                    .add_fn(up)
+                    .add(conv(path / "c1", 2 * c, c))
+                    .add_fn(|x| x.leaky_relu())
+                    .add_fn(up)
+                    .add(conv(path / "c2", c, c))
+                    .add_fn(|x| x.leaky_relu())
+                    .add_fn(up)
+                    .add(conv(path / "c3", c, 1));
+                Self {
+                    mode: Mode::Multi,
+                    n,
+                    ends: Some(ends),
+                    net: Some(net),
+                    volume: None,
                     mask,
                 }
             }
@@ -154,7 +209,10 @@ impl Generator {
                 .expand([k, n, n, n], false),
             Mode::Multi => {
                 let ends = self.ends.as_ref().expect("multi mode has latent ends");
-                let a = alphas.view([k, 1, 1, 1, 1]);
+                // One α per volume, broadcast over the latent's dimensions.
+                let mut shape = vec![k];
+                shape.extend(std::iter::repeat_n(1, ends.dim() - 1));
+                let a = alphas.view(shape.as_slice());
                 let rest = -&a + 1.0;
                 let z = ends.get(0).unsqueeze(0) * rest + ends.get(1).unsqueeze(0) * &a;
                 let mut out = self.net.as_ref().expect("multi mode has a net").forward(&z);
@@ -311,6 +369,27 @@ mod tests {
         // a different number: make sure the test tells them apart.
         let per_pixel = ((4.0 + 1.0 + 1.0 + 1.0) + (0.0 + 1.0 + 1.0 + 1.0)) / 8.0;
         assert!((gp - per_pixel).abs() > 0.1);
+    }
+
+    #[test]
+    fn low_dimensional_latent_decodes_to_volumes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            box_size: 16,
+            latent_dims: Some(3),
+            generator_channels: 4,
+            ..ModelConfig::default()
+        };
+        let g = Generator::new(&(vs.root() / "g"), &cfg);
+        let v = g.volumes(&Tensor::from_slice(&[0.0f32, 1.0]));
+        assert_eq!(v.size(), [2, 16, 16, 16]);
+        assert_eq!(vs.variables()["g.latent_ends"].size(), [2, 3]);
+        // The two ends give different volumes.
+        let diff = (v.get(0) - v.get(1))
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]);
+        assert!(diff > 0.0);
     }
 
     #[test]

@@ -116,6 +116,9 @@ impl TrainConfig {
                 return bad(format!("{name} = {v}: expected a finite number ≥ 0"));
             }
         }
+        if self.model.latent_dims == Some(0) {
+            return bad("model.latent_dims must be at least 1".into());
+        }
         if self.log_every == 0 {
             return bad("log_every must be at least 1".into());
         }
