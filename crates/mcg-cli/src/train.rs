@@ -80,8 +80,12 @@ pub struct Args {
     #[arg(long)]
     d_steps: Option<usize>,
     /// Noise σ of the simulated images.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "noise_stack")]
     noise_sigma: Option<f64>,
+    /// Add background patches from this MRC stack (e.g. boxed from empty micrograph regions)
+    /// to the simulated images instead of white noise: one random patch per image.
+    #[arg(long, value_name = "MRCS")]
+    noise_stack: Option<PathBuf>,
     /// Seconds between checkpoints.
     #[arg(long)]
     checkpoint_seconds: Option<f64>,
@@ -134,9 +138,13 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the training settings")?;
+    let mut physics = DataPhysics::from_set(&set, apix, sigma);
+    if let Some(path) = &args.noise_stack {
+        physics.noise_patches = Some(noise_patches(path, n, dev)?);
+    }
     let data = RunData {
         images: Arc::from(images),
-        physics: DataPhysics::from_set(&set, apix, sigma),
+        physics,
         description: json!({
             "particles": args.particles.display().to_string(),
             "images": set.len(),
@@ -144,6 +152,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             "pixel_size_A": apix,
             "noise_sigma": sigma,
             "noise_sigma_source": sigma_source,
+            "noise_stack": args.noise_stack.as_ref().map(|p| p.display().to_string()),
         }),
     };
     let opts = RunOptions {
@@ -178,6 +187,22 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         println!("{}", args.out.display());
     }
     Ok(())
+}
+
+/// The patches of a noise stack, checked against the image size, on the training device.
+fn noise_patches(path: &Path, n: usize, dev: tch::Device) -> Result<tch::Tensor> {
+    let data = mcg_formats::mrc::read(path)?.data;
+    let (k, ny, nx) = data.dim();
+    ensure!(
+        ny == n && nx == n,
+        "{}: noise patches of {nx}×{ny} pixels, but the particles are {n}×{n}",
+        path.display()
+    );
+    ensure!(k > 0, "{}: the noise stack is empty", path.display());
+    let flat: Vec<f32> = data.iter().copied().collect();
+    Ok(tch::Tensor::from_slice(&flat)
+        .view([k as i64, n as i64, n as i64])
+        .to_device(dev))
 }
 
 /// Defaults, or the --config file, or (resuming) the run's own config.json.
@@ -235,6 +260,9 @@ fn noise_sigma(
     config: &TrainConfig,
     images: &dyn mcg_formats::ImageSource,
 ) -> Result<(f64, String)> {
+    if args.noise_stack.is_some() {
+        return Ok((0.0, "none: background patches from --noise-stack".into()));
+    }
     if let Some(s) = config.noise_sigma {
         ensure!(s.is_finite() && s >= 0.0, "noise σ must be ≥ 0, got {s}");
         return Ok((s, "settings".into()));

@@ -126,15 +126,19 @@ impl TrainConfig {
     }
 }
 
-/// What the data set gives the simulator: per-particle CTFs and shifts to draw from, and σ.
-#[derive(Debug, Clone)]
+/// What the data set gives the simulator: per-particle CTFs and shifts to draw from, and the
+/// noise: white Gaussian of σ, or background patches.
+#[derive(Debug)]
 pub struct DataPhysics {
     /// Each particle's imaging parameters (pose ignored).
     pub particles: Vec<ImagingParams>,
     /// Pixel size, Å.
     pub apix: f64,
-    /// Noise σ of the data.
+    /// Noise σ of the data (used when there are no noise patches).
     pub noise_sigma: f64,
+    /// Background patches `[K][N][N]` on the training device (e.g. boxed from empty regions of
+    /// the micrographs): each simulated image gets one, drawn at random, instead of white noise.
+    pub noise_patches: Option<Tensor>,
 }
 
 impl DataPhysics {
@@ -153,6 +157,7 @@ impl DataPhysics {
             particles,
             apix,
             noise_sigma,
+            noise_patches: None,
         }
     }
 }
@@ -340,7 +345,17 @@ impl Trainer {
                 self.forward.clean(&each, &physics)
             }
         };
-        ForwardModel::add_noise(&clean, data.noise_sigma)
+        match &data.noise_patches {
+            Some(patches) => {
+                let pick = Tensor::randint(
+                    patches.size()[0],
+                    [clean.size()[0]],
+                    (Kind::Int64, self.device),
+                );
+                clean + patches.index_select(0, &pick)
+            }
+            None => ForwardModel::add_noise(&clean, data.noise_sigma),
+        }
     }
 
     fn draw_params(&self, data: &DataPhysics, tag: u64) -> Vec<ImagingParams> {
@@ -603,6 +618,55 @@ mod tests {
     }
 
     #[test]
+    fn noise_patches_replace_white_noise() {
+        let n = 16;
+        let cfg = TrainConfig {
+            model: ModelConfig {
+                mode: Mode::Single,
+                box_size: n,
+                discriminator_channels: 4,
+                ..ModelConfig::default()
+            },
+            batch_size: 8,
+            poses_per_volume: 8,
+            ctf: false,
+            ..TrainConfig::default()
+        };
+        let trainer = Trainer::new(cfg, Device::Cpu).unwrap();
+        // Two constant patches, 5 and 7: every simulated image is its clean image plus one.
+        let patches = Tensor::cat(
+            &[
+                Tensor::full([1, 16, 16], 5.0, (Kind::Float, Device::Cpu)),
+                Tensor::full([1, 16, 16], 7.0, (Kind::Float, Device::Cpu)),
+            ],
+            0,
+        );
+        let params: Vec<ImagingParams> = (0..4)
+            .map(|i| RandomImaging::default().draw(1, i))
+            .collect();
+        let mut data = DataPhysics {
+            particles: params,
+            apix: 5.0,
+            noise_sigma: 100.0,
+            noise_patches: Some(patches),
+        };
+        let with_patches = trainer.simulate(&data, 0);
+        data.noise_patches = None;
+        data.noise_sigma = 0.0;
+        let clean = trainer.simulate(&data, 0);
+        let offsets: Vec<f32> = (with_patches - clean)
+            .mean_dim(&[1i64, 2][..], false, Kind::Float)
+            .try_into()
+            .unwrap();
+        assert!(
+            offsets
+                .iter()
+                .all(|o| (o - 5.0).abs() < 1e-4 || (o - 7.0).abs() < 1e-4),
+            "{offsets:?}"
+        );
+    }
+
+    #[test]
     fn single_mode_learns_a_volume_from_clean_images() {
         let n = 16;
         let vol = truth(n);
@@ -633,6 +697,7 @@ mod tests {
             particles: params.clone(),
             apix: 5.0,
             noise_sigma: 0.0,
+            noise_patches: None,
         };
         let feed = Prefetcher::start(source, 16, 3, 0);
         let want = profile(vol.data().as_slice().unwrap(), n);

@@ -255,3 +255,64 @@ fn train_errors_name_the_problem() {
     ]);
     assert!(msg.contains("batchsize"), "{msg}");
 }
+
+#[test]
+fn train_takes_noise_from_a_stack_of_background_patches() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let config = dir.path().join("small.json");
+    std::fs::write(&config, SMALL).unwrap();
+    let write = |name: &str, n: usize| {
+        let path = dir.path().join(name);
+        let data = ndarray::Array3::from_shape_fn((5, n, n), |(k, y, x)| {
+            ((k + y * 3 + x) % 7) as f32 - 3.0
+        });
+        mcg_formats::mrc::write_array(&path, data.view(), 10.0, mcg_formats::mrc::MrcKind::Stack)
+            .unwrap();
+        path
+    };
+    let wrong = write("wrong.mrcs", 8);
+    let msg = fails(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&dir.path().join("r0")),
+        "--steps",
+        "1",
+        "--config",
+        s(&config),
+        "--noise-stack",
+        s(&wrong),
+        "--device",
+        "cpu",
+    ]);
+    assert!(msg.contains("wrong.mrcs") && msg.contains("8×8"), "{msg}");
+    let good = write("noise.mrcs", 16);
+    let run = dir.path().join("r1");
+    ok(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&run),
+        "--steps",
+        "2",
+        "--config",
+        s(&config),
+        "--noise-stack",
+        s(&good),
+        "--device",
+        "cpu",
+        "-q",
+    ]);
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert!(
+        doc["data"]["noise_stack"]
+            .as_str()
+            .unwrap()
+            .ends_with("noise.mrcs")
+    );
+    assert_eq!(metrics(&run).len(), 2);
+}
