@@ -10,9 +10,7 @@ use mcg_physics::Volume;
 use mcg_physics::noise::{self, SNR_DEFINITION};
 use mcg_physics::normalize::Normalization;
 use mcg_physics::rng::{Purpose, stream};
-use mcg_physics::simulate::{
-    ImagingParams, ProjectorKind, RandomImaging, SimulationConfig, Simulator,
-};
+use mcg_physics::simulate::{ImagingParams, ProjectorKind, SimulationConfig, Simulator};
 use rand::Rng;
 use serde_json::json;
 use tracing::info;
@@ -73,21 +71,8 @@ pub struct Args {
     /// Clean images used to estimate the signal variance for --snr-db.
     #[arg(long, default_value_t = 1000)]
     calibration_images: usize,
-    /// Defocus range (µm, uniform) for random parameters: MIN:MAX.
-    #[arg(long, default_value = "1.0:2.0", value_name = "MIN:MAX")]
-    defocus_um: String,
-    /// Acceleration voltage (kV) for random parameters.
-    #[arg(long, default_value_t = 300.0)]
-    voltage: f64,
-    /// Spherical aberration (mm) for random parameters.
-    #[arg(long, default_value_t = 2.7)]
-    cs: f64,
-    /// Amplitude contrast for random parameters.
-    #[arg(long, default_value_t = 0.1)]
-    amp_contrast: f64,
-    /// Largest shift (Å, uniform in a disc) for random parameters.
-    #[arg(long, default_value_t = 0.0, value_name = "Å")]
-    max_shift: f64,
+    #[command(flatten)]
+    imaging: util::ImagingArgs,
     /// Projector: fourier (fast) or real-space (line integral; a cross-check).
     #[arg(long, default_value = "fourier")]
     projector: ProjectorKind,
@@ -207,11 +192,11 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "normalization": args.normalize,
         "random_parameters": args.star.is_none().then(|| json!({
             "pose": "uniform on SO(3)",
-            "defocus_um": args.defocus_um,
-            "voltage_kV": args.voltage,
-            "cs_mm": args.cs,
-            "amplitude_contrast": args.amp_contrast,
-            "max_shift_A": args.max_shift,
+            "defocus_um": args.imaging.defocus_um,
+            "voltage_kV": args.imaging.voltage,
+            "cs_mm": args.imaging.cs,
+            "amplitude_contrast": args.imaging.amp_contrast,
+            "max_shift_A": args.imaging.max_shift,
         })),
         "noise": {
             "sigma": noise_sigma,
@@ -345,19 +330,7 @@ fn random(args: &Args, n_box: usize, apix: f64) -> Result<(ParticleSet, Vec<Imag
 /// The random imaging parameters of images `range`: image `i` draws from its own streams, so
 /// they do not depend on batching or threads, and are defined beyond `--n` (for calibration).
 fn random_params(args: &Args, range: std::ops::Range<usize>) -> Result<Vec<ImagingParams>> {
-    let settings = RandomImaging {
-        defocus_um: util::parse_defocus_range(&args.defocus_um)?,
-        voltage: args.voltage,
-        cs: args.cs,
-        amplitude_contrast: args.amp_contrast,
-        max_shift: args.max_shift,
-    };
-    settings
-        .validate()
-        .map_err(|m| anyhow::anyhow!("{m}"))
-        .context(
-            "the imaging settings (--defocus-um, --voltage, --cs, --amp-contrast, --max-shift)",
-        )?;
+    let settings = args.imaging.settings()?;
     Ok(range.map(|i| settings.draw(args.seed, i as u64)).collect())
 }
 

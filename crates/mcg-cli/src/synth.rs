@@ -100,21 +100,8 @@ pub struct Args {
     /// Default: 2 × apix.
     #[arg(long, value_name = "Å")]
     resolution: Option<f64>,
-    /// Defocus range (µm, uniform, no astigmatism): MIN:MAX.
-    #[arg(long, default_value = "1.0:2.0", value_name = "MIN:MAX")]
-    defocus_um: String,
-    /// Acceleration voltage, kV.
-    #[arg(long, default_value_t = 300.0)]
-    voltage: f64,
-    /// Spherical aberration, mm.
-    #[arg(long, default_value_t = 2.7)]
-    cs: f64,
-    /// Amplitude contrast.
-    #[arg(long, default_value_t = 0.1)]
-    amp_contrast: f64,
-    /// Largest shift, Å (uniform in a disc; the benchmark has none).
-    #[arg(long, default_value_t = 0.0, value_name = "Å")]
-    max_shift: f64,
+    #[command(flatten)]
+    imaging: util::ImagingArgs,
     /// Oversampling of the projectors' 3D transforms: 2 (fast) or 4 (more accurate).
     #[arg(long, default_value_t = 2, value_name = "S")]
     oversampling: usize,
@@ -274,19 +261,7 @@ impl Plan {
             );
             cfg.resolution = r;
         }
-        let imaging = RandomImaging {
-            defocus_um: util::parse_defocus_range(&args.defocus_um)?,
-            voltage: args.voltage,
-            cs: args.cs,
-            amplitude_contrast: args.amp_contrast,
-            max_shift: args.max_shift,
-        };
-        imaging
-            .validate()
-            .map_err(|m| anyhow::anyhow!("{m}"))
-            .context(
-                "the imaging settings (--defocus-um, --voltage, --cs, --amp-contrast, --max-shift)",
-            )?;
+        let imaging = args.imaging.settings()?;
         let projector = molecule
             .projector(&cfg, args.oversampling)
             .context("--oversampling")?;

@@ -152,3 +152,43 @@ pub fn parse_defocus_range(text: &str) -> anyhow::Result<(f64, f64)> {
         ),
     }
 }
+
+/// The flags of randomly drawn imaging parameters (`project` without `--star`, and `synth`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImagingArgs {
+    /// Defocus range (µm, uniform, no astigmatism) of random parameters: MIN:MAX.
+    #[arg(long, default_value = "1.0:2.0", value_name = "MIN:MAX")]
+    pub defocus_um: String,
+    /// Acceleration voltage (kV) of random parameters.
+    #[arg(long, default_value_t = 300.0)]
+    pub voltage: f64,
+    /// Spherical aberration (mm) of random parameters.
+    #[arg(long, default_value_t = 2.7)]
+    pub cs: f64,
+    /// Amplitude contrast of random parameters.
+    #[arg(long, default_value_t = 0.1)]
+    pub amp_contrast: f64,
+    /// Largest shift (Å, uniform in a disc) of random parameters.
+    #[arg(long, default_value_t = 0.0, value_name = "Å")]
+    pub max_shift: f64,
+}
+
+impl ImagingArgs {
+    /// The checked settings; errors name the flags.
+    pub fn settings(&self) -> anyhow::Result<mcg_physics::simulate::RandomImaging> {
+        let settings = mcg_physics::simulate::RandomImaging {
+            defocus_um: parse_defocus_range(&self.defocus_um)?,
+            voltage: self.voltage,
+            cs: self.cs,
+            amplitude_contrast: self.amp_contrast,
+            max_shift: self.max_shift,
+        };
+        settings.validate().map_err(|m| {
+            anyhow::anyhow!(
+                "the imaging settings (--defocus-um, --voltage, --cs, --amp-contrast, \
+                 --max-shift): {m}"
+            )
+        })?;
+        Ok(settings)
+    }
+}

@@ -93,30 +93,11 @@ fn rustfft_one() -> rustfft::num_complex::Complex32 {
     rustfft::num_complex::Complex32::new(1.0, 0.0)
 }
 
-/// Which projector the forward model uses (both held to the physics crate by tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Projector {
-    /// Central slices of each volume's 2×-oversampled 3D transform, as
-    /// `mcg_physics::project::FourierProjector` (trilinear, sinc² gridding correction).
-    #[default]
-    Fourier,
-    /// Line integrals through the rotated volume, as `mcg_physics::project::project_real_space`.
-    RealSpace,
-}
-
-impl std::str::FromStr for Projector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fourier" => Ok(Self::Fourier),
-            "real" | "real-space" => Ok(Self::RealSpace),
-            other => Err(format!(
-                "unknown projector {other:?}: expected fourier or real-space"
-            )),
-        }
-    }
-}
+/// Which projector the forward model uses: the physics crate's own choice, so that a name
+/// means the same projector on both sides (both held to the physics crate by tests):
+/// `Fourier`, central slices of each volume's 2×-oversampled 3D transform; `RealSpace`, line
+/// integrals through the rotated volume.
+pub use mcg_physics::simulate::ProjectorKind as Projector;
 
 /// Projects volumes and forms images, differentiably (see the module notes).
 #[derive(Debug)]

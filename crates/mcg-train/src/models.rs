@@ -116,18 +116,6 @@ impl Generator {
                     )
                     .set_requires_grad(false);
                 let c = cfg.generator_channels;
-                let conv = |p: nn::Path, i: i64, o: i64| {
-                    nn::conv3d(
-                        p,
-                        i,
-                        o,
-                        3,
-                        nn::ConvConfig {
-                            padding: 1,
-                            ..Default::default()
-                        },
-                    )
-                };
                 let up = |x: &Tensor| {
                     let s = x.size()[2] * 2;
                     x.upsample_trilinear3d([s, s, s], false, None, None, None)
@@ -136,13 +124,13 @@ impl Generator {
                     .add(nn::linear(path / "l1", d, 2 * c * 64, Default::default()))
                     .add_fn(move |x| x.leaky_relu().view([-1, 2 * c, 4, 4, 4]))
                     .add_fn(up)
-                    .add(conv(path / "c1", 2 * c, c))
+                    .add(conv3(path / "c1", 2 * c, c))
                     .add_fn(|x| x.leaky_relu())
                     .add_fn(up)
-                    .add(conv(path / "c2", c, c))
+                    .add(conv3(path / "c2", c, c))
                     .add_fn(|x| x.leaky_relu())
                     .add_fn(up)
-                    .add(conv(path / "c3", c, 1));
+                    .add(conv3(path / "c3", c, 1));
                 Self {
                     mode: Mode::Multi,
                     n,
@@ -164,26 +152,14 @@ impl Generator {
                 );
                 ends = ends.set_requires_grad(false);
                 let c = cfg.generator_channels;
-                let conv = |p: nn::Path, i: i64, o: i64| {
-                    nn::conv3d(
-                        p,
-                        i,
-                        o,
-                        3,
-                        nn::ConvConfig {
-                            padding: 1,
-                            ..Default::default()
-                        },
-                    )
-                };
                 let net = nn::seq()
-                    .add(conv(path / "c1", 1, c))
+                    .add(conv3(path / "c1", 1, c))
                     .add_fn(|x| x.leaky_relu())
-                    .add(conv(path / "c2", c, 2 * c))
+                    .add(conv3(path / "c2", c, 2 * c))
                     .add_fn(|x| x.leaky_relu())
-                    .add(conv(path / "c3", 2 * c, c))
+                    .add(conv3(path / "c3", 2 * c, c))
                     .add_fn(|x| x.leaky_relu())
-                    .add(conv(path / "c4", c, 1));
+                    .add(conv3(path / "c4", c, 1));
                 Self {
                     mode: Mode::Multi,
                     n,
@@ -244,6 +220,20 @@ impl Generator {
             });
         }
     }
+}
+
+/// A 3×3×3 convolution that keeps the grid size (padding 1).
+fn conv3(path: nn::Path, inputs: i64, outputs: i64) -> nn::Conv3D {
+    nn::conv3d(
+        path,
+        inputs,
+        outputs,
+        3,
+        nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        },
+    )
 }
 
 /// 1 inside the sphere of radius N/2 about voxel N/2, 0 outside, `[N][N][N]`.
