@@ -162,14 +162,22 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         resume: args.resume,
         device: dev,
     };
-    let bar = progress.bar(args.steps.unwrap_or(0), "training");
+    // The bar counts steps towards --steps, or else seconds towards --minutes, so its ETA
+    // means something either way.
+    let (total, unit) = match (args.steps, args.minutes) {
+        (Some(steps), _) => (steps, "steps"),
+        (None, Some(minutes)) => ((minutes * 60.0).ceil() as u64, "seconds"),
+        (None, None) => (0, "steps"),
+    };
+    let bar = progress.bar(total, "training");
     let summary = mcg_train::run::run(
         config,
         &data,
         &opts,
         &mut |step, _, m| {
-            bar.set_position(step);
-            bar.set_message(format!("W {:.3}", m.wasserstein));
+            let position = if unit == "steps" { step } else { m.time as u64 };
+            bar.set_position(position.min(total));
+            bar.set_message(format!("step {step}, W {:.3}", m.wasserstein));
         },
         &|| util::check_interrupted().is_err(),
     )
