@@ -22,7 +22,8 @@ use crate::util::{self, WithHint};
 /// Writes RUN/config.json first (every setting), then RUN/metrics.jsonl (one line per logged
 /// step: step, time, D loss, G loss, Wasserstein estimate, gradient penalty, images/s),
 /// RUN/checkpoint.safetensors (G, D, optimiser states, step; every few minutes, at the end and
-/// on Ctrl-C), RUN/volumes/alpha_*.mrc (G at α = 0, 0.5, 1) and RUN/images/step_*.png (real
+/// on Ctrl-C), RUN/volumes/alpha_*.mrc (G at α = 0, 0.5, 1; each checkpoint's kept in
+/// RUN/volumes/step_*/) and RUN/images/step_*.png (real
 /// images above simulated ones). --resume continues exactly where the checkpoint left off
 /// (--steps is the total to reach).
 ///

@@ -37,7 +37,11 @@ pub struct ModelConfig {
     pub box_size: usize,
     /// Edge of the paper's latent cube (z ∈ R^{L³}); 32 in the paper.
     pub latent_size: usize,
-    /// Upper bound of the uniform distribution z₀, z₁ are drawn from (the paper: 0.025).
+    /// Upper bound of the uniform distribution z₀, z₁ are drawn from. The paper uses 0.025; we
+    /// default to 1.0. With Adam, a tiny latent moves the first layer's response to α by a tiny
+    /// amount per step, so G learns one average volume long before it uses α: on the 100,000
+    /// image Hsp90 discrete set (H100, 7 minutes) 0.025 left both ends of the segment nearer the
+    /// open state, while 1.0 sent them to different states (see DEVELOPERS.md).
     pub latent_scale: f64,
     /// Multi mode with a low-dimensional latent instead of the paper's cube: z₀, z₁ ∈ R^d and a
     /// small decoder (a linear layer to 4³ cells, then three ×2 upsamplings with 3D
@@ -58,7 +62,7 @@ impl Default for ModelConfig {
             mode: Mode::Multi,
             box_size: 32,
             latent_size: 32,
-            latent_scale: 0.025,
+            latent_scale: 1.0,
             latent_dims: None,
             generator_channels: 16,
             discriminator_channels: 32,

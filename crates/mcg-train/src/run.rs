@@ -1,7 +1,8 @@
 //! A training run's folder: `config.json` (written first), `metrics.jsonl` (one line per
 //! logged G step), `checkpoint.safetensors` (every few minutes, at the end and on interrupt),
-//! `volumes/alpha_0.00.mrc`, `alpha_0.50.mrc`, `alpha_1.00.mrc` (G at each checkpoint) and
-//! `images/step_NNNNNNN.png` (real images above simulated ones, at each checkpoint).
+//! `volumes/alpha_0.00.mrc`, `alpha_0.50.mrc`, `alpha_1.00.mrc` (G at the latest checkpoint,
+//! with a copy of each checkpoint's in `volumes/step_NNNNNNN/`) and `images/step_NNNNNNN.png`
+//! (real images above simulated ones, at each checkpoint).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -171,6 +172,10 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
     let volumes_dir = out.join("volumes");
     std::fs::create_dir_all(&volumes_dir)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", volumes_dir.display())))?;
+    // The latest snapshot, and a copy kept per checkpoint (for curves of quality against time).
+    let history = volumes_dir.join(format!("step_{:07}", trainer.step()));
+    std::fs::create_dir_all(&history)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", history.display())))?;
     let apix = data.physics.apix as f32;
     for alpha in [0.0f32, 0.5, 1.0] {
         let v = tch::no_grad(|| {
@@ -180,9 +185,11 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
         });
         let volume = Volume::new(to_array3(&v.get(0)), apix)
             .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let path = volumes_dir.join(format!("alpha_{alpha:.2}.mrc"));
-        mcg_formats::mrc::write_volume(&path, &volume)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        for dir in [&volumes_dir, &history] {
+            let path = dir.join(format!("alpha_{alpha:.2}.mrc"));
+            mcg_formats::mrc::write_volume(&path, &volume)
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        }
     }
     let images_dir = out.join("images");
     std::fs::create_dir_all(&images_dir)
