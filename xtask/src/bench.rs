@@ -223,6 +223,9 @@ pub fn run(rest: &[String]) -> Result<()> {
         detail: json!({"images": n, "report": report}),
     });
 
+    // Issue 5: evaluation (FSC, alignment, FSCCC).
+    figures.extend(eval_figures(&bin, &work)?);
+
     let machine = machine();
     println!("\nmachine: {}", machine["cpu"].as_str().unwrap_or("?"));
     for f in &figures {
@@ -250,6 +253,101 @@ pub fn run(rest: &[String]) -> Result<()> {
     std::fs::remove_dir_all(&work).ok();
     println!("written: {}", path.display());
     Ok(())
+}
+
+/// FSC, alignment and FSCCC timings: in process, from mcg-eval's `eval_bench` example (which
+/// also writes the maps it times), then the `fsc` and `align` commands end to end on those maps
+/// (reading and, for `align`, writing included).
+fn eval_figures(bin: &Path, work: &Path) -> Result<Vec<Figure>> {
+    let maps = work.join("eval");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(&cargo)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "mcg-eval",
+            "--example",
+            "eval_bench",
+            "--",
+        ])
+        .arg(&maps)
+        .current_dir(util::root())
+        .output()
+        .context("running mcg-eval's eval_bench example")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "eval_bench failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).context("eval_bench's JSON")?;
+    let target = |name: &str| {
+        if name.starts_with("fsc 256") {
+            Some("< 1 s".to_string())
+        } else if name.starts_with("align 64") {
+            Some("< 30 s".to_string())
+        } else if name.starts_with("align 32") {
+            Some("a few seconds".to_string())
+        } else {
+            None
+        }
+    };
+    let mut figures: Vec<Figure> = doc["results"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let name = r["name"].as_str().unwrap_or("?").to_string();
+            Figure {
+                target: target(&name),
+                value: r["seconds"].as_f64().unwrap_or(f64::NAN),
+                unit: "s",
+                name,
+                detail: r.clone(),
+            }
+        })
+        .collect();
+    let path = |name: &str| maps.join(name).to_string_lossy().into_owned();
+    let (secs, report) = timed(
+        bin,
+        &[
+            "fsc",
+            &path("fsc256_a.mrc"),
+            &path("fsc256_b.mrc"),
+            "--json",
+        ],
+    )?;
+    figures.push(Figure {
+        name: "fsc 256³ end to end incl. reading both maps".into(),
+        value: secs,
+        unit: "s",
+        target: None,
+        detail: json!({"area": report["area"], "resolution_A": report["resolution_A"]}),
+    });
+    for n in [64, 32] {
+        let (secs, report) = timed(
+            bin,
+            &[
+                "align",
+                &path(&format!("align{n}_map.mrc")),
+                &path(&format!("align{n}_ref.mrc")),
+                "--out",
+                &path(&format!("align{n}_out.mrc")),
+                "--json",
+                "--quiet",
+            ],
+        )?;
+        figures.push(Figure {
+            name: format!("align {n}³ end to end incl. reading and writing"),
+            value: secs,
+            unit: "s",
+            target: None,
+            detail: report,
+        });
+    }
+    Ok(figures)
 }
 
 /// Mean seconds per step after the first (warm-up) step, and the last simulated images/s, from

@@ -1,13 +1,16 @@
 //! `multicryogan`: the command-line program. Thin: each subcommand parses its flags into the
 //! library crates' settings and calls them. Results go to stdout, logs and progress to stderr.
 
+mod align;
 mod builtin;
 mod convert;
 mod ctf;
+mod fsc;
 mod info;
 mod input;
 mod progress;
 mod project;
+mod sample;
 mod stackout;
 mod synth;
 mod train;
@@ -46,8 +49,17 @@ enum Command {
     Synth(Box<synth::Args>),
     MergeShards(synth::MergeArgs),
     Train(Box<train::Args>),
+    /// Volumes along a trained run's latent segment (α = 0 … 1) and a ChimeraX script that
+    /// plays them as a movie.
+    Sample(sample::Args),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
     Ctf(ctf::Args),
+    /// Fourier shell correlation of two maps: the curve, the resolution at FSC 0.5 and 0.143,
+    /// and AreaFSC.
+    Fsc(fsc::Args),
+    /// Align a map to a reference over rotations, both hands and translations, and write the
+    /// aligned map.
+    Align(align::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +75,9 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth::run(*a, &progress),
         Command::MergeShards(a) => synth::run_merge(a, &progress),
         Command::Train(a) => train::run(*a, &progress),
+        Command::Sample(a) => sample::run(a),
+        Command::Fsc(a) => fsc::run(a),
+        Command::Align(a) => align::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -349,8 +349,9 @@ fn line_integral(voxels: &[f32], n: usize, start: [f64; 3], dir: [f64; 3]) -> f6
         .sum()
 }
 
-/// Trilinear interpolation of the voxels at index-space point `p = (x, y, z)`, zero outside.
-fn sample_zero_padded(voxels: &[f32], n: usize, p: [f64; 3]) -> f64 {
+/// Trilinear interpolation of the voxels (an `n³` box, `[z][y][x]` in standard layout) at
+/// index-space point `p = (x, y, z)`; voxels outside the box read 0.
+pub fn sample_zero_padded(voxels: &[f32], n: usize, p: [f64; 3]) -> f64 {
     let floor = p.map(f64::floor);
     let t = [0, 1, 2].map(|j| p[j] - floor[j]);
     let i = floor.map(|v| v as i64);

@@ -178,13 +178,7 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", history.display())))?;
     let apix = data.physics.apix as f32;
     for alpha in [0.0f32, 0.5, 1.0] {
-        let v = tch::no_grad(|| {
-            trainer
-                .generator()
-                .volumes(&Tensor::from_slice(&[alpha]).to_device(trainer.device()))
-        });
-        let volume = Volume::new(to_array3(&v.get(0)), apix)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let volume = volume_at(trainer, alpha, apix)?;
         for dir in [&volumes_dir, &history] {
             let path = dir.join(format!("alpha_{alpha:.2}.mrc"));
             mcg_formats::mrc::write_volume(&path, &volume)
@@ -219,6 +213,50 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
         4,
     )?;
     Ok(())
+}
+
+/// G's volume at latent position `alpha`, with voxel size `apix`.
+pub fn volume_at(trainer: &Trainer, alpha: f32, apix: f32) -> Result<Volume, TrainError> {
+    let v = tch::no_grad(|| {
+        trainer
+            .generator()
+            .volumes(&Tensor::from_slice(&[alpha]).to_device(trainer.device()))
+    });
+    Volume::new(to_array3(&v.get(0)), apix).map_err(|e| TrainError::Invalid(e.to_string()))
+}
+
+/// A run folder's trained model, for sampling its landscape.
+#[derive(Debug)]
+pub struct TrainedRun {
+    /// G and D at the checkpoint's step.
+    pub trainer: Trainer,
+    /// Voxel size of the training data, Å.
+    pub apix: f64,
+}
+
+/// Loads `out/config.json` and `out/checkpoint.safetensors` onto `device`.
+pub fn load_run(out: &Path, device: Device) -> Result<TrainedRun, TrainError> {
+    let config_path = out.join("config.json");
+    let bad = |what: String| TrainError::Invalid(format!("{}: {what}", config_path.display()));
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| bad(format!("{e} (is {} a run folder?)", out.display())))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let config: TrainConfig = serde_json::from_value(doc["train"].clone())
+        .map_err(|e| bad(format!("field train: {e}")))?;
+    let apix = doc["data"]["pixel_size_A"]
+        .as_f64()
+        .filter(|a| a.is_finite() && *a > 0.0)
+        .ok_or_else(|| bad("field data.pixel_size_A: expected a positive number".into()))?;
+    let ckpt = checkpoint_path(out);
+    if !ckpt.is_file() {
+        return Err(TrainError::Invalid(format!(
+            "{}: no checkpoint (train first, or wait for the first checkpoint)",
+            ckpt.display()
+        )));
+    }
+    let mut trainer = Trainer::new(config, device)?;
+    trainer.load(&ckpt)?;
+    Ok(TrainedRun { trainer, apix })
 }
 
 fn to_array3(t: &Tensor) -> Array3<f32> {

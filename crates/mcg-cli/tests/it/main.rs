@@ -3,6 +3,7 @@
 
 mod commands;
 mod errors;
+mod eval;
 mod synth;
 mod train;
 

@@ -134,6 +134,45 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
     }
     let volume = |run: &Path| std::fs::read(run.join("volumes/alpha_1.00.mrc")).unwrap();
     assert_eq!(volume(&straight), volume(&split));
+
+    // `sample` reloads the model: its ends are the run's own snapshots, bit for bit.
+    let landscape = dir.path().join("landscape");
+    ok(&[
+        "sample",
+        "--run",
+        s(&straight),
+        "--n",
+        "5",
+        "--out",
+        s(&landscape),
+        "--device",
+        "cpu",
+        "-q",
+    ]);
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(landscape.join("samples.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["step"], 4);
+    assert_eq!(
+        doc["alphas"],
+        serde_json::json!([0.0, 0.25, 0.5, 0.75, 1.0])
+    );
+    for (file, a) in [("volume_000.mrc", "0.00"), ("volume_002.mrc", "0.50")] {
+        assert_eq!(
+            std::fs::read(landscape.join(file)).unwrap(),
+            std::fs::read(straight.join(format!("volumes/alpha_{a}.mrc"))).unwrap(),
+            "{file}"
+        );
+    }
+    let v = mcg_formats::mrc::read_volume(&landscape.join("volume_004.mrc"), None).unwrap();
+    assert_eq!((v.box_size(), v.apix()), (16, 10.0));
+    let cxc = std::fs::read_to_string(landscape.join("landscape.cxc")).unwrap();
+    assert!(
+        cxc.contains("vseries true") && cxc.contains("movie encode"),
+        "{cxc}"
+    );
+    let msg = fails(&["sample", "--run", s(dir.path()), "--out", s(&landscape)]);
+    assert!(msg.contains("config.json"), "{msg}");
 }
 
 #[test]

@@ -1,0 +1,171 @@
+//! `fsc` and `align`: output formats, written maps and errors that name the file.
+
+use std::path::Path;
+
+use mcg_eval::align::Transform;
+use mcg_physics::{Pose, Volume};
+use ndarray::Array3;
+use serde_json::Value;
+
+use crate::{fails, ok, s};
+
+/// An asymmetric map of Gaussian blobs, `n³` voxels of `apix` Å, written to `path`.
+fn write_blobs(path: &Path, n: usize, apix: f32) -> Volume {
+    let c = (n / 2) as f64;
+    let blobs = [
+        ([3.0, 0.0, 0.0], 1.0, 1.5),
+        ([-2.0, 3.0, 1.0], 0.7, 1.2),
+        ([0.0, -2.0, 3.5], 1.3, 1.6),
+        ([-3.0, -2.5, -2.0], 0.5, 1.1),
+    ];
+    let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+        let p = [x as f64 - c, y as f64 - c, z as f64 - c];
+        blobs
+            .iter()
+            .map(|(q, w, sigma): &([f64; 3], f64, f64)| {
+                let d2: f64 = (0..3).map(|i| (p[i] - q[i]).powi(2)).sum();
+                w * (-d2 / (2.0 * sigma * sigma)).exp()
+            })
+            .sum::<f64>() as f32
+    });
+    let volume = Volume::new(data, apix).unwrap();
+    mcg_formats::mrc::write_volume(path, &volume).unwrap();
+    volume
+}
+
+#[test]
+fn fsc_json_has_the_curve_resolutions_and_area() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.mrc"), dir.path().join("b.mrc"));
+    let map = write_blobs(&a, 16, 4.0);
+    // A rotated copy: correlated at low frequency, less so at high.
+    let moved = Transform {
+        rotation: Pose::new(10.0, 20.0, 30.0).matrix(),
+        flipped: false,
+        shift_voxels: [0.0; 3],
+    }
+    .apply(&map);
+    mcg_formats::mrc::write_volume(&b, &moved).unwrap();
+
+    let out = ok(&["fsc", s(&a), s(&b), "--json"]);
+    let report: Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let frequencies = report["frequency_per_A"].as_array().unwrap();
+    let curve = report["fsc"].as_array().unwrap();
+    assert_eq!(frequencies.len(), 9);
+    assert_eq!(curve.len(), 9);
+    assert!(
+        (frequencies[8].as_f64().unwrap() - 0.125).abs() < 1e-12,
+        "Nyquist of 4 Å"
+    );
+    assert!(report["resolution_A"]["0.5"].is_number() || report["resolution_A"]["0.5"].is_null());
+    assert!(report["resolution_A"].get("0.143").is_some());
+    let area = report["area"].as_f64().unwrap();
+    assert!(area > 0.0 && area < 1.0, "{area}");
+
+    let same: Value = serde_json::from_str(&ok(&[
+        "fsc",
+        s(&a),
+        s(&a),
+        "--json",
+        "--binning",
+        "cryodrgn",
+    ]))
+    .unwrap();
+    assert_eq!(same["fsc"].as_array().unwrap().len(), 8);
+    assert!(
+        same["fsc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| (v.as_f64().unwrap() - 1.0).abs() < 1e-9)
+    );
+    assert!(same["resolution_A"]["0.143"].is_null());
+
+    let text = ok(&["fsc", s(&a), s(&b), "--mask-radius", "24"]);
+    assert!(
+        text.contains("resolution at FSC 0.143") && text.contains("AreaFSC"),
+        "{text}"
+    );
+}
+
+#[test]
+fn align_writes_the_aligned_map_at_the_reference_voxel_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vol, reference, out) = (
+        dir.path().join("vol.mrc"),
+        dir.path().join("ref.mrc"),
+        dir.path().join("aligned.mrc"),
+    );
+    let map = write_blobs(&reference, 16, 5.0);
+    let moved = Transform {
+        rotation: Pose::new(40.0, 70.0, -20.0).matrix(),
+        flipped: true,
+        shift_voxels: [1.0, 0.0, -1.0],
+    }
+    .apply(&map);
+    mcg_formats::mrc::write_volume(&vol, &moved).unwrap();
+
+    let report: Value = serde_json::from_str(&ok(&[
+        "align",
+        s(&vol),
+        s(&reference),
+        "--out",
+        s(&out),
+        "--json",
+        "-q",
+    ]))
+    .unwrap();
+    for key in [
+        "euler_deg",
+        "flipped",
+        "shift_A",
+        "correlation_before",
+        "correlation_after",
+    ] {
+        assert!(report.get(key).is_some(), "{key} missing: {report}");
+    }
+    assert_eq!(report["flipped"], true);
+    let (before, after) = (
+        report["correlation_before"].as_f64().unwrap(),
+        report["correlation_after"].as_f64().unwrap(),
+    );
+    assert!(after > 0.95 && after > before, "{before} → {after}");
+    let header = mcg_formats::mrc::read_header(&out).unwrap();
+    assert_eq!(header.shape(), (16, 16, 16));
+    assert!((header.voxel_size().unwrap() - 5.0).abs() < 1e-6);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn maps_that_cannot_be_compared_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a.mrc"),
+        dir.path().join("other_box.mrc"),
+        dir.path().join("other_apix.mrc"),
+    );
+    write_blobs(&a, 16, 4.0);
+    write_blobs(&b, 8, 4.0);
+    write_blobs(&c, 16, 3.0);
+
+    let err = fails(&["fsc", s(&a), s(&b)]);
+    assert!(
+        err.contains("other_box.mrc") && err.contains("box"),
+        "{err}"
+    );
+    let err = fails(&["align", s(&a), s(&c), "--out", s(&dir.path().join("x.mrc"))]);
+    assert!(
+        err.contains("other_apix.mrc") && err.contains("voxel size"),
+        "{err}"
+    );
+    assert!(!dir.path().join("x.mrc").exists());
+    let err = fails(&["fsc", s(&a), "/nonexistent/map.mrc"]);
+    assert!(err.contains("/nonexistent/map.mrc"), "{err}");
+    let err = fails(&["fsc", s(&a), s(&a), "--mask", s(&b)]);
+    assert!(err.contains("other_box.mrc"), "{err}");
+}

@@ -1,0 +1,30 @@
+//! Evaluation of reconstructed maps against each other and against a ground truth, following
+//! the conventions' "FSC and the landscape metrics" section: the Fourier shell correlation
+//! ([`fsc`]) with its resolution crossings and AreaFSC, the FSCCC matrix of a series of maps
+//! ([`fsc::fsccc`]), and the rigid alignment of a map to a reference over rotations, both hands
+//! and translations ([`align`]).
+//!
+//! Units: lengths in Å unless a name says voxels, frequencies in Å⁻¹ unless a name says
+//! "fraction of Nyquist", angles in degrees at the API surface. Volumes are
+//! [`mcg_physics::Volume`]s (`[z][y][x]`, centre at voxel `N/2`); vectors are `[x, y, z]`.
+//! No I/O: reading and writing maps is the caller's job.
+
+pub mod align;
+pub mod fft3;
+pub mod fsc;
+
+pub use align::{AlignConfig, Alignment, Transform, align};
+pub use fsc::{Binning, FscConfig, FscCurve, Mask, Resolution, fsc, fsccc};
+
+/// What went wrong: always names the input at fault and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Two maps (or a map and its mask) cannot be compared: `what` names them, `detail` says
+    /// how they differ.
+    #[error("{what}: {detail}")]
+    Mismatch { what: String, detail: String },
+    /// An input breaks a precondition: `what` names it, `problem` says what was found and what
+    /// was expected.
+    #[error("{what}: {problem}")]
+    Input { what: String, problem: String },
+}
