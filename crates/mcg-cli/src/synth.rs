@@ -28,12 +28,18 @@ const STRUCTURES_ENV: &str = "MULTICRYOGAN_STRUCTURES";
 const DEFAULT_STRUCTURES: &str = "../shared/data/structures/hsp90";
 
 /// The built-in landscapes.
+// The variant names are the command line's values (hsp90-…), hence the shared prefix.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
     /// Hsp90, β ~ U(0°, 20°) (the paper's continuous set).
     Hsp90Continuous,
     /// Hsp90, β = 20°·Bernoulli(0.75): 25 % closed, 75 % open (the paper's discrete set).
     Hsp90Discrete,
+    /// Hsp90 closed, β = 0° only (a single-conformation set, for `train --mode single`).
+    Hsp90Closed,
+    /// Hsp90 open, β = 20° only.
+    Hsp90Open,
 }
 
 /// Synthesise a particle set of a conformational landscape: each particle gets a conformation
@@ -231,6 +237,8 @@ impl Plan {
                 let l = match preset {
                     Preset::Hsp90Continuous => landscape::hsp90_continuous(),
                     Preset::Hsp90Discrete => landscape::hsp90_discrete(),
+                    Preset::Hsp90Closed => landscape::hsp90_fixed(0.0),
+                    Preset::Hsp90Open => landscape::hsp90_fixed(20.0),
                 };
                 (l, PathBuf::new())
             }

@@ -655,6 +655,13 @@ pub fn hsp90_continuous() -> Landscape {
     )
 }
 
+/// One Hsp90 conformation, β fixed at `beta` degrees (0: closed, 20: open): the
+/// single-conformation benchmark of CryoGAN.
+pub fn hsp90_fixed(beta: f64) -> Landscape {
+    let name = format!("hsp90-beta-{beta}");
+    hsp90(&name, Distribution::Fixed { value: beta })
+}
+
 /// The Hsp90 benchmark's discrete set: β = 20°·Bernoulli(0.75) (25 % closed β = 0°, class 1;
 /// 75 % open β = 20°, class 2). Structure paths are relative to the Hsp90 structures folder.
 pub fn hsp90_discrete() -> Landscape {

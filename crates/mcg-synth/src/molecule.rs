@@ -249,8 +249,8 @@ impl Molecule {
     /// `count` values evenly spaced over its range, named `<parameter>_<value>` when every value
     /// is a whole number (Hsp90: `beta_00` … `beta_20`) and `<parameter>_<index>` otherwise;
     /// for several, `count` states along the diagonal from every minimum to every maximum
-    /// (`state_<index>`); with no parameter, the reference (`reference`); for discrete models,
-    /// each model (`model_<number>_<name>`).
+    /// (`state_<index>`); one state when no parameter varies (fixed values); with no parameter,
+    /// the reference (`reference`); for discrete models, each model (`model_<number>_<name>`).
     pub fn ground_truth_states(&self, count: usize) -> Vec<(String, Conformation)> {
         if let Kind::Discrete(models) = &self.kind {
             return models
@@ -275,10 +275,19 @@ impl Molecule {
             };
             return vec![("reference".into(), c)];
         }
-        let count = count.max(2);
         let ranges: Vec<(f64, f64)> = params.iter().map(|p| p.distribution.range()).collect();
+        // Parameters that never vary (fixed values) make one state, not `count` copies of it.
+        let count = if ranges.iter().all(|(lo, hi)| lo == hi) {
+            1
+        } else {
+            count.max(2)
+        };
         let at = |k: usize| -> Vec<f64> {
-            let t = k as f64 / (count - 1) as f64;
+            let t = if count == 1 {
+                0.0
+            } else {
+                k as f64 / (count - 1) as f64
+            };
             ranges.iter().map(|&(lo, hi)| lo + t * (hi - lo)).collect()
         };
         let whole = params.len() == 1
@@ -649,6 +658,17 @@ mod tests {
         assert!(c < 0.7, "open vs closed beyond 20 Å: {c}");
         let same = band_correlation(&closed, &closed, 8.0, 16.0);
         assert!((same - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_fixed_parameter_makes_one_ground_truth_state() {
+        let mut landscape = hsp90_continuous();
+        landscape.parameters[0].distribution = crate::landscape::Distribution::Fixed { value: 0.0 };
+        let m = Molecule::hsp90_phantom(landscape).unwrap();
+        let states = m.ground_truth_states(21);
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].0, "beta_00");
+        assert_eq!(states[0].1.values, vec![0.0]);
     }
 
     #[test]

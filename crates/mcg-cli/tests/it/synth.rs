@@ -293,3 +293,38 @@ fn landscape_file_of_discrete_models_makes_a_set() {
     assert!(out.join("ground_truth/model_1_closed.mrc").is_file());
     assert!(out.join("ground_truth/model_2_open.mrc").is_file());
 }
+
+#[test]
+fn single_conformation_presets_fix_beta_and_write_one_ground_truth_map() {
+    let dir = tempfile::tempdir().unwrap();
+    for (preset, beta, map) in [
+        ("hsp90-closed", "0", "beta_00.mrc"),
+        ("hsp90-open", "20", "beta_20.mrc"),
+    ] {
+        let out = dir.path().join(preset);
+        ok(&[
+            "synth",
+            "--preset",
+            preset,
+            "--n",
+            "40",
+            "--calibration-images",
+            "20",
+            "--out",
+            s(&out),
+            "-q",
+        ]);
+        let set = particles(&out.join("particles.star"));
+        assert!(
+            column(&set, "_mcgBeta")
+                .iter()
+                .all(|b| b.parse::<f64>().unwrap() == beta.parse::<f64>().unwrap())
+        );
+        let maps: Vec<String> = std::fs::read_dir(out.join("ground_truth"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".mrc"))
+            .collect();
+        assert_eq!(maps, vec![map.to_string()], "{preset}");
+    }
+}
