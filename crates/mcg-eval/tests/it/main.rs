@@ -4,6 +4,7 @@
 
 mod align;
 mod fsc;
+mod landscape;
 
 use mcg_physics::Volume;
 use mcg_physics::rng::{Purpose, stream};
