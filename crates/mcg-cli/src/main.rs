@@ -10,6 +10,7 @@ mod info;
 mod input;
 mod progress;
 mod project;
+mod report;
 mod sample;
 mod stackout;
 mod synth;
@@ -52,6 +53,7 @@ enum Command {
     /// Volumes along a trained run's latent segment (α = 0 … 1) and a ChimeraX script that
     /// plays them as a movie.
     Sample(sample::Args),
+    Report(report::Args),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
     Ctf(ctf::Args),
     /// Fourier shell correlation of two maps: the curve, the resolution at FSC 0.5 and 0.143,
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::MergeShards(a) => synth::run_merge(a, &progress),
         Command::Train(a) => train::run(*a, &progress),
         Command::Sample(a) => sample::run(a),
+        Command::Report(a) => report::run(a, &progress),
         Command::Fsc(a) => fsc::run(a),
         Command::Align(a) => align::run(a),
     };

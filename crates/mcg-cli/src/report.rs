@@ -1,0 +1,998 @@
+//! `multicryogan report`: a trained run judged the paper's way (FSC of the end conformations,
+//! FSCCC matrices, discrete probabilities or the β(α) curve) and shown at a glance, in one
+//! `report.html` with PNG figures and a `metrics.json` of every number.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use base64::Engine;
+use clap::Args as ClapArgs;
+use mcg_eval::landscape::{
+    Membership, best_match, cell_midpoints, discrete_probabilities, fsccc_positions,
+    mean_abs_difference, midpoint_threshold, wasserstein1,
+};
+use mcg_eval::plot::{self, Level, LinePlot, Series};
+use mcg_eval::{AlignConfig, FscConfig, FscCurve, Transform, align, fsc, fsccc};
+use mcg_physics::Volume;
+use mcg_train::device::{self, DeviceChoice};
+use mcg_train::models::Mode;
+use mcg_train::run::{load_run, volume_at};
+use ndarray::{Array2, Axis};
+use serde_json::{Map, Value, json};
+
+use crate::progress::Progress;
+use crate::util;
+
+/// Report on a training run: training curves, real and simulated images, slices and
+/// projections along the latent segment, and, with --truth (a `multicryogan synth` folder), the
+/// paper's measures against the ground truth: the reconstruction is aligned once to the truth
+/// (rotation, hand, shift), then the FSC of each end of the latent segment against its ground-
+/// truth conformation (resolution at 0.5 and 0.143), the FSCCC matrices (L = 20) of the
+/// reconstruction and of the truth side by side, and for a discrete landscape the probability
+/// of each conformation by the paper's rule (each of L cells of the segment belongs to the end
+/// it resembles by AreaFSC), for a continuous one the recovered β(α) curve and the Wasserstein-1
+/// distance (degrees) between the recovered and the true distribution of β. With --history N,
+/// also the FSC resolution of up to N checkpoint snapshots against training time.
+///
+/// Writes OUT/report.html (figures embedded), the figures as PNG files, and OUT/metrics.json
+/// with every number shown.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    multicryogan report --run run --truth hsp90-discrete --out run/report\n  \
+    multicryogan report --run run --out run/report")]
+pub struct Args {
+    /// The run folder of `multicryogan train`.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+    /// The data set's folder from `multicryogan synth` (ground_truth/, landscape.json,
+    /// particles.star): enables the comparisons with the truth.
+    #[arg(long, value_name = "DIR")]
+    truth: Option<PathBuf>,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// L: the FSCCC matrix is (L + 1) × (L + 1) at α = m/L, and probabilities count L cells.
+    #[arg(long, default_value_t = 20)]
+    l: usize,
+    /// Checkpoint snapshots (RUN/volumes/step_*) to measure against the truth over training
+    /// time, evenly chosen; 0: none.
+    #[arg(long, default_value_t = 8)]
+    history: usize,
+    /// cpu, cuda or auto (the GPU when one is usable) for sampling the generator.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Print metrics.json on stdout as well.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One section of the HTML page.
+struct Section {
+    title: String,
+    html: String,
+}
+
+/// The ground truth of a synthetic data set.
+struct Truth {
+    /// Ground-truth maps with their file stems, in the landscape's order.
+    states: Vec<(String, Volume)>,
+    /// The parameter's value at each state (β in degrees for Hsp90).
+    values: Vec<f64>,
+    /// The parameter's name.
+    parameter: String,
+    /// Whether the landscape takes finitely many values.
+    discrete: bool,
+    /// Every particle's true parameter value (from particles.star), when present.
+    particle_values: Vec<f64>,
+}
+
+impl Truth {
+    fn load(dir: &Path, apix: f64) -> Result<Self> {
+        let gt = dir.join("ground_truth");
+        let states_path = gt.join("states.json");
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(&states_path).with_context(|| {
+                format!(
+                    "reading {} (is {} a synth folder?)",
+                    states_path.display(),
+                    dir.display()
+                )
+            })?)
+            .with_context(|| format!("{}: not JSON", states_path.display()))?;
+        let names: Vec<String> = doc["states"]
+            .as_array()
+            .with_context(|| {
+                format!(
+                    "{}: field states: expected a list of names",
+                    states_path.display()
+                )
+            })?
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        ensure!(
+            !names.is_empty(),
+            "{}: field states is empty",
+            states_path.display()
+        );
+        let mut states = Vec::with_capacity(names.len());
+        for name in &names {
+            let path = gt.join(format!("{name}.mrc"));
+            let v = mcg_formats::mrc::read_volume(&path, None)
+                .with_context(|| format!("reading the ground truth {}", path.display()))?;
+            ensure!(
+                (f64::from(v.apix()) - apix).abs() < 1e-3 * apix,
+                "{}: voxel size {} Å, but the run's data have {apix} Å",
+                path.display(),
+                v.apix()
+            );
+            states.push((name.clone(), v));
+        }
+        let landscape_path = dir.join("landscape.json");
+        let landscape = mcg_synth::landscape::Landscape::from_json_file(&landscape_path)
+            .with_context(|| format!("reading {}", landscape_path.display()))?;
+        let discrete = landscape.is_discrete();
+        let (parameter, (lo, hi)) = match landscape.parameters.first() {
+            Some(p) => (p.name.clone(), p.distribution.range()),
+            None => ("state".to_string(), (0.0, (names.len() - 1) as f64)),
+        };
+        let count = states.len();
+        // The same spacing as `Molecule::ground_truth_states`.
+        let values: Vec<f64> = (0..count)
+            .map(|k| {
+                if count == 1 {
+                    lo
+                } else {
+                    lo + (hi - lo) * k as f64 / (count - 1) as f64
+                }
+            })
+            .collect();
+        let particle_values = particle_values(&dir.join("particles.star"), &parameter);
+        Ok(Self {
+            states,
+            values,
+            parameter,
+            discrete,
+            particle_values,
+        })
+    }
+
+    fn first(&self) -> &Volume {
+        &self.states[0].1
+    }
+
+    fn last(&self) -> &Volume {
+        &self.states[self.states.len() - 1].1
+    }
+
+    /// The state nearest to parameter value `v`.
+    fn nearest(&self, v: f64) -> usize {
+        self.values
+            .iter()
+            .enumerate()
+            .min_by(|a, b| (a.1 - v).abs().total_cmp(&(b.1 - v).abs()))
+            .map_or(0, |(i, _)| i)
+    }
+
+    /// The fraction of particles in the first state (discrete sets).
+    fn first_fraction(&self) -> Option<f64> {
+        if self.particle_values.is_empty() {
+            return None;
+        }
+        let v0 = self.values[0];
+        let n = self
+            .particle_values
+            .iter()
+            .filter(|&&v| (v - v0).abs() < 1e-6)
+            .count();
+        Some(n as f64 / self.particle_values.len() as f64)
+    }
+}
+
+/// The `_mcg<Parameter>` column of a synth STAR file, or nothing when absent or unreadable.
+fn particle_values(star: &Path, parameter: &str) -> Vec<f64> {
+    let Ok(set) = mcg_formats::star::read_particles(star, &Default::default()) else {
+        return Vec::new();
+    };
+    let want = format!("_mcg{parameter}").to_lowercase();
+    set.extra
+        .iter()
+        .find(|(label, _)| label.to_lowercase() == want)
+        .map(|(_, values)| values.iter().filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The run's metrics.jsonl lines.
+fn read_metrics(run: &Path) -> Result<Vec<Value>> {
+    let path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (is {} a run folder?)",
+            path.display(),
+            run.display()
+        )
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}: line {} is not JSON", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// A running mean over `window` points, for noisy training curves.
+fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let w = window.max(1);
+    let mut out = Vec::with_capacity(points.len());
+    let mut sum = 0.0;
+    for (i, p) in points.iter().enumerate() {
+        sum += p.1;
+        if i >= w {
+            sum -= points[i - w].1;
+        }
+        let k = (i + 1).min(w) as f64;
+        out.push((p.0, sum / k));
+    }
+    out
+}
+
+fn fsc_series(name: String, c: &FscCurve) -> Series {
+    Series {
+        name,
+        points: c
+            .nyquist_fraction()
+            .into_iter()
+            .zip(c.fsc.iter().copied())
+            .skip(1)
+            .collect(),
+    }
+}
+
+fn fsc_levels() -> Vec<Level> {
+    vec![
+        Level {
+            y: 0.5,
+            label: "0.5".into(),
+        },
+        Level {
+            y: 0.143,
+            label: "0.143".into(),
+        },
+    ]
+}
+
+fn resolution_json(c: &FscCurve) -> Value {
+    let r = |t: f64| c.resolution(t);
+    json!({
+        "resolution_A": {"0.5": r(0.5).map(|x| x.angstrom), "0.143": r(0.143).map(|x| x.angstrom)},
+        "resolution_nyquist_fraction": {
+            "0.5": r(0.5).map(|x| x.nyquist_fraction),
+            "0.143": r(0.143).map(|x| x.nyquist_fraction),
+        },
+        "area": c.area(),
+    })
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("not reached".into(), |x| format!("{x:.digits$}"))
+}
+
+fn img_tag(path: &Path, alt: &str) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!(
+        "<img alt=\"{alt}\" src=\"data:image/png;base64,{}\">",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
+}
+
+/// Central slice (z = N/2) and projection along z of a map.
+fn slice_and_projection(v: &Volume) -> (Array2<f32>, Array2<f32>) {
+    let n = v.box_size();
+    let slice = v.data().index_axis(Axis(0), n / 2).to_owned();
+    let projection = v.data().sum_axis(Axis(0));
+    (slice, projection)
+}
+
+pub fn run(args: Args, progress: &Progress) -> Result<()> {
+    ensure!(args.l >= 2, "--l {}: expected at least 2", args.l);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = &args.out;
+    let mut metrics = Map::new();
+    let mut sections = Vec::new();
+    metrics.insert("run".into(), json!(args.run.display().to_string()));
+
+    // Training curves.
+    let lines = read_metrics(&args.run)?;
+    ensure!(
+        !lines.is_empty(),
+        "{}: no steps logged yet",
+        args.run.join("metrics.jsonl").display()
+    );
+    let curve = |key: &str| -> Vec<(f64, f64)> {
+        lines
+            .iter()
+            .filter_map(|l| Some((l["step"].as_f64()?, l[key].as_f64()?)))
+            .collect()
+    };
+    let window = (lines.len() / 50).max(1);
+    plot::line_plot(
+        &out.join("training_wasserstein.png"),
+        &LinePlot {
+            title: "Wasserstein estimate (E[D(real)] − E[D(fake)])",
+            x_label: "generator step",
+            y_label: "estimate",
+            x_integer: true,
+            ..Default::default()
+        },
+        &if window > 1 {
+            vec![
+                Series {
+                    name: "per step".into(),
+                    points: curve("wasserstein"),
+                },
+                Series {
+                    name: format!("mean of {window} steps"),
+                    points: smooth(&curve("wasserstein"), window),
+                },
+            ]
+        } else {
+            vec![Series {
+                name: String::new(),
+                points: curve("wasserstein"),
+            }]
+        },
+    )?;
+    plot::line_plot(
+        &out.join("training_losses.png"),
+        &LinePlot {
+            title: format!("Losses (mean of {window} steps)").as_str(),
+            x_label: "generator step",
+            y_label: "loss",
+            x_integer: true,
+            ..Default::default()
+        },
+        &[
+            Series {
+                name: "D loss".into(),
+                points: smooth(&curve("d_loss"), window),
+            },
+            Series {
+                name: "G loss".into(),
+                points: smooth(&curve("g_loss"), window),
+            },
+            Series {
+                name: "gradient penalty".into(),
+                points: smooth(&curve("gradient_penalty"), window),
+            },
+        ],
+    )?;
+    let last = lines.last().expect("checked");
+    metrics.insert(
+        "training".into(),
+        json!({
+            "steps": last["step"], "seconds": last["time"],
+            "final_wasserstein_mean": smooth(&curve("wasserstein"), window).last().map(|p| p.1),
+            "images_per_second": last["images_per_second"],
+        }),
+    );
+    let mut html = format!(
+        "<p>{} generator steps in {:.1} minutes (this invocation's clock).</p>{}{}",
+        last["step"],
+        last["time"].as_f64().unwrap_or(0.0) / 60.0,
+        img_tag(
+            &out.join("training_wasserstein.png"),
+            "Wasserstein estimate"
+        )?,
+        img_tag(&out.join("training_losses.png"), "losses")?
+    );
+    if let Some(grid) = latest_image_grid(&args.run) {
+        std::fs::copy(&grid, out.join("images.png"))
+            .with_context(|| format!("copying {}", grid.display()))?;
+        html += &format!(
+            "<h3>Real images (top) and simulated ones (bottom), {}</h3>{}",
+            grid.file_stem().unwrap_or_default().to_string_lossy(),
+            img_tag(&out.join("images.png"), "real and simulated images")?
+        );
+    }
+    sections.push(Section {
+        title: "Training".into(),
+        html,
+    });
+
+    // The model and its landscape.
+    let dev = device::select(args.device)?;
+    let trained = load_run(&args.run, dev)
+        .with_context(|| format!("loading the run {}", args.run.display()))?;
+    let mode = trained.trainer.config.model.mode;
+    let l = args.l;
+    let positions = fsccc_positions(l);
+    let cells = cell_midpoints(l);
+    let truth = match &args.truth {
+        Some(dir) => Some(Truth::load(dir, trained.apix)?),
+        None => None,
+    };
+    let history = snapshots(&args.run, args.history);
+    let bar = progress.bar(
+        (positions.len() + cells.len() + 4 + 2 * history.len()) as u64,
+        "report",
+    );
+    let sample = |alpha: f64| -> Result<Volume> {
+        bar.inc(1);
+        Ok(volume_at(
+            &trained.trainer,
+            alpha as f32,
+            trained.apix as f32,
+        )?)
+    };
+    let recon: Vec<Volume> = positions
+        .iter()
+        .map(|&a| sample(a))
+        .collect::<Result<_>>()?;
+    let recon_cells: Vec<Volume> = if mode == Mode::Multi {
+        cells.iter().map(|&a| sample(a)).collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+
+    // One alignment of the whole series onto the truth.
+    let (transform, forward) = match &truth {
+        Some(t) => orient(&recon[0], &recon[l], t, &bar)?,
+        None => (Transform::identity(), true),
+    };
+    let aligned: Vec<Volume> = recon.iter().map(|v| transform.apply(v)).collect();
+    let aligned_cells: Vec<Volume> = recon_cells.iter().map(|v| transform.apply(v)).collect();
+    metrics.insert(
+        "alignment".into(),
+        json!({
+            "euler_deg": {"rot": transform.pose().rot, "tilt": transform.pose().tilt, "psi": transform.pose().psi},
+            "flipped": transform.flipped,
+            "shift_A": transform.shift_angstrom(trained.apix),
+            "alpha_0_is_first_state": forward,
+        }),
+    );
+
+    // Montage of slices and projections.
+    let picks: Vec<usize> = (0..=10).map(|k| (k * l + 5) / 10).collect();
+    let shown: Vec<(Array2<f32>, Array2<f32>)> = picks
+        .iter()
+        .map(|&m| slice_and_projection(&aligned[m]))
+        .collect();
+    let mut rows = vec![
+        (
+            "central slice".to_string(),
+            shown.iter().map(|s| s.0.view()).collect(),
+        ),
+        (
+            "projection".to_string(),
+            shown.iter().map(|s| s.1.view()).collect(),
+        ),
+    ];
+    let truth_shown: Vec<(Array2<f32>, Array2<f32>)> = truth
+        .as_ref()
+        .map(|t| {
+            picks
+                .iter()
+                .map(|&m| {
+                    slice_and_projection(&t.states[truth_state_at(t, positions[m], forward)].1)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !truth_shown.is_empty() {
+        rows.push((
+            "truth: slice".into(),
+            truth_shown.iter().map(|s| s.0.view()).collect(),
+        ));
+        rows.push((
+            "truth: projection".into(),
+            truth_shown.iter().map(|s| s.1.view()).collect(),
+        ));
+    }
+    let labels: Vec<String> = picks
+        .iter()
+        .map(|&m| format!("α {:.2}", positions[m]))
+        .collect();
+    plot::image_grid(&out.join("montage.png"), &rows, &labels, 3)?;
+    sections.push(Section {
+        title: "Along the latent segment".into(),
+        html: format!(
+            "<p>G's volumes at α from 0 to 1{}: the central slice and the projection along z{}.</p>{}",
+            if truth.is_some() { ", aligned to the truth" } else { "" },
+            if truth.is_some() { ", above the ground truth at the matching position" } else { "" },
+            img_tag(&out.join("montage.png"), "slices and projections along α")?
+        ),
+    });
+
+    let cfg = FscConfig::default();
+    let area = |a: &Volume, b: &Volume| -> Result<f64> { Ok(fsc(a, b, &cfg)?.area()) };
+    if let Some(t) = &truth {
+        // FSC of the ends against their ground truth.
+        let (t0, t1) = if forward {
+            (0, t.states.len() - 1)
+        } else {
+            (t.states.len() - 1, 0)
+        };
+        let c0 = fsc(&aligned[0], &t.states[t0].1, &cfg)?;
+        let c1 = fsc(&aligned[l], &t.states[t1].1, &cfg)?;
+        let mut ends = vec![fsc_series(format!("α = 0 vs {}", t.states[t0].0), &c0)];
+        let single_state = t.states.len() == 1 || mode == Mode::Single;
+        if !single_state {
+            ends.push(fsc_series(format!("α = 1 vs {}", t.states[t1].0), &c1));
+        }
+        plot::line_plot(
+            &out.join("fsc_ends.png"),
+            &LinePlot {
+                title: "FSC against the ground truth",
+                x_label: "frequency / Nyquist",
+                y_label: "FSC",
+                y_range: Some((-0.1, 1.02)),
+                x_range: Some((0.0, 1.0)),
+                levels: fsc_levels(),
+                x_integer: false,
+            },
+            &ends,
+        )?;
+        metrics.insert(
+            "fsc_ends".into(),
+            json!({
+                "alpha_0": {"truth": t.states[t0].0, "fsc": resolution_json(&c0)},
+                "alpha_1": {"truth": t.states[t1].0, "fsc": resolution_json(&c1)},
+            }),
+        );
+        let row = |name: &str, c: &FscCurve| {
+            format!(
+                "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td></tr>",
+                fmt_opt(c.resolution(0.5).map(|r| r.angstrom), 1),
+                fmt_opt(c.resolution(0.5).map(|r| r.nyquist_fraction), 3),
+                fmt_opt(c.resolution(0.143).map(|r| r.angstrom), 1),
+                c.area()
+            )
+        };
+        let mut table = String::from(
+            "<table><tr><th>end</th><th>FSC 0.5 (Å)</th><th>FSC 0.5 (Nyquist)</th><th>FSC 0.143 (Å)</th><th>AreaFSC</th></tr>",
+        );
+        table += &row(&format!("α = 0 vs {}", t.states[t0].0), &c0);
+        if !single_state {
+            table += &row(&format!("α = 1 vs {}", t.states[t1].0), &c1);
+        }
+        table += "</table>";
+        sections.push(Section {
+            title: "Resolution of the end conformations".into(),
+            html: format!(
+                "{table}{}",
+                img_tag(&out.join("fsc_ends.png"), "FSC of the ends")?
+            ),
+        });
+
+        // Quality against training time.
+        if !history.is_empty() {
+            let times: Vec<(u64, f64)> = lines
+                .iter()
+                .filter_map(|l| Some((l["step"].as_u64()?, l["time"].as_f64()?)))
+                .collect();
+            let mut points = Vec::new();
+            let mut table = Vec::new();
+            for (step, dir) in &history {
+                let v = mcg_formats::mrc::read_volume(&dir.join("alpha_0.00.mrc"), None)?;
+                let a = align(&v, &t.states[t0].1, &AlignConfig::default())?;
+                bar.inc(2);
+                let c = fsc(&a.aligned, &t.states[t0].1, &cfg)?;
+                let minutes = times
+                    .iter()
+                    .find(|(s, _)| s == step)
+                    .map_or(f64::NAN, |(_, time)| time / 60.0);
+                let r = c.resolution(0.5).map_or(1.0, |r| r.nyquist_fraction);
+                points.push((minutes, r));
+                table.push(json!({"step": step, "minutes": minutes, "fsc": resolution_json(&c)}));
+            }
+            plot::line_plot(
+                &out.join("fsc_history.png"),
+                &LinePlot {
+                    title: format!("FSC 0.5 of α = 0 against {} over training", t.states[t0].0)
+                        .as_str(),
+                    x_label: "minutes of training",
+                    y_label: "FSC 0.5 crossing / Nyquist",
+                    y_range: Some((0.0, 1.0)),
+                    ..Default::default()
+                },
+                &[Series {
+                    name: String::new(),
+                    points,
+                }],
+            )?;
+            metrics.insert("fsc_history".into(), Value::Array(table));
+            sections.push(Section {
+                title: "Quality against training time".into(),
+                html: format!(
+                    "<p>Each checkpoint's α = 0 volume aligned to {} on its own. The clock is that of the run's last invocation; steps of earlier invocations count from their own start.</p>{}",
+                    t.states[t0].0,
+                    img_tag(&out.join("fsc_history.png"), "FSC over time")?
+                ),
+            });
+        }
+    }
+
+    if mode == Mode::Multi {
+        // FSCCC of the reconstruction, and of the truth beside it.
+        let m_recon = fsccc(&aligned, &cfg)?;
+        let mut panels_truth = None;
+        if let Some(t) = &truth {
+            let series: Vec<Volume> = if t.discrete {
+                let p = t.first_fraction().unwrap_or(0.5);
+                // The ideal reconstruction: the first state on a fraction p of the segment,
+                // oriented like ours.
+                positions
+                    .iter()
+                    .map(|&a| {
+                        let first_part = if forward { a < p } else { a > 1.0 - p };
+                        if first_part {
+                            t.first().clone()
+                        } else {
+                            t.last().clone()
+                        }
+                    })
+                    .collect()
+            } else {
+                positions
+                    .iter()
+                    .map(|&a| t.states[truth_state_at(t, a, forward)].1.clone())
+                    .collect()
+            };
+            let m_truth = fsccc(&series, &cfg)?;
+            let mad = mean_abs_difference(&m_recon, &m_truth);
+            metrics.insert(
+                "fsccc".into(),
+                json!({"l": l, "reconstruction": matrix_json(&m_recon), "truth": matrix_json(&m_truth),
+                       "mean_abs_difference": mad, "truth_kind": if t.discrete {"ideal discrete"} else {"ground-truth series"}}),
+            );
+            panels_truth = Some((m_truth, mad));
+        } else {
+            metrics.insert(
+                "fsccc".into(),
+                json!({"l": l, "reconstruction": matrix_json(&m_recon)}),
+            );
+        }
+        let (lo, hi) = range_of(
+            m_recon
+                .iter()
+                .chain(panels_truth.iter().flat_map(|(m, _)| m.iter())),
+        );
+        let range = (lo.min(0.0), hi.max(1.0));
+        let mut panels = Vec::new();
+        if let Some((m, _)) = &panels_truth {
+            panels.push((
+                if truth.as_ref().is_some_and(|t| t.discrete) {
+                    "ideal (truth)"
+                } else {
+                    "ground truth"
+                },
+                m,
+            ));
+        }
+        panels.push(("reconstruction", &m_recon));
+        plot::heatmaps(&out.join("fsccc.png"), &panels, range, "m (α = m/L)")?;
+        sections.push(Section {
+            title: "FSCCC matrices".into(),
+            html: format!(
+                "<p>M[m, n] = AreaFSC(x<sub>m</sub>, x<sub>n</sub>), α = m/{l}.{}</p>{}",
+                panels_truth
+                    .as_ref()
+                    .map_or(String::new(), |(_, mad)| format!(
+                        " Mean absolute difference from the truth: {mad:.3}."
+                    )),
+                img_tag(&out.join("fsccc.png"), "FSCCC matrices")?
+            ),
+        });
+
+        // Discrete probabilities, or β(α).
+        let ends_area = area(&aligned[0], &aligned[l])?;
+        let to_first: Vec<f64> = aligned_cells
+            .iter()
+            .map(|v| area(&aligned[0], v))
+            .collect::<Result<_>>()?;
+        let to_second: Vec<f64> = aligned_cells
+            .iter()
+            .map(|v| area(&aligned[l], v))
+            .collect::<Result<_>>()?;
+        let threshold = midpoint_threshold(ends_area);
+        let p = discrete_probabilities(&to_first, &to_second, threshold);
+        let p_paper = discrete_probabilities(&to_first, &to_second, 0.5);
+        let (name0, name1) = match &truth {
+            Some(t) if forward => (
+                t.states[0].0.clone(),
+                t.states[t.states.len() - 1].0.clone(),
+            ),
+            Some(t) => (
+                t.states[t.states.len() - 1].0.clone(),
+                t.states[0].0.clone(),
+            ),
+            None => ("the α = 0 end".into(), "the α = 1 end".into()),
+        };
+        let truth_p = truth.as_ref().and_then(Truth::first_fraction);
+        let (true0, true1) = match truth_p {
+            Some(p0) if forward => (Some(p0), Some(1.0 - p0)),
+            Some(p0) => (Some(1.0 - p0), Some(p0)),
+            None => (None, None),
+        };
+        metrics.insert(
+            "probabilities".into(),
+            json!({
+                "cells": l, "ends_area_fsc": ends_area, "threshold": threshold,
+                "alpha_0_state": name0, "alpha_1_state": name1,
+                "alpha_0_fraction": p.first, "alpha_1_fraction": p.second, "transition": p.transition,
+                "truth": {"alpha_0_state": true0, "alpha_1_state": true1},
+                "paper_threshold_0_5": {"alpha_0_fraction": p_paper.first, "alpha_1_fraction": p_paper.second, "transition": p_paper.transition},
+                "membership": p.membership,
+            }),
+        );
+        let pct = |x: Option<f64>| x.map_or("–".into(), |v| format!("{:.1} %", 100.0 * v));
+        let mut html = format!(
+            "<p>Each of {l} equal cells of the latent segment (α at their midpoints) belongs to the end it resembles: AreaFSC with that end above {threshold:.3} (halfway between 1 and the ends' own AreaFSC, {ends_area:.3}) and with the other below. The paper's fixed 0.5 is shown too.</p>\
+             <table><tr><th></th><th>{name0} (α = 0 end)</th><th>{name1} (α = 1 end)</th><th>transition</th></tr>\
+             <tr><td>recovered</td><td>{}</td><td>{}</td><td>{}</td></tr>\
+             <tr><td>recovered, paper's 0.5</td><td>{}</td><td>{}</td><td>{}</td></tr>\
+             <tr><td>truth</td><td>{}</td><td>{}</td><td>{}</td></tr></table>\
+             <p>Cells: {}</p>",
+            pct(Some(p.first)),
+            pct(Some(p.second)),
+            pct(Some(p.transition)),
+            pct(Some(p_paper.first)),
+            pct(Some(p_paper.second)),
+            pct(Some(p_paper.transition)),
+            pct(true0),
+            pct(true1),
+            if truth.as_ref().is_some_and(|t| t.discrete) {
+                "0.0 %"
+            } else {
+                "–"
+            },
+            p.membership
+                .iter()
+                .map(|m| match m {
+                    Membership::First => "0",
+                    Membership::Second => "1",
+                    Membership::Transition => "·",
+                })
+                .collect::<String>(),
+        );
+        if let Some(t) = truth.as_ref().filter(|t| !t.discrete && t.states.len() > 1) {
+            // β(α): the truth state of highest AreaFSC at each position.
+            let sim = |maps: &[Volume]| -> Result<Array2<f64>> {
+                let mut s = Array2::zeros((maps.len(), t.states.len()));
+                for (i, v) in maps.iter().enumerate() {
+                    for (k, (_, tv)) in t.states.iter().enumerate() {
+                        s[[i, k]] = area(v, tv)?;
+                    }
+                }
+                Ok(s)
+            };
+            let beta = best_match(&sim(&aligned)?, &t.values);
+            let beta_cells = best_match(&sim(&aligned_cells)?, &t.values);
+            let (lo, hi) = (t.values[0], t.values[t.values.len() - 1]);
+            let ideal: Vec<(f64, f64)> = positions
+                .iter()
+                .map(|&a| {
+                    (
+                        a,
+                        if forward {
+                            lo + a * (hi - lo)
+                        } else {
+                            hi - a * (hi - lo)
+                        },
+                    )
+                })
+                .collect();
+            plot::line_plot(
+                &out.join("beta_alpha.png"),
+                &LinePlot {
+                    title: format!("Recovered {}(α)", t.parameter).as_str(),
+                    x_label: "α",
+                    y_label: &t.parameter,
+                    x_range: Some((0.0, 1.0)),
+                    y_range: Some((lo - 1.0, hi + 1.0)),
+                    ..Default::default()
+                },
+                &[
+                    Series {
+                        name: "recovered (best AreaFSC)".into(),
+                        points: positions
+                            .iter()
+                            .copied()
+                            .zip(beta.iter().copied())
+                            .collect(),
+                    },
+                    Series {
+                        name: "uniform landscape".into(),
+                        points: ideal,
+                    },
+                ],
+            )?;
+            let w1 = wasserstein1(&beta_cells, &t.particle_values);
+            metrics.insert(
+                "continuous".into(),
+                json!({"parameter": t.parameter, "alpha": positions, "recovered": beta,
+                       "recovered_on_cells": beta_cells, "wasserstein1": w1}),
+            );
+            html += &format!(
+                "<p>Each reconstructed volume is matched to the ground-truth {} of highest AreaFSC. Wasserstein-1 distance between the recovered distribution (cell midpoints, α uniform) and the particles' true values: {}.</p>{}",
+                t.parameter,
+                if w1.is_finite() {
+                    format!("{w1:.2}")
+                } else {
+                    "not available (no particles.star)".into()
+                },
+                img_tag(&out.join("beta_alpha.png"), "beta of alpha")?
+            );
+        }
+        sections.push(Section {
+            title: if truth
+                .as_ref()
+                .is_some_and(|t| !t.discrete && t.states.len() > 1)
+            {
+                "Landscape".into()
+            } else {
+                "Discrete probabilities".into()
+            },
+            html,
+        });
+    }
+    bar.finish_and_clear();
+
+    let metrics = Value::Object(metrics);
+    util::write_json_atomic(&out.join("metrics.json"), &metrics)?;
+    write_html(&out.join("report.html"), &args.run, &sections)?;
+    if args.json {
+        util::print_json(&metrics)?;
+    } else {
+        println!("{}", out.join("report.html").display());
+    }
+    Ok(())
+}
+
+/// Which truth state sits at latent position `alpha` of a reconstruction oriented `forward`.
+fn truth_state_at(t: &Truth, alpha: f64, forward: bool) -> usize {
+    let (lo, hi) = (t.values[0], t.values[t.values.len() - 1]);
+    let v = if forward {
+        lo + alpha * (hi - lo)
+    } else {
+        hi - alpha * (hi - lo)
+    };
+    t.nearest(v)
+}
+
+/// The transform that aligns the reconstruction to the truth, and whether its α = 0 end is the
+/// truth's first state: both ends are aligned to both end states, and the pairing with the
+/// higher summed correlation wins; its better alignment gives the one transform.
+fn orient(
+    end0: &Volume,
+    end1: &Volume,
+    t: &Truth,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Transform, bool)> {
+    let cfg = AlignConfig::default();
+    let a00 = align(end0, t.first(), &cfg)?;
+    bar.inc(1);
+    if t.states.len() == 1 {
+        bar.inc(3);
+        return Ok((a00.transform, true));
+    }
+    let a11 = align(end1, t.last(), &cfg)?;
+    let a01 = align(end0, t.last(), &cfg)?;
+    let a10 = align(end1, t.first(), &cfg)?;
+    bar.inc(3);
+    let forward = a00.score + a11.score >= a01.score + a10.score;
+    let best = if forward {
+        if a00.score >= a11.score { a00 } else { a11 }
+    } else if a01.score >= a10.score {
+        a01
+    } else {
+        a10
+    };
+    Ok((best.transform, forward))
+}
+
+fn range_of<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+        (a.min(v), b.max(v))
+    })
+}
+
+fn matrix_json(m: &Array2<f64>) -> Value {
+    Value::Array(m.rows().into_iter().map(|r| json!(r.to_vec())).collect())
+}
+
+/// The newest `images/step_*.png` of a run.
+fn latest_image_grid(run: &Path) -> Option<PathBuf> {
+    let mut grids: Vec<PathBuf> = std::fs::read_dir(run.join("images"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    grids.sort();
+    grids.pop()
+}
+
+/// Up to `count` checkpoint snapshot folders (`volumes/step_N`), evenly chosen, oldest first.
+fn snapshots(run: &Path, count: usize) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(run.join("volumes")) else {
+        return Vec::new();
+    };
+    let mut all: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let step = p
+                .file_name()?
+                .to_str()?
+                .strip_prefix("step_")?
+                .parse()
+                .ok()?;
+            p.join("alpha_0.00.mrc").is_file().then_some((step, p))
+        })
+        .collect();
+    all.sort();
+    if count == 0 || all.is_empty() {
+        return Vec::new();
+    }
+    if all.len() <= count {
+        return all;
+    }
+    let last = all.len() - 1;
+    let mut picked: Vec<usize> = (0..count).map(|k| k * last / (count - 1).max(1)).collect();
+    picked.dedup();
+    picked.into_iter().map(|i| all[i].clone()).collect()
+}
+
+fn write_html(path: &Path, run: &Path, sections: &[Section]) -> Result<()> {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut page = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>multicryogan report: {run}</title>\n\
+         <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
+         img{{max-width:100%;display:block;margin:0.5em 0}}table{{border-collapse:collapse;margin:0.5em 0}}\
+         td,th{{border:1px solid #bbb;padding:0.25em 0.6em;text-align:right}}h2{{border-bottom:1px solid #ddd}}</style>\n\
+         </head><body><h1>multicryogan report</h1><p>Run: <code>{run}</code>. Numbers: <code>metrics.json</code>.</p>\n",
+        run = escape(&run.display().to_string())
+    );
+    for s in sections {
+        page += &format!("<h2>{}</h2>\n{}\n", escape(&s.title), s.html);
+    }
+    page += "</body></html>\n";
+    let tmp = util::tmp_name(path);
+    std::fs::write(&tmp, page).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothing_is_a_running_mean() {
+        let p: Vec<(f64, f64)> = (0..5).map(|i| (i as f64, i as f64)).collect();
+        let s = smooth(&p, 2);
+        assert_eq!(
+            s.iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![0.0, 0.5, 1.5, 2.5, 3.5]
+        );
+    }
+
+    #[test]
+    fn truth_lookups_pick_the_nearest_state_and_count_the_first() {
+        let t = Truth {
+            states: Vec::new(),
+            values: vec![0.0, 10.0, 20.0],
+            parameter: "beta".into(),
+            discrete: false,
+            particle_values: vec![0.0, 0.0, 20.0, 20.0],
+        };
+        assert_eq!(t.nearest(12.0), 1);
+        assert_eq!(t.nearest(19.0), 2);
+        assert_eq!(t.first_fraction(), Some(0.5));
+    }
+}
