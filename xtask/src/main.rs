@@ -20,8 +20,16 @@ commands:
   synth    set up, build, and make the paper's two data sets (100,000 Hsp90 images each,
            continuous and discrete) in out/hsp90-continuous and out/hsp90-discrete;
            extra arguments go to `multicryogan synth` (e.g. --structures DIR, --shards 10)
+  train    set up, build, and train Multi-CryoGAN on each data set of `synth` into
+           out/<set>/run (25 minutes each by default; resumes a run that has a checkpoint);
+           extra arguments go to `multicryogan train` (e.g. --device cuda, --minutes 60)
+  report   write out/<set>/report/report.html for each trained run, against its ground truth;
+           extra arguments go to `multicryogan report`
   bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
 ";
+
+/// The paper's two experiments (section 5): data set folder names under out/ and their seeds.
+const EXPERIMENTS: [(&str, &str); 2] = [("hsp90-continuous", "1"), ("hsp90-discrete", "2")];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +43,8 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "demo" => demo(rest),
         "synth" => synth(rest),
+        "train" => train(rest),
+        "report" => report(rest),
         "bench" => bench::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
@@ -107,7 +117,7 @@ fn demo(rest: &[String]) -> Result<()> {
 fn synth(rest: &[String]) -> Result<()> {
     setup::run()?;
     let bin = release_cli()?;
-    for (preset, seed) in [("hsp90-continuous", "1"), ("hsp90-discrete", "2")] {
+    for (preset, seed) in EXPERIMENTS {
         let out = util::root().join("out").join(preset);
         let out_s = out.to_string_lossy().into_owned();
         let mut args = vec![
@@ -132,6 +142,69 @@ fn synth(rest: &[String]) -> Result<()> {
         args.extend(rest.iter().map(String::as_str));
         util::run(&bin, &args)?;
         eprintln!("synth: {preset} written to {out_s}");
+    }
+    Ok(())
+}
+
+/// Multi-CryoGAN on each of the paper's data sets (made by `cargo xtask synth`).
+fn train(rest: &[String]) -> Result<()> {
+    setup::run()?;
+    let bin = release_cli()?;
+    for (set, _) in EXPERIMENTS {
+        let data = util::root().join("out").join(set);
+        let particles = data.join("particles.star");
+        if !particles.is_file() {
+            bail!(
+                "{} is missing: run `cargo xtask synth` first",
+                particles.display()
+            );
+        }
+        let run = data.join("run");
+        let (particles_s, run_s) = (
+            particles.to_string_lossy().into_owned(),
+            run.to_string_lossy().into_owned(),
+        );
+        let mut args = vec!["train", "--particles", &particles_s, "--out", &run_s];
+        if !rest.iter().any(|a| a == "--minutes" || a == "--steps") {
+            args.extend(["--minutes", "25"]);
+        }
+        if run.join("checkpoint.safetensors").is_file() && !rest.iter().any(|a| a == "--resume") {
+            eprintln!("train: {run_s} has a checkpoint: resuming it");
+            args.push("--resume");
+        }
+        args.extend(rest.iter().map(String::as_str));
+        util::run(&bin, &args)?;
+        eprintln!("train: {set} run in {run_s}");
+    }
+    Ok(())
+}
+
+/// The report of each trained run of the paper's experiments, against its ground truth.
+fn report(rest: &[String]) -> Result<()> {
+    setup::run()?;
+    let bin = release_cli()?;
+    let mut done = 0;
+    for (set, _) in EXPERIMENTS {
+        let data = util::root().join("out").join(set);
+        let run = data.join("run");
+        if !run.join("checkpoint.safetensors").is_file() {
+            eprintln!("report: no trained run in {} (skipped)", run.display());
+            continue;
+        }
+        let (data_s, run_s, out_s) = (
+            data.to_string_lossy().into_owned(),
+            run.to_string_lossy().into_owned(),
+            data.join("report").to_string_lossy().into_owned(),
+        );
+        let mut args = vec![
+            "report", "--run", &run_s, "--truth", &data_s, "--out", &out_s,
+        ];
+        args.extend(rest.iter().map(String::as_str));
+        util::run(&bin, &args)?;
+        done += 1;
+    }
+    if done == 0 {
+        bail!("no trained run under out/: run `cargo xtask synth` and `cargo xtask train` first");
     }
     Ok(())
 }
