@@ -20,7 +20,7 @@ use crate::util::{self, WithHint};
 /// about 0 for unrelated ones).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  multicryogan fsc half1.mrc half2.mrc\n  multicryogan fsc map.mrc truth.mrc --mask-radius 60 --json\n  multicryogan fsc map.mrc truth.mrc --mask mask.mrc --binning cryodrgn"
+    after_help = "Examples:\n  multicryogan fsc half1.mrc half2.mrc\n  multicryogan fsc map.mrc truth.mrc --mask-radius 60 --json --plot fsc.png\n  multicryogan fsc map.mrc truth.mrc --mask mask.mrc --binning cryodrgn"
 )]
 pub struct Args {
     /// First map (MRC volume).
@@ -43,6 +43,9 @@ pub struct Args {
     /// Voxel size in Å of both maps (and the mask), overriding their headers.
     #[arg(long, value_name = "Å")]
     apix: Option<f64>,
+    /// Also draw the curve, with the 0.5 and 0.143 thresholds, into this PNG file.
+    #[arg(long, value_name = "PNG")]
+    plot: Option<PathBuf>,
     /// Print JSON on stdout instead of a table: frequency_per_A, fsc, resolution_A (keys "0.5"
     /// and "0.143"), area, and more.
     #[arg(long)]
@@ -78,6 +81,14 @@ pub fn run(args: Args) -> Result<()> {
         mask,
     };
     let curve = fsc(&a, &b, &config)?;
+    if let Some(png) = &args.plot {
+        let name = |p: &std::path::Path| {
+            p.file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        };
+        let title = format!("FSC of {} and {}", name(&args.map1), name(&args.map2));
+        mcg_eval::plot::fsc_plot(png, &title, &[(curve.binning.name().to_string(), &curve)])?;
+    }
     let report = report(&args, &curve);
     if args.json {
         util::print_json(&report)

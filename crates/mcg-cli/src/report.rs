@@ -11,7 +11,7 @@ use mcg_eval::landscape::{
     Membership, best_match, cell_midpoints, discrete_probabilities, fsccc_positions,
     mean_abs_difference, midpoint_threshold, wasserstein1,
 };
-use mcg_eval::plot::{self, Level, LinePlot, Series};
+use mcg_eval::plot::{self, LinePlot, Series};
 use mcg_eval::{AlignConfig, FscConfig, FscCurve, Transform, align, fsc, fsccc};
 use mcg_physics::Volume;
 use mcg_train::device::{self, DeviceChoice};
@@ -236,31 +236,6 @@ fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         out.push((p.0, sum / k));
     }
     out
-}
-
-fn fsc_series(name: String, c: &FscCurve) -> Series {
-    Series {
-        name,
-        points: c
-            .nyquist_fraction()
-            .into_iter()
-            .zip(c.fsc.iter().copied())
-            .skip(1)
-            .collect(),
-    }
-}
-
-fn fsc_levels() -> Vec<Level> {
-    vec![
-        Level {
-            y: 0.5,
-            label: "0.5".into(),
-        },
-        Level {
-            y: 0.143,
-            label: "0.143".into(),
-        },
-    ]
 }
 
 fn resolution_json(c: &FscCurve) -> Value {
@@ -517,22 +492,14 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         };
         let c0 = fsc(&aligned[0], &t.states[t0].1, &cfg)?;
         let c1 = fsc(&aligned[l], &t.states[t1].1, &cfg)?;
-        let mut ends = vec![fsc_series(format!("α = 0 vs {}", t.states[t0].0), &c0)];
+        let mut ends = vec![(format!("α = 0 vs {}", t.states[t0].0), &c0)];
         let single_state = t.states.len() == 1 || mode == Mode::Single;
         if !single_state {
-            ends.push(fsc_series(format!("α = 1 vs {}", t.states[t1].0), &c1));
+            ends.push((format!("α = 1 vs {}", t.states[t1].0), &c1));
         }
-        plot::line_plot(
+        plot::fsc_plot(
             &out.join("fsc_ends.png"),
-            &LinePlot {
-                title: "FSC against the ground truth",
-                x_label: "frequency / Nyquist",
-                y_label: "FSC",
-                y_range: Some((-0.1, 1.02)),
-                x_range: Some((0.0, 1.0)),
-                levels: fsc_levels(),
-                x_integer: false,
-            },
+            "FSC against the ground truth",
             &ends,
         )?;
         metrics.insert(

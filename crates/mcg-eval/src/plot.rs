@@ -191,6 +191,45 @@ pub fn line_plot(path: &Path, plot: &LinePlot<'_>, series: &[Series]) -> Result<
     finish(&tmp, path)
 }
 
+/// FSC curves against frequency as a fraction of Nyquist, with the 0.5 and 0.143 thresholds.
+pub fn fsc_plot(
+    path: &Path,
+    title: &str,
+    curves: &[(String, &crate::FscCurve)],
+) -> Result<(), EvalError> {
+    let series: Vec<Series> = curves
+        .iter()
+        .map(|(name, c)| Series {
+            name: name.clone(),
+            points: c
+                .nyquist_fraction()
+                .into_iter()
+                .zip(c.fsc.iter().copied())
+                .skip(1)
+                .collect(),
+        })
+        .collect();
+    let levels = [0.5, 0.143]
+        .map(|y| Level {
+            y,
+            label: y.to_string(),
+        })
+        .to_vec();
+    line_plot(
+        path,
+        &LinePlot {
+            title,
+            x_label: "frequency / Nyquist",
+            y_label: "FSC",
+            y_range: Some((-0.1, 1.02)),
+            x_range: Some((0.0, 1.0)),
+            levels,
+            x_integer: false,
+        },
+        &series,
+    )
+}
+
 /// Viridis at `t` ∈ [0, 1] (interpolated between eight anchors).
 fn viridis(t: f64) -> RGBColor {
     const A: [(u8, u8, u8); 8] = [

@@ -47,8 +47,12 @@ fn fsc_json_has_the_curve_resolutions_and_area() {
     .apply(&map);
     mcg_formats::mrc::write_volume(&b, &moved).unwrap();
 
-    let out = ok(&["fsc", s(&a), s(&b), "--json"]);
+    let png = dir.path().join("fsc.png");
+    let out = ok(&["fsc", s(&a), s(&b), "--json", "--plot", s(&png)]);
     let report: Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    assert!(bytes.len() > 5_000, "a drawn figure, not an empty one");
     let frequencies = report["frequency_per_A"].as_array().unwrap();
     let curve = report["fsc"].as_array().unwrap();
     assert_eq!(frequencies.len(), 9);

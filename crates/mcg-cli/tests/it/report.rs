@@ -119,3 +119,82 @@ fn synth_train_report_writes_every_figure_and_the_metrics() {
     let msg = fails(&["report", "--run", s(&data), "--out", s(&out)]);
     assert!(msg.contains("metrics.jsonl"), "{msg}");
 }
+
+#[test]
+fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&[
+        "synth",
+        "--preset",
+        "hsp90-continuous",
+        "--n",
+        "64",
+        "--box",
+        "16",
+        "--apix",
+        "10",
+        "--calibration-images",
+        "32",
+        "--no-h5",
+        "--out",
+        s(&data),
+        "-q",
+    ]);
+    let config = dir.path().join("small.json");
+    std::fs::write(
+        &config,
+        r#"{"model": {"mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 1.0,
+                      "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true},
+            "batch_size": 8, "d_steps": 1}"#,
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    ok(&[
+        "train",
+        "--particles",
+        s(&data.join("particles.star")),
+        "--out",
+        s(&run),
+        "--steps",
+        "2",
+        "--config",
+        s(&config),
+        "--device",
+        "cpu",
+        "-q",
+    ]);
+    let out = dir.path().join("report");
+    let printed = ok(&[
+        "report",
+        "--run",
+        s(&run),
+        "--truth",
+        s(&data),
+        "--out",
+        s(&out),
+        "--l",
+        "4",
+        "--history",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+        "-q",
+    ]);
+    let m: Value = serde_json::from_str(&printed).expect("--json prints metrics.json");
+    let c = &m["continuous"];
+    assert_eq!(c["parameter"], "beta");
+    let beta: Vec<f64> = c["recovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(beta.len(), 5);
+    assert!(beta.iter().all(|b| (0.0..=20.0).contains(b)), "{beta:?}");
+    let w1 = c["wasserstein1"].as_f64().unwrap();
+    assert!((0.0..=20.0).contains(&w1), "{w1}");
+    assert!(m.get("fsc_history").is_none());
+    assert!(png_size(&out.join("beta_alpha.png")).0 == 800);
+}
