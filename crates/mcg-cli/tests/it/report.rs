@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::train::{SMALL, tiny_set_of};
 use crate::{fails, ok, s};
 
 fn png_size(path: &Path) -> (u32, u32) {
@@ -16,37 +17,19 @@ fn png_size(path: &Path) -> (u32, u32) {
 #[test]
 fn synth_train_report_writes_every_figure_and_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    ok(&[
-        "synth",
-        "--preset",
-        "hsp90-discrete",
-        "--n",
-        "64",
-        "--box",
-        "16",
-        "--apix",
-        "10",
-        "--calibration-images",
-        "32",
-        "--no-h5",
-        "--out",
-        s(&data),
-        "-q",
-    ]);
+    let star = tiny_set_of(dir.path(), "hsp90-discrete");
+    let data = star.parent().unwrap().to_path_buf();
     let config = dir.path().join("small.json");
     std::fs::write(
         &config,
-        r#"{"model": {"mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 1.0,
-                      "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true},
-            "batch_size": 8, "d_steps": 1, "checkpoint_seconds": 0.0}"#,
+        SMALL.replace("\"seed\": 5", "\"seed\": 5, \"checkpoint_seconds\": 0.0"),
     )
     .unwrap();
     let run = dir.path().join("run");
     ok(&[
         "train",
         "--particles",
-        s(&data.join("particles.star")),
+        s(&star),
         "--out",
         s(&run),
         "--steps",
@@ -123,37 +106,15 @@ fn synth_train_report_writes_every_figure_and_the_metrics() {
 #[test]
 fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    ok(&[
-        "synth",
-        "--preset",
-        "hsp90-continuous",
-        "--n",
-        "64",
-        "--box",
-        "16",
-        "--apix",
-        "10",
-        "--calibration-images",
-        "32",
-        "--no-h5",
-        "--out",
-        s(&data),
-        "-q",
-    ]);
+    let star = tiny_set_of(dir.path(), "hsp90-continuous");
+    let data = star.parent().unwrap().to_path_buf();
     let config = dir.path().join("small.json");
-    std::fs::write(
-        &config,
-        r#"{"model": {"mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 1.0,
-                      "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true},
-            "batch_size": 8, "d_steps": 1}"#,
-    )
-    .unwrap();
+    std::fs::write(&config, SMALL).unwrap();
     let run = dir.path().join("run");
     ok(&[
         "train",
         "--particles",
-        s(&data.join("particles.star")),
+        s(&star),
         "--out",
         s(&run),
         "--steps",

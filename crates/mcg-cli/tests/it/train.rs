@@ -6,13 +6,14 @@ use serde_json::Value;
 
 use crate::{fails, ok, s};
 
-/// A tiny noisy discrete set (16² images of 10 Å) for the trainer.
-fn tiny_set(dir: &Path) -> std::path::PathBuf {
+/// A tiny noisy Hsp90 set (64 images of 16² at 10 Å, on the phantom) of `preset` for the
+/// trainer's tests; returns its STAR file.
+pub fn tiny_set_of(dir: &Path, preset: &str) -> std::path::PathBuf {
     let out = dir.join("data");
     ok(&[
         "synth",
         "--preset",
-        "hsp90-discrete",
+        preset,
         "--n",
         "64",
         "--box",
@@ -29,8 +30,12 @@ fn tiny_set(dir: &Path) -> std::path::PathBuf {
     out.join("particles.star")
 }
 
+fn tiny_set(dir: &Path) -> std::path::PathBuf {
+    tiny_set_of(dir, "hsp90-discrete")
+}
+
 /// Settings small enough for seconds on two cores.
-const SMALL: &str = r#"{
+pub const SMALL: &str = r#"{
   "model": { "mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 0.025,
              "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true },
   "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5
