@@ -15,8 +15,9 @@ commands:
   setup    install what the build needs, if missing: HDF5 and pkg-config (apt), and
            libtorch 2.11.0 from the PyPI wheels into a cache outside the repository
   test     set up, check formatting and lints, then run every test of the workspace
-  demo     set up, build, and run the main job: a small Hsp90 data set (structures from
-           ../shared when present, the built-in phantom otherwise)
+  demo     set up, build, and run the main job: a small Hsp90 discrete data set (structures
+           from ../shared when present, the built-in phantom otherwise), Multi-CryoGAN trained
+           on it (--minutes 20, --device auto), its report, and the numbers that matter
   synth    set up, build, and make the paper's two data sets (100,000 Hsp90 images each,
            continuous and discrete) in out/hsp90-continuous and out/hsp90-discrete;
            extra arguments go to `multicryogan synth` (e.g. --structures DIR, --shards 10)
@@ -86,12 +87,37 @@ fn test(rest: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The main job on an embedded default: a small Hsp90 discrete data set.
+/// The main job on an embedded default: a small Hsp90 discrete data set, Multi-CryoGAN trained
+/// on it for a bounded time (`--minutes`, default 20), and its report, closing with the numbers
+/// that matter. `--device auto|cpu|cuda` picks where to train; other arguments go to `synth`.
+/// Run again, it resumes the run in out/demo/run for another `--minutes`.
 fn demo(rest: &[String]) -> Result<()> {
     setup::run()?;
+    let mut minutes = "20".to_string();
+    let mut device = "auto".to_string();
+    let mut synth_extra = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--minutes" | "--device" => {
+                let Some(v) = it.next() else {
+                    bail!("{a} needs a value");
+                };
+                if a == "--minutes" {
+                    minutes = v.clone();
+                } else {
+                    device = v.clone();
+                }
+            }
+            _ => synth_extra.push(a.as_str()),
+        }
+    }
     let bin = release_cli()?;
     let out = util::root().join("out/demo");
-    let out_s = out.to_string_lossy().into_owned();
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (out_s, run_s, report_s) = (s(&out), s(&out.join("run")), s(&out.join("report")));
+    let star = s(&out.join("particles.star"));
+    eprintln!("demo: 1/3 synthesising 10,000 Hsp90 images (25 % closed, 75 % open) into {out_s}");
     let mut args = vec![
         "synth",
         "--preset",
@@ -103,12 +129,68 @@ fn demo(rest: &[String]) -> Result<()> {
         "--out",
         &out_s,
     ];
-    args.extend(rest.iter().map(String::as_str));
+    args.extend(synth_extra);
     util::run(&bin, &args)?;
-    util::run(&bin, &["info", &format!("{out_s}/particles.star")])?;
-    eprintln!(
-        "demo: Hsp90 data set written to {out_s} (particles.mrcs, particles.star, particles.h5, \
-         ground_truth/, manifest.json)"
+    eprintln!("demo: 2/3 training Multi-CryoGAN for {minutes} minutes ({device}) into {run_s}");
+    let mut args = vec![
+        "train",
+        "--particles",
+        &star,
+        "--out",
+        &run_s,
+        "--minutes",
+        &minutes,
+        "--device",
+        &device,
+    ];
+    if out.join("run/checkpoint.safetensors").is_file() {
+        eprintln!("demo: {run_s} has a checkpoint: resuming it");
+        args.push("--resume");
+    }
+    util::run(&bin, &args)?;
+    eprintln!("demo: 3/3 writing the report into {report_s}");
+    util::run(
+        &bin,
+        &[
+            "report", "--run", &run_s, "--truth", &out_s, "--out", &report_s, "--device", &device,
+        ],
+    )?;
+    let path = out.join("report/metrics.json");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let res = |end: &str| {
+        let f = &m["fsc_ends"][end];
+        format!(
+            "{} vs {}: FSC 0.5 at {}",
+            end.replace('_', " = "),
+            f["truth"].as_str().unwrap_or("?"),
+            f["fsc"]["resolution_A"]["0.5"].as_f64().map_or(
+                "not reached".to_string(),
+                |r| format!(
+                    "{r:.1} Å ({:.2} of Nyquist)",
+                    f["fsc"]["resolution_nyquist_fraction"]["0.5"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+                )
+            )
+        )
+    };
+    let p = &m["probabilities"];
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("–".into(), |x| format!("{:.0} %", 100.0 * x))
+    };
+    println!("\nMulti-CryoGAN demo: report at {report_s}/report.html");
+    println!("  {}", res("alpha_0"));
+    println!("  {}", res("alpha_1"));
+    println!(
+        "  probabilities: {} {} / {} {} / transition {} (truth: {} / {})",
+        p["alpha_0_state"].as_str().unwrap_or("?"),
+        pct(&p["alpha_0_fraction"]),
+        p["alpha_1_state"].as_str().unwrap_or("?"),
+        pct(&p["alpha_1_fraction"]),
+        pct(&p["transition"]),
+        pct(&p["truth"]["alpha_0_state"]),
+        pct(&p["truth"]["alpha_1_state"]),
     );
     Ok(())
 }
