@@ -161,7 +161,7 @@ fn demo(rest: &[String]) -> Result<()> {
         let f = &m["fsc_ends"][end];
         format!(
             "{} vs {}: FSC 0.5 at {}",
-            end.replace('_', " = "),
+            end.replace("alpha_", "α = "),
             f["truth"].as_str().unwrap_or("?"),
             f["fsc"]["resolution_A"]["0.5"].as_f64().map_or(
                 "not reached".to_string(),
