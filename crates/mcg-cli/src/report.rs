@@ -587,27 +587,11 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         let m_recon = fsccc(&aligned, &cfg)?;
         let mut panels_truth = None;
         if let Some(t) = &truth {
-            let series: Vec<Volume> = if t.discrete {
-                let p = t.first_fraction().unwrap_or(0.5);
-                // The ideal reconstruction: the first state on a fraction p of the segment,
-                // oriented like ours.
-                positions
-                    .iter()
-                    .map(|&a| {
-                        let first_part = if forward { a < p } else { a > 1.0 - p };
-                        if first_part {
-                            t.first().clone()
-                        } else {
-                            t.last().clone()
-                        }
-                    })
-                    .collect()
-            } else {
-                positions
-                    .iter()
-                    .map(|&a| t.states[truth_state_at(t, a, forward)].1.clone())
-                    .collect()
-            };
+            // The truth oriented like the reconstruction (for a discrete set, the ideal one).
+            let series: Vec<Volume> = positions
+                .iter()
+                .map(|&a| t.states[truth_state_at(t, a, forward)].1.clone())
+                .collect();
             let m_truth = fsccc(&series, &cfg)?;
             let mad = mean_abs_difference(&m_recon, &m_truth);
             metrics.insert(
@@ -819,8 +803,16 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     Ok(())
 }
 
-/// Which truth state sits at latent position `alpha` of a reconstruction oriented `forward`.
+/// Which truth state sits at latent position `alpha` of a reconstruction oriented `forward`:
+/// for a discrete set the ideal reconstruction's (the first state on the fraction of the segment
+/// the particles give it, the last state elsewhere), for a continuous one the state nearest to
+/// the uniform landscape's value.
 fn truth_state_at(t: &Truth, alpha: f64, forward: bool) -> usize {
+    if t.discrete {
+        let p = t.first_fraction().unwrap_or(0.5);
+        let first_part = if forward { alpha < p } else { alpha > 1.0 - p };
+        return if first_part { 0 } else { t.states.len() - 1 };
+    }
     let (lo, hi) = (t.values[0], t.values[t.values.len() - 1]);
     let v = if forward {
         lo + alpha * (hi - lo)
