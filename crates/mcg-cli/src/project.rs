@@ -102,12 +102,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
-    if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .context("setting the thread count")?;
-    }
+    util::set_threads(args.threads)?;
     ensure!(args.batch > 0, "--batch must be at least 1");
     let start = Instant::now();
     let volume = load_volume(&args)?;

@@ -132,21 +132,26 @@ impl Truth {
         let landscape = mcg_synth::landscape::Landscape::from_json_file(&landscape_path)
             .with_context(|| format!("reading {}", landscape_path.display()))?;
         let discrete = landscape.is_discrete();
-        let (parameter, (lo, hi)) = match landscape.parameters.first() {
-            Some(p) => (p.name.clone(), p.distribution.range()),
-            None => ("state".to_string(), (0.0, (names.len() - 1) as f64)),
-        };
         let count = states.len();
-        // The same spacing as `Molecule::ground_truth_states`.
-        let values: Vec<f64> = (0..count)
-            .map(|k| {
-                if count == 1 {
-                    lo
-                } else {
-                    lo + (hi - lo) * k as f64 / (count - 1) as f64
-                }
-            })
-            .collect();
+        // The same values as `synth` gave its ground-truth states.
+        let (parameter, values) = match landscape.parameters.first() {
+            Some(p) => (
+                p.name.clone(),
+                landscape
+                    .state_values(count)
+                    .iter()
+                    .map(|v| v[0])
+                    .collect::<Vec<f64>>(),
+            ),
+            None => ("state".to_string(), (0..count).map(|k| k as f64).collect()),
+        };
+        ensure!(
+            values.len() == count,
+            "{}: {count} ground-truth states, but the landscape in {} makes {}",
+            states_path.display(),
+            landscape_path.display(),
+            values.len()
+        );
         let particle_values = particle_values(&dir.join("particles.star"), &parameter);
         Ok(Self {
             states,
@@ -922,9 +927,7 @@ fn write_html(path: &Path, run: &Path, sections: &[Section]) -> Result<()> {
         page += &format!("<h2>{}</h2>\n{}\n", escape(&s.title), s.html);
     }
     page += "</body></html>\n";
-    let tmp = util::tmp_name(path);
-    std::fs::write(&tmp, page).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    util::write_atomic(path, page.as_bytes())
 }
 
 #[cfg(test)]

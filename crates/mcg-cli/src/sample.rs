@@ -124,9 +124,7 @@ fn write_cxc(path: &Path, n: usize, level: f32) -> Result<()> {
         name = path.file_name().unwrap_or_default().to_string_lossy(),
         frames = n * 12 + 10,
     );
-    let tmp = util::tmp_name(path);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    util::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

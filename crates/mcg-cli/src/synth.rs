@@ -173,12 +173,7 @@ struct Plan {
 }
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
-    if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .context("setting the thread count")?;
-    }
+    util::set_threads(args.threads)?;
     ensure!(args.batch > 0, "--batch must be at least 1");
     ensure!(args.n > 0, "--n must be at least 1");
     let start = Instant::now();

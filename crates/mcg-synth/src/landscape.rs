@@ -583,6 +583,35 @@ impl Landscape {
         Some(pick(&weights, &mut rng))
     }
 
+    /// The parameter values of the ground-truth states along the landscape: `count` (at least
+    /// 2) evenly spaced along the diagonal from every parameter's minimum to its maximum, or
+    /// one state when no parameter varies (fixed values). Empty without parameters.
+    pub fn state_values(&self, count: usize) -> Vec<Vec<f64>> {
+        if self.parameters.is_empty() {
+            return Vec::new();
+        }
+        let ranges: Vec<(f64, f64)> = self
+            .parameters
+            .iter()
+            .map(|p| p.distribution.range())
+            .collect();
+        let count = if ranges.iter().all(|(lo, hi)| lo == hi) {
+            1
+        } else {
+            count.max(2)
+        };
+        (0..count)
+            .map(|k| {
+                let t = if count == 1 {
+                    0.0
+                } else {
+                    k as f64 / (count - 1) as f64
+                };
+                ranges.iter().map(|&(lo, hi)| lo + t * (hi - lo)).collect()
+            })
+            .collect()
+    }
+
     /// Whether every parameter is discrete (so that [`Self::class_of`] numbers conformations).
     pub fn is_discrete(&self) -> bool {
         self.parameters.iter().all(|p| p.distribution.is_discrete())

@@ -275,30 +275,17 @@ impl Molecule {
             };
             return vec![("reference".into(), c)];
         }
-        let ranges: Vec<(f64, f64)> = params.iter().map(|p| p.distribution.range()).collect();
-        // Parameters that never vary (fixed values) make one state, not `count` copies of it.
-        let count = if ranges.iter().all(|(lo, hi)| lo == hi) {
-            1
-        } else {
-            count.max(2)
-        };
-        let at = |k: usize| -> Vec<f64> {
-            let t = if count == 1 {
-                0.0
-            } else {
-                k as f64 / (count - 1) as f64
-            };
-            ranges.iter().map(|&(lo, hi)| lo + t * (hi - lo)).collect()
-        };
+        let states = self.landscape.state_values(count);
         let whole = params.len() == 1
-            && (0..count).all(|k| {
-                let v = at(k)[0];
+            && states.iter().all(|v| {
+                let v = v[0];
                 (v - v.round()).abs() < 1e-9 && v >= 0.0
             });
-        let width = (count - 1).to_string().len().max(2);
-        (0..count)
-            .map(|k| {
-                let values = at(k);
+        let width = (states.len() - 1).to_string().len().max(2);
+        states
+            .into_iter()
+            .enumerate()
+            .map(|(k, values)| {
                 let name = if whole {
                     format!(
                         "{}_{:0width$}",
