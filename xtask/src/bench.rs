@@ -137,76 +137,24 @@ pub fn run(rest: &[String]) -> Result<()> {
         ],
     )?;
     let train_steps = if quick { 4 } else { 8 };
-    for projector in ["fourier", "real-space"] {
-        let config = work.join(format!("{projector}.json"));
-        std::fs::write(&config, format!("{{\"projector\": \"{projector}\"}}"))
-            .context("writing a training config")?;
-        let run = work.join(format!("train_{projector}"));
-        let steps = train_steps.to_string();
-        timed(
+    figures.extend(train_step_figures(
+        &bin,
+        work.as_path(),
+        &data,
+        "cpu",
+        train_steps,
+    )?);
+    // The same on the GPU, where this machine has one.
+    if util::output("nvidia-smi", &["-L"]).is_some_and(|l| l.contains("GPU")) {
+        figures.extend(train_step_figures(
             &bin,
-            &[
-                "train",
-                "--particles",
-                &data.join("particles.star").to_string_lossy(),
-                "--out",
-                &run.to_string_lossy(),
-                "--steps",
-                &steps,
-                "--device",
-                "cpu",
-                "--config",
-                &config.to_string_lossy(),
-                "--quiet",
-                "--json",
-            ],
-        )?;
-        let (per_step, images_per_second) = step_time(&run.join("metrics.jsonl"))?;
-        figures.push(Figure {
-            name: format!(
-                "train: seconds per G step (k = 4 D steps), default model, {projector}, CPU"
-            ),
-            value: per_step,
-            unit: "s",
-            target: None,
-            detail: json!({"steps": train_steps, "simulated_images_per_second": images_per_second}),
-        });
-        let script = root.join("xtask/reference/step_benchmark.py");
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .to_string();
-        let reference = std::process::Command::new("python3")
-            .args([
-                &script.to_string_lossy(),
-                "--device",
-                "cpu",
-                "--projector",
-                projector,
-                "--threads",
-                &threads,
-                "--steps",
-                "3",
-                "--warmup",
-                "1",
-            ])
-            .output();
-        match reference {
-            Ok(out) if out.status.success() => {
-                let line: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                if let Some(py) = line["seconds_per_step"].as_f64() {
-                    figures.push(Figure {
-                        name: format!("train: the same step in PyTorch ({projector}, CPU); ratio Rust/PyTorch in detail"),
-                        value: py,
-                        unit: "s",
-                        target: Some("Rust ≤ PyTorch".into()),
-                        detail: json!({"ratio_rust_over_pytorch": per_step / py, "reference": line}),
-                    });
-                }
-            }
-            _ => eprintln!(
-                "bench: python3 has no PyTorch here; the PyTorch reference step was not timed"
-            ),
-        }
+            work.as_path(),
+            &data,
+            "cuda",
+            4 * train_steps,
+        )?);
+    } else {
+        eprintln!("bench: no NVIDIA GPU here; the CUDA step was not timed");
     }
 
     let star = work.join("project_32/particles.star");
@@ -248,8 +196,10 @@ pub fn run(rest: &[String]) -> Result<()> {
         })).collect::<Vec<_>>(),
     });
     let path = root.join("bench-results/bench.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    util::write_atomic(
+        &path,
+        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+    )?;
     std::fs::remove_dir_all(&work).ok();
     println!("written: {}", path.display());
     Ok(())
@@ -346,6 +296,97 @@ fn eval_figures(bin: &Path, work: &Path) -> Result<Vec<Figure>> {
             target: None,
             detail: report,
         });
+    }
+    Ok(figures)
+}
+
+/// Seconds per generator step (with its k discriminator steps) of the default configuration on
+/// `device`, for both projectors, measured from metrics.jsonl after a first warm-up step; and
+/// the PyTorch reference of the same step (`xtask/reference/step_benchmark.py`) when python3
+/// has PyTorch.
+fn train_step_figures(
+    bin: &Path,
+    work: &Path,
+    data: &Path,
+    device: &str,
+    train_steps: usize,
+) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let root = util::root();
+    let label = device.to_uppercase();
+    for projector in ["fourier", "real-space"] {
+        let config = work.join(format!("{projector}.json"));
+        std::fs::write(&config, format!("{{\"projector\": \"{projector}\"}}"))
+            .context("writing a training config")?;
+        let run = work.join(format!("train_{projector}_{device}"));
+        let steps = train_steps.to_string();
+        timed(
+            bin,
+            &[
+                "train",
+                "--particles",
+                &data.join("particles.star").to_string_lossy(),
+                "--out",
+                &run.to_string_lossy(),
+                "--steps",
+                &steps,
+                "--device",
+                device,
+                "--config",
+                &config.to_string_lossy(),
+                "--quiet",
+                "--json",
+            ],
+        )?;
+        let (per_step, images_per_second) = step_time(&run.join("metrics.jsonl"))?;
+        figures.push(Figure {
+            name: format!(
+                "train: seconds per G step (k = 4 D steps), default model, {projector}, {label}"
+            ),
+            value: per_step,
+            unit: "s",
+            target: None,
+            detail: json!({"steps": train_steps, "simulated_images_per_second": images_per_second}),
+        });
+        let script = root
+            .join("xtask/reference/step_benchmark.py")
+            .to_string_lossy()
+            .into_owned();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string();
+        let reference = std::process::Command::new("python3")
+            .args([
+                script.as_str(),
+                "--device",
+                device,
+                "--projector",
+                projector,
+                "--threads",
+                threads.as_str(),
+                "--steps",
+                if device == "cpu" { "3" } else { "30" },
+                "--warmup",
+                if device == "cpu" { "1" } else { "5" },
+            ])
+            .output();
+        match reference {
+            Ok(out) if out.status.success() => {
+                let line: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                if let Some(py) = line["seconds_per_step"].as_f64() {
+                    figures.push(Figure {
+                        name: format!("train: the same step in PyTorch ({projector}, {label}); ratio Rust/PyTorch in detail"),
+                        value: py,
+                        unit: "s",
+                        target: Some("Rust ≤ PyTorch".into()),
+                        detail: json!({"ratio_rust_over_pytorch": per_step / py, "reference": line}),
+                    });
+                }
+            }
+            _ => eprintln!(
+                "bench: python3 has no PyTorch here; the PyTorch reference step was not timed"
+            ),
+        }
     }
     Ok(figures)
 }

@@ -22,10 +22,14 @@ commands:
            continuous and discrete) in out/hsp90-continuous and out/hsp90-discrete;
            extra arguments go to `multicryogan synth` (e.g. --structures DIR, --shards 10)
   train    set up, build, and train Multi-CryoGAN on each data set of `synth` into
-           out/<set>/run (25 minutes each by default; resumes a run that has a checkpoint);
-           extra arguments go to `multicryogan train` (e.g. --device cuda, --minutes 60)
-  report   write out/<set>/report/report.html for each trained run, against its ground truth;
-           extra arguments go to `multicryogan report`
+           out/<set>/run: the full-scale variant, --device auto, 12 minutes a set (a GPU
+           does both in under 30 minutes); resumes a run that has a checkpoint.
+           --cpu-budget: the CPU-budget variant instead, --device cpu, 25 minutes a set,
+           into out/<set>/run-cpu. Extra arguments go to `multicryogan train`
+           (e.g. --device cuda, --minutes 60, --threads 2)
+  report   write out/<set>/report/report.html for each trained run, against its ground truth
+           (--cpu-budget: the runs in run-cpu, into report-cpu); extra arguments go to
+           `multicryogan report`
   bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
 ";
 
@@ -143,10 +147,7 @@ fn demo(rest: &[String]) -> Result<()> {
         "--device",
         &device,
     ];
-    if out.join("run/checkpoint.safetensors").is_file() {
-        eprintln!("demo: {run_s} has a checkpoint: resuming it");
-        args.push("--resume");
-    }
+    args.extend(resume_flag(&out.join("run"), &args));
     util::run(&bin, &args)?;
     eprintln!("demo: 3/3 writing the report into {report_s}");
     util::run(
@@ -228,9 +229,51 @@ fn synth(rest: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The two ways to run the paper's experiments: the full-scale variant (meant for a GPU) and the
+/// CPU-budget variant, each with its own run and report folders so that both can be kept.
+struct Variant {
+    run: &'static str,
+    report: &'static str,
+    device: &'static str,
+    minutes: &'static str,
+}
+
+const FULL: Variant = Variant {
+    run: "run",
+    report: "report",
+    device: "auto",
+    minutes: "12",
+};
+const CPU_BUDGET: Variant = Variant {
+    run: "run-cpu",
+    report: "report-cpu",
+    device: "cpu",
+    minutes: "25",
+};
+
+/// Takes `--cpu-budget` out of the arguments and returns the variant it picks.
+fn variant(rest: &[String]) -> (&'static Variant, Vec<&str>) {
+    let cpu = rest.iter().any(|a| a == "--cpu-budget");
+    let others = rest
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--cpu-budget")
+        .collect();
+    (if cpu { &CPU_BUDGET } else { &FULL }, others)
+}
+
+/// `--resume` when RUN already has a checkpoint and the arguments do not say it already.
+fn resume_flag(run: &std::path::Path, args: &[&str]) -> Option<&'static str> {
+    (run.join("checkpoint.safetensors").is_file() && !args.contains(&"--resume")).then(|| {
+        eprintln!("xtask: {} has a checkpoint: resuming it", run.display());
+        "--resume"
+    })
+}
+
 /// Multi-CryoGAN on each of the paper's data sets (made by `cargo xtask synth`).
 fn train(rest: &[String]) -> Result<()> {
     setup::run()?;
+    let (variant, rest) = variant(rest);
     let bin = release_cli()?;
     for (set, _) in EXPERIMENTS {
         let data = util::root().join("out").join(set);
@@ -241,20 +284,20 @@ fn train(rest: &[String]) -> Result<()> {
                 particles.display()
             );
         }
-        let run = data.join("run");
+        let run = data.join(variant.run);
         let (particles_s, run_s) = (
             particles.to_string_lossy().into_owned(),
             run.to_string_lossy().into_owned(),
         );
         let mut args = vec!["train", "--particles", &particles_s, "--out", &run_s];
-        if !rest.iter().any(|a| a == "--minutes" || a == "--steps") {
-            args.extend(["--minutes", "25"]);
+        if !rest.iter().any(|a| *a == "--minutes" || *a == "--steps") {
+            args.extend(["--minutes", variant.minutes]);
         }
-        if run.join("checkpoint.safetensors").is_file() && !rest.iter().any(|a| a == "--resume") {
-            eprintln!("train: {run_s} has a checkpoint: resuming it");
-            args.push("--resume");
+        if !rest.contains(&"--device") {
+            args.extend(["--device", variant.device]);
         }
-        args.extend(rest.iter().map(String::as_str));
+        args.extend(resume_flag(&run, &rest));
+        args.extend(rest.iter().copied());
         util::run(&bin, &args)?;
         eprintln!("train: {set} run in {run_s}");
     }
@@ -264,11 +307,12 @@ fn train(rest: &[String]) -> Result<()> {
 /// The report of each trained run of the paper's experiments, against its ground truth.
 fn report(rest: &[String]) -> Result<()> {
     setup::run()?;
+    let (variant, rest) = variant(rest);
     let bin = release_cli()?;
     let mut done = 0;
     for (set, _) in EXPERIMENTS {
         let data = util::root().join("out").join(set);
-        let run = data.join("run");
+        let run = data.join(variant.run);
         if !run.join("checkpoint.safetensors").is_file() {
             eprintln!("report: no trained run in {} (skipped)", run.display());
             continue;
@@ -276,13 +320,14 @@ fn report(rest: &[String]) -> Result<()> {
         let (data_s, run_s, out_s) = (
             data.to_string_lossy().into_owned(),
             run.to_string_lossy().into_owned(),
-            data.join("report").to_string_lossy().into_owned(),
+            data.join(variant.report).to_string_lossy().into_owned(),
         );
         let mut args = vec![
             "report", "--run", &run_s, "--truth", &data_s, "--out", &out_s,
         ];
-        args.extend(rest.iter().map(String::as_str));
+        args.extend(rest.iter().copied());
         util::run(&bin, &args)?;
+        eprintln!("report: {out_s}/report.html");
         done += 1;
     }
     if done == 0 {

@@ -34,6 +34,15 @@ pub fn run(program: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` through a temporary file beside it and a rename, so that `path` is
+/// never left half-written.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
 /// Runs a command and returns its standard output, or `None` when it cannot run or fails.
 pub fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;

@@ -1,4 +1,5 @@
-//! Test support: where the reference files of other programs live.
+//! Test support: where the reference files of other programs live, and running the
+//! `multicryogan` binary as a user does ([`cli`]).
 //!
 //! They sit beside the repository in `../shared/data` and are never copied into it. CI has
 //! them; a user's fresh clone does not, so tests that need them skip with a message there.
@@ -22,5 +23,45 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
     } else {
         eprintln!("skipping: ../shared/data is not beside this clone");
         None
+    }
+}
+
+/// Running a command-line program from a test: the `multicryogan` binary, whose path the test
+/// gets from `env!("CARGO_BIN_EXE_multicryogan")`.
+pub mod cli {
+    use std::process::{Command, Output};
+
+    /// Runs `bin ARGS` without colour and without the user's structures folder, returning its
+    /// output.
+    pub fn run(bin: &str, args: &[&str]) -> Output {
+        Command::new(bin)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("MULTICRYOGAN_STRUCTURES")
+            .output()
+            .unwrap_or_else(|e| panic!("{bin} does not run: {e}"))
+    }
+
+    /// Runs `bin ARGS` and fails the test, showing stderr, unless it succeeds; returns stdout.
+    pub fn ok(bin: &str, args: &[&str]) -> String {
+        let out = run(bin, args);
+        assert!(
+            out.status.success(),
+            "multicryogan {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs `bin ARGS` expecting failure; returns stderr.
+    pub fn fails(bin: &str, args: &[&str]) -> String {
+        let out = run(bin, args);
+        assert!(
+            !out.status.success(),
+            "multicryogan {} should have failed",
+            args.join(" ")
+        );
+        String::from_utf8(out.stderr).expect("utf-8 stderr")
     }
 }

@@ -9,39 +9,23 @@ mod synth;
 mod train;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use mcg_testdata::cli;
 
 /// Runs the binary with `args`, returning its output.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_multicryogan"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("MULTICRYOGAN_STRUCTURES")
-        .output()
-        .expect("the binary runs")
+    cli::run(env!("CARGO_BIN_EXE_multicryogan"), args)
 }
 
 /// Runs the binary and fails the test, showing stderr, unless it succeeds.
 pub fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "multicryogan {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
+    cli::ok(env!("CARGO_BIN_EXE_multicryogan"), args)
 }
 
 /// Runs the binary expecting failure; returns stderr.
 pub fn fails(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        !out.status.success(),
-        "multicryogan {} should have failed",
-        args.join(" ")
-    );
-    String::from_utf8(out.stderr).expect("utf-8 stderr")
+    cli::fails(env!("CARGO_BIN_EXE_multicryogan"), args)
 }
 
 /// `path` as `&str`.
