@@ -27,6 +27,15 @@ fn json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// Width and height from a PNG's header.
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    ));
+    let info = decoder.read_info().expect("a PNG");
+    (info.info().width, info.info().height)
+}
+
 /// Every file under `dir`, recursively, sorted.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -324,8 +333,15 @@ fn synth_train_sample_report_through_the_cli() {
         "fsc_history.png",
         "fsccc.png",
     ] {
-        assert!(report.join(figure).is_file(), "the report has no {figure}");
+        let (w, h) = png_size(&report.join(figure));
+        assert!(w >= 200 && h >= 60, "{figure}: {w}×{h}, too small to read");
     }
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert_eq!(
+        html.matches("data:image/png;base64,").count(),
+        7,
+        "seven figures embedded"
+    );
 
     // A folder that is not a run: a clear error naming what is missing, and a failing status.
     let msg = cli::fails(

@@ -145,14 +145,12 @@ pub fn run(rest: &[String]) -> Result<()> {
         train_steps,
     )?);
     // The same on the GPU, where this machine has one.
-    if util::output("nvidia-smi", &["-L"]).is_some_and(|l| l.contains("GPU")) {
-        figures.extend(train_step_figures(
-            &bin,
-            work.as_path(),
-            &data,
-            "cuda",
-            4 * train_steps,
-        )?);
+    if gpu_names().is_some() {
+        // A GPU without a usable CUDA libtorch (DEVELOPERS.md, "GPUs") costs these figures only.
+        match train_step_figures(&bin, work.as_path(), &data, "cuda", 4 * train_steps) {
+            Ok(f) => figures.extend(f),
+            Err(e) => eprintln!("bench: the CUDA step could not be timed: {e:#}"),
+        }
     } else {
         eprintln!("bench: no NVIDIA GPU here; the CUDA step was not timed");
     }
@@ -455,5 +453,17 @@ fn machine() -> Value {
         "memory_gib": mem_gib,
         "os": util::output("uname", &["-sr"]).map(|s| s.trim().to_string()),
         "rustc": util::output("rustc", &["--version"]).map(|s| s.trim().to_string()),
+        "gpus": gpu_names(),
     })
+}
+
+/// The NVIDIA GPUs `nvidia-smi -L` lists, or `None` where it lists none or is missing.
+fn gpu_names() -> Option<Vec<String>> {
+    let list = util::output("nvidia-smi", &["-L"])?;
+    let gpus: Vec<String> = list
+        .lines()
+        .filter(|l| l.starts_with("GPU"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    (!gpus.is_empty()).then_some(gpus)
 }

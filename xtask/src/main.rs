@@ -25,7 +25,8 @@ commands:
            out/<set>/run: the full-scale variant, --device auto, 12 minutes a set (a GPU
            does both in under 30 minutes); resumes a run that has a checkpoint.
            --cpu-budget: the CPU-budget variant instead, --device cpu, 25 minutes a set,
-           into out/<set>/run-cpu. Extra arguments go to `multicryogan train`
+           into out/<set>/run-cpu (another --device beside it is an error).
+           Extra arguments go to `multicryogan train`
            (e.g. --device cuda, --minutes 60, --threads 2)
   report   write out/<set>/report/report.html for each trained run, against its ground truth
            (--cpu-budget: the runs in run-cpu, into report-cpu); extra arguments go to
@@ -136,19 +137,15 @@ fn demo(rest: &[String]) -> Result<()> {
     args.extend(synth_extra);
     util::run(&bin, &args)?;
     eprintln!("demo: 2/3 training Multi-CryoGAN for {minutes} minutes ({device}) into {run_s}");
-    let mut args = vec![
-        "train",
-        "--particles",
-        &star,
-        "--out",
-        &run_s,
-        "--minutes",
-        &minutes,
-        "--device",
-        &device,
-    ];
-    args.extend(resume_flag(&out.join("run"), &args));
-    util::run(&bin, &args)?;
+    let has_checkpoint = out.join("run/checkpoint.safetensors").is_file();
+    if has_checkpoint {
+        eprintln!("demo: {run_s} has a checkpoint: resuming it");
+    }
+    let own = ["--minutes", minutes.as_str(), "--device", device.as_str()];
+    util::run(
+        &bin,
+        &train_args(&FULL, &star, &run_s, has_checkpoint, &own),
+    )?;
     eprintln!("demo: 3/3 writing the report into {report_s}");
     util::run(
         &bin,
@@ -231,6 +228,7 @@ fn synth(rest: &[String]) -> Result<()> {
 
 /// The two ways to run the paper's experiments: the full-scale variant (meant for a GPU) and the
 /// CPU-budget variant, each with its own run and report folders so that both can be kept.
+#[derive(Debug)]
 struct Variant {
     run: &'static str,
     report: &'static str,
@@ -251,29 +249,71 @@ const CPU_BUDGET: Variant = Variant {
     minutes: "25",
 };
 
-/// Takes `--cpu-budget` out of the arguments and returns the variant it picks.
-fn variant(rest: &[String]) -> (&'static Variant, Vec<&str>) {
+/// Takes `--cpu-budget` out of the arguments and returns the variant it picks. The CPU-budget
+/// variant is a CPU run by definition: a `--device` other than `cpu` beside it is an error.
+fn variant(rest: &[String]) -> Result<(&'static Variant, Vec<&str>)> {
     let cpu = rest.iter().any(|a| a == "--cpu-budget");
-    let others = rest
+    let others: Vec<&str> = rest
         .iter()
         .map(String::as_str)
         .filter(|a| *a != "--cpu-budget")
         .collect();
-    (if cpu { &CPU_BUDGET } else { &FULL }, others)
+    if cpu && let Some(device) = flag_value(&others, "--device").filter(|d| *d != "cpu") {
+        bail!(
+            "--cpu-budget trains on the CPU, but --device {device} was given; \
+             leave out --cpu-budget to train on {device} (into out/<set>/run)"
+        );
+    }
+    Ok((if cpu { &CPU_BUDGET } else { &FULL }, others))
 }
 
-/// `--resume` when RUN already has a checkpoint and the arguments do not say it already.
-fn resume_flag(run: &std::path::Path, args: &[&str]) -> Option<&'static str> {
-    (run.join("checkpoint.safetensors").is_file() && !args.contains(&"--resume")).then(|| {
-        eprintln!("xtask: {} has a checkpoint: resuming it", run.display());
-        "--resume"
-    })
+/// Whether `args` give the option `name`, as `name VALUE` or `name=VALUE` (or a bare flag).
+fn has_flag(args: &[&str], name: &str) -> bool {
+    args.iter()
+        .any(|a| *a == name || a.strip_prefix(name).is_some_and(|r| r.starts_with('=')))
+}
+
+/// The value `args` give the option `name`, in either form; the last one wins, as in clap.
+fn flag_value<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
+    let mut value = None;
+    for (i, a) in args.iter().enumerate() {
+        if *a == name {
+            value = args.get(i + 1).copied();
+        } else if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            value = Some(v);
+        }
+    }
+    value
+}
+
+/// The arguments of `multicryogan train` for one set: the variant's minutes and device unless
+/// the user gave their own (`--minutes` or `--steps`; `--device`), `--resume` when the run has a
+/// checkpoint and the user did not say it, then the user's arguments.
+fn train_args<'a>(
+    variant: &'static Variant,
+    particles: &'a str,
+    run: &'a str,
+    has_checkpoint: bool,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["train", "--particles", particles, "--out", run];
+    if !has_flag(rest, "--minutes") && !has_flag(rest, "--steps") {
+        args.extend(["--minutes", variant.minutes]);
+    }
+    if !has_flag(rest, "--device") {
+        args.extend(["--device", variant.device]);
+    }
+    if has_checkpoint && !has_flag(rest, "--resume") {
+        args.push("--resume");
+    }
+    args.extend(rest.iter().copied());
+    args
 }
 
 /// Multi-CryoGAN on each of the paper's data sets (made by `cargo xtask synth`).
 fn train(rest: &[String]) -> Result<()> {
     setup::run()?;
-    let (variant, rest) = variant(rest);
+    let (variant, rest) = variant(rest)?;
     let bin = release_cli()?;
     for (set, _) in EXPERIMENTS {
         let data = util::root().join("out").join(set);
@@ -289,15 +329,11 @@ fn train(rest: &[String]) -> Result<()> {
             particles.to_string_lossy().into_owned(),
             run.to_string_lossy().into_owned(),
         );
-        let mut args = vec!["train", "--particles", &particles_s, "--out", &run_s];
-        if !rest.iter().any(|a| *a == "--minutes" || *a == "--steps") {
-            args.extend(["--minutes", variant.minutes]);
+        let has_checkpoint = run.join("checkpoint.safetensors").is_file();
+        if has_checkpoint {
+            eprintln!("train: {run_s} has a checkpoint: resuming it");
         }
-        if !rest.contains(&"--device") {
-            args.extend(["--device", variant.device]);
-        }
-        args.extend(resume_flag(&run, &rest));
-        args.extend(rest.iter().copied());
+        let args = train_args(variant, &particles_s, &run_s, has_checkpoint, &rest);
         util::run(&bin, &args)?;
         eprintln!("train: {set} run in {run_s}");
     }
@@ -307,7 +343,7 @@ fn train(rest: &[String]) -> Result<()> {
 /// The report of each trained run of the paper's experiments, against its ground truth.
 fn report(rest: &[String]) -> Result<()> {
     setup::run()?;
-    let (variant, rest) = variant(rest);
+    let (variant, rest) = variant(rest)?;
     let bin = release_cli()?;
     let mut done = 0;
     for (set, _) in EXPERIMENTS {
@@ -331,7 +367,15 @@ fn report(rest: &[String]) -> Result<()> {
         done += 1;
     }
     if done == 0 {
-        bail!("no trained run under out/: run `cargo xtask synth` and `cargo xtask train` first");
+        let flag = if std::ptr::eq(variant, &CPU_BUDGET) {
+            " --cpu-budget"
+        } else {
+            ""
+        };
+        bail!(
+            "no trained run in out/<set>/{}: run `cargo xtask synth` and `cargo xtask train{flag}` first",
+            variant.run
+        );
     }
     Ok(())
 }
@@ -340,4 +384,79 @@ fn report(rest: &[String]) -> Result<()> {
 fn release_cli() -> Result<std::path::PathBuf> {
     util::cargo(&["build", "--release", "--bin", "multicryogan"])?;
     Ok(util::root().join("target/release/multicryogan"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn train_adds_the_variants_defaults_only_where_the_user_gave_none() {
+        let plain = train_args(&FULL, "p.star", "run", false, &[]);
+        assert_eq!(
+            plain,
+            [
+                "train",
+                "--particles",
+                "p.star",
+                "--out",
+                "run",
+                "--minutes",
+                "12",
+                "--device",
+                "auto"
+            ]
+        );
+        let own = train_args(
+            &CPU_BUDGET,
+            "p.star",
+            "run-cpu",
+            true,
+            &["--steps=5000", "--device", "cpu", "--threads", "2"],
+        );
+        assert!(!own.contains(&"--minutes"), "{own:?}");
+        assert_eq!(own.iter().filter(|a| a.starts_with("--device")).count(), 1);
+        assert_eq!(own.iter().filter(|a| **a == "--resume").count(), 1);
+        assert_eq!(
+            &own[own.len() - 5..],
+            ["--steps=5000", "--device", "cpu", "--threads", "2"]
+        );
+        let resumed = train_args(&FULL, "p", "r", true, &["--resume", "--minutes=60"]);
+        assert_eq!(resumed.iter().filter(|a| **a == "--resume").count(), 1);
+        assert!(!resumed.contains(&"12"), "{resumed:?}");
+    }
+
+    #[test]
+    fn cpu_budget_picks_its_folders_and_refuses_another_device() {
+        let given = strings(&["--cpu-budget", "--threads", "2"]);
+        let (v, rest) = variant(&given).unwrap();
+        assert_eq!((v.run, v.device, v.minutes), ("run-cpu", "cpu", "25"));
+        assert_eq!(rest, ["--threads", "2"]);
+        let (v, _) = variant(&strings(&["--device", "cuda"])).unwrap();
+        assert_eq!(v.run, "run");
+        assert!(variant(&strings(&["--cpu-budget", "--device", "cpu"])).is_ok());
+        for bad in [
+            ["--cpu-budget", "--device", "cuda"].as_slice(),
+            &["--device=cuda", "--cpu-budget"],
+        ] {
+            let err = variant(&strings(bad)).unwrap_err().to_string();
+            assert!(err.contains("--device cuda"), "{err}");
+        }
+    }
+
+    #[test]
+    fn flags_are_found_in_both_forms() {
+        assert!(has_flag(&["--device=cuda"], "--device"));
+        assert!(has_flag(&["--device", "cuda"], "--device"));
+        assert!(!has_flag(&["--devices", "x"], "--device"));
+        assert_eq!(
+            flag_value(&["--device", "cpu", "--device=cuda"], "--device"),
+            Some("cuda")
+        );
+        assert_eq!(flag_value(&["--threads", "2"], "--device"), None);
+    }
 }
