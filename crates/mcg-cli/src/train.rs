@@ -25,7 +25,8 @@ use crate::util::{self, WithHint};
 /// on Ctrl-C), RUN/volumes/alpha_*.mrc (G at α = 0, 0.5, 1; each checkpoint's kept in
 /// RUN/volumes/step_*/) and RUN/images/step_*.png (real
 /// images above simulated ones). --resume continues exactly where the checkpoint left off
-/// (--steps is the total to reach).
+/// (--steps is the total to reach; --minutes counts this invocation; the time in metrics.jsonl
+/// goes on from the checkpoint's, and lines logged after the checkpoint are dropped).
 ///
 /// Settings: the defaults, then --config FILE (a JSON file like RUN/config.json's "train"
 /// part; unknown fields are errors), then the flags. σ of the simulated noise: --noise-sigma,

@@ -119,6 +119,13 @@ pub fn run(
         trainer.step() * k,
     );
     let metrics_path = opts.out.join("metrics.jsonl");
+    // A resumed run's clock goes on from the checkpoint's, and lines logged after the checkpoint
+    // (by a run killed before its next one) are dropped: they are about to be run again.
+    let time_offset = if opts.resume {
+        metrics_up_to(&metrics_path, trainer.step())?
+    } else {
+        0.0
+    };
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -143,7 +150,7 @@ pub fn run(
             break;
         }
         let mut m = trainer.train_step(&data.physics, &mut || feed.next())?;
-        m.time = start.elapsed().as_secs_f64();
+        m.time = time_offset + start.elapsed().as_secs_f64();
         if m.step.is_multiple_of(config.log_every as u64) {
             let line = serde_json::to_string(&m).expect("metrics serialise");
             writeln!(metrics, "{line}").map_err(|e| io(&metrics_path, e))?;
@@ -164,6 +171,36 @@ pub fn run(
         seconds,
         seconds_per_step: seconds / steps as f64,
     })
+}
+
+/// Keeps the lines of a metrics file up to `step` (rewriting it when some are dropped) and
+/// returns the training time of the last one kept, 0 when there is none or no file.
+fn metrics_up_to(path: &Path, step: u64) -> Result<f64, TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(0.0);
+    };
+    let mut kept = String::new();
+    let mut time = 0.0;
+    let mut dropped = false;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).map_err(|e| {
+            TrainError::Invalid(format!(
+                "{}: a line that is not JSON ({e}): {line}",
+                path.display()
+            ))
+        })?;
+        if v["step"].as_u64().is_some_and(|s| s <= step) {
+            time = v["time"].as_f64().unwrap_or(time);
+            kept.push_str(line);
+            kept.push('\n');
+        } else {
+            dropped = true;
+        }
+    }
+    if dropped {
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(time)
 }
 
 /// The checkpoint, the volume snapshots and an image grid.
@@ -315,4 +352,36 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metrics_up_to;
+
+    #[test]
+    fn a_resumed_metrics_file_keeps_the_lines_up_to_the_checkpoint_and_its_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        assert_eq!(metrics_up_to(&path, 3).unwrap(), 0.0, "no file yet");
+        let lines: String = (1..=5)
+            .map(|s| format!("{{\"step\":{s},\"time\":{}.5}}\n", 10 * s))
+            .collect();
+        std::fs::write(&path, &lines).unwrap();
+        assert_eq!(metrics_up_to(&path, 5).unwrap(), 50.5);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            lines,
+            "nothing dropped"
+        );
+        assert_eq!(metrics_up_to(&path, 3).unwrap(), 30.5);
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(kept.lines().count(), 3);
+        assert!(kept.ends_with("{\"step\":3,\"time\":30.5}\n"), "{kept}");
+        std::fs::write(&path, "{\"step\":1}\nnot json\n").unwrap();
+        let err = metrics_up_to(&path, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.jsonl") && err.contains("not JSON"),
+            "{err}"
+        );
+    }
 }

@@ -137,6 +137,15 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
             assert_eq!(a[key], b[key], "step {}: {key}", a["step"]);
         }
     }
+    // The resumed run's clock goes on from the first invocation's.
+    let times: Vec<f64> = resumed
+        .iter()
+        .map(|l| l["time"].as_f64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[1] > w[0]),
+        "time must grow across --resume: {times:?}"
+    );
     let volume = |run: &Path| std::fs::read(run.join("volumes/alpha_1.00.mrc")).unwrap();
     assert_eq!(volume(&straight), volume(&split));
 
