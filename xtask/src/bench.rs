@@ -458,7 +458,7 @@ fn machine() -> Value {
 }
 
 /// The NVIDIA GPUs `nvidia-smi -L` lists, or `None` where it lists none or is missing.
-fn gpu_names() -> Option<Vec<String>> {
+pub fn gpu_names() -> Option<Vec<String>> {
     let list = util::output("nvidia-smi", &["-L"])?;
     let gpus: Vec<String> = list
         .lines()

@@ -314,6 +314,13 @@ fn train_args<'a>(
 fn train(rest: &[String]) -> Result<()> {
     setup::run()?;
     let (variant, rest) = variant(rest)?;
+    if std::ptr::eq(variant, &FULL) && !has_flag(&rest, "--device") && bench::gpu_names().is_none()
+    {
+        eprintln!(
+            "train: no NVIDIA GPU here, so the full-scale variant will train on the CPU; \
+             `cargo xtask train --cpu-budget` is the variant meant for a CPU"
+        );
+    }
     let bin = release_cli()?;
     for (set, _) in EXPERIMENTS {
         let data = util::root().join("out").join(set);
