@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mcg_testdata::cli;
+use mcg_testdata::cli::{self, png_size, s};
 use serde_json::Value;
 
 /// Runs `multicryogan ARGS` and fails the test, with its stderr, unless it succeeds.
@@ -18,22 +18,9 @@ fn ok(args: &[&str]) -> String {
     cli::ok(env!("CARGO_BIN_EXE_multicryogan"), args)
 }
 
-fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-/// Width and height from a PNG's header.
-fn png_size(path: &Path) -> (u32, u32) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    ));
-    let info = decoder.read_info().expect("a PNG");
-    (info.info().width, info.info().height)
 }
 
 /// Every file under `dir`, recursively, sorted.

@@ -312,12 +312,19 @@ fn train_step_figures(
     let mut figures = Vec::new();
     let root = util::root();
     let label = device.to_uppercase();
+    let script = root
+        .join("xtask/reference/step_benchmark.py")
+        .to_string_lossy()
+        .into_owned();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let steps = train_steps.to_string();
     for projector in ["fourier", "real-space"] {
         let config = work.join(format!("{projector}.json"));
         std::fs::write(&config, format!("{{\"projector\": \"{projector}\"}}"))
             .context("writing a training config")?;
         let run = work.join(format!("train_{projector}_{device}"));
-        let steps = train_steps.to_string();
         timed(
             bin,
             &[
@@ -346,13 +353,6 @@ fn train_step_figures(
             target: None,
             detail: json!({"steps": train_steps, "simulated_images_per_second": images_per_second}),
         });
-        let script = root
-            .join("xtask/reference/step_benchmark.py")
-            .to_string_lossy()
-            .into_owned();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .to_string();
         let reference = std::process::Command::new("python3")
             .args([
                 script.as_str(),

@@ -29,7 +29,26 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
 /// Running a command-line program from a test: the `multicryogan` binary, whose path the test
 /// gets from `env!("CARGO_BIN_EXE_multicryogan")`.
 pub mod cli {
+    use std::path::Path;
     use std::process::{Command, Output};
+
+    /// `path` as `&str`, for an argument list.
+    pub fn s(path: &Path) -> &str {
+        path.to_str().expect("utf-8 path")
+    }
+
+    /// Width and height of a PNG file, from its header; fails the test on a file that is not
+    /// a PNG.
+    pub fn png_size(path: &Path) -> (u32, u32) {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            bytes.len() >= 24 && &bytes[1..4] == b"PNG",
+            "{} is not a PNG",
+            path.display()
+        );
+        let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+        (be(16), be(20))
+    }
 
     /// Runs `bin ARGS` without colour and without the user's structures folder, returning its
     /// output.

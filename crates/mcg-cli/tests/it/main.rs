@@ -28,10 +28,7 @@ pub fn fails(args: &[&str]) -> String {
     cli::fails(env!("CARGO_BIN_EXE_multicryogan"), args)
 }
 
-/// `path` as `&str`.
-pub fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
+pub use mcg_testdata::cli::s;
 
 /// The pixels of an MRC stack, through the formats crate.
 pub fn pixels(path: &Path) -> ndarray::Array3<f32> {

@@ -1,19 +1,11 @@
 //! `multicryogan report` on a continuous set. The discrete chain (synth → train → sample →
 //! report, every output file opened) is the end-to-end test in the top-level `tests/`.
 
-use std::path::Path;
-
+use mcg_testdata::cli::png_size;
 use serde_json::Value;
 
 use crate::train::{SMALL, tiny_set_of};
 use crate::{ok, s};
-
-fn png_size(path: &Path) -> (u32, u32) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[1..4], b"PNG", "{}", path.display());
-    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
-    (be(16), be(20))
-}
 
 #[test]
 fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
