@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
-use mcg_train::models::Mode;
+use mcg_train::models::{GeneratorKind, Mode};
 use mcg_train::run::{RunData, RunOptions};
 use mcg_train::train::{DataPhysics, TrainConfig, estimate_noise_sigma};
 use mcg_train::{DeviceChoice, device};
@@ -50,6 +50,38 @@ pub struct Args {
     /// Total generator steps to reach.
     #[arg(long)]
     steps: Option<u64>,
+    /// Multi mode's generator: mixture (the default: K explicit voxel volumes with learnt
+    /// probabilities, for discrete landscapes), voxel (a base volume plus K component volumes
+    /// weighted by a small network of α, for continuous ones) or cnn (the paper's 3D CNN).
+    #[arg(long, value_name = "KIND")]
+    generator: Option<GeneratorKind>,
+    /// Component volumes K of the mixture and voxel generators.
+    #[arg(long, value_name = "K")]
+    components: Option<usize>,
+    /// Start from the paper's recipe instead of our defaults: the CNN generator, G run for every
+    /// D step, lr_d = lr_g / 10, D's LeakyReLU slope 0.01, no warm start, no blur.
+    #[arg(long, conflicts_with_all = ["config", "resume"])]
+    paper: bool,
+    /// Generator steps of the warm start (voxel and mixture generators learn one consensus
+    /// volume first).
+    #[arg(long, value_name = "STEPS")]
+    warm_steps: Option<u64>,
+    /// Coarse-to-fine: low-pass real and simulated images by a Gaussian of this σ in pixels,
+    /// falling linearly to 0 over --blur-steps.
+    #[arg(long, value_name = "PX")]
+    blur: Option<f64>,
+    /// Generator steps over which the blur falls to 0.
+    #[arg(long, value_name = "STEPS")]
+    blur_steps: Option<u64>,
+    /// D scores packs of this many images at once (PacGAN); 1 scores images one by one.
+    #[arg(long)]
+    pack: Option<usize>,
+    /// Adam learning rate of G.
+    #[arg(long)]
+    lr_g: Option<f64>,
+    /// Adam learning rate of D.
+    #[arg(long)]
+    lr_d: Option<f64>,
     /// Multi mode with a low-dimensional latent of this many dimensions and a small decoder,
     /// instead of the paper's 32³ latent (faster).
     #[arg(long, value_name = "D")]
@@ -234,6 +266,9 @@ fn base_config(args: &Args) -> Result<TrainConfig> {
         return serde_json::from_value(doc["train"].clone())
             .with_context(|| format!("{}: field train", path.display()));
     }
+    if args.paper {
+        return Ok(TrainConfig::paper());
+    }
     Ok(TrainConfig::default())
 }
 
@@ -261,6 +296,30 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     }
     if let Some(v) = args.checkpoint_seconds {
         config.checkpoint_seconds = v;
+    }
+    if let Some(v) = args.generator {
+        config.model.generator = v;
+    }
+    if let Some(v) = args.components {
+        config.model.components = v;
+    }
+    if let Some(v) = args.warm_steps {
+        config.warm_steps = v;
+    }
+    if let Some(v) = args.blur {
+        config.blur_start_px = v;
+    }
+    if let Some(v) = args.blur_steps {
+        config.blur_steps = v;
+    }
+    if let Some(v) = args.pack {
+        config.model.pack = v;
+    }
+    if let Some(v) = args.lr_g {
+        config.lr_g = v;
+    }
+    if let Some(v) = args.lr_d {
+        config.lr_d = v;
     }
 }
 

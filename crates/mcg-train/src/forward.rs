@@ -211,9 +211,20 @@ impl ForwardModel {
         physics: &BatchPhysics,
         poses_per_volume: i64,
     ) -> Tensor {
+        self.clean_from_spectra(&self.spectra(volumes), physics, poses_per_volume)
+    }
+
+    /// [`ForwardModel::clean_fourier`] from the volumes' [`ForwardModel::spectra`], so that
+    /// several batches of images of the same volumes share their 3D transforms.
+    pub fn clean_from_spectra(
+        &self,
+        spectra: &Tensor,
+        physics: &BatchPhysics,
+        poses_per_volume: i64,
+    ) -> Tensor {
         let n = self.n;
         let lo = n / 2;
-        let spec = self.slices(&self.spectra(volumes), &physics.rotations, poses_per_volume);
+        let spec = self.slices(spectra, &physics.rotations, poses_per_volume);
         let spec = match &physics.filters {
             Some(f) => spec * f,
             None => spec,

@@ -54,6 +54,76 @@ pub struct ModelConfig {
     pub discriminator_channels: i64,
     /// Zero G's volumes outside the sphere of radius N/2.
     pub spherical_mask: bool,
+    /// Multi mode's generator: the paper's 3D CNN (`cnn`), explicit voxel volumes weighted by a
+    /// small network of α (`voxel`), or a mixture of voxel volumes with learnt weights
+    /// (`mixture`, for discrete landscapes). Missing in a settings file: `cnn` (runs made before
+    /// the field existed).
+    #[serde(default = "legacy_generator")]
+    pub generator: GeneratorKind,
+    /// Component volumes of the `voxel` and `mixture` generators.
+    #[serde(default = "default_components")]
+    pub components: usize,
+    /// Negative slope of the LeakyReLUs of D (and of the CNN generator's). Missing: 0.01 (runs
+    /// made before the field existed).
+    #[serde(default = "legacy_slope")]
+    pub leaky_slope: f64,
+    /// PacGAN: D scores packs of this many independent images at once (as channels), so it can
+    /// see a lack of diversity among the simulated images. 1: one image at a time.
+    #[serde(default = "one")]
+    pub pack: usize,
+}
+
+fn legacy_generator() -> GeneratorKind {
+    GeneratorKind::Cnn
+}
+fn default_components() -> usize {
+    2
+}
+fn legacy_slope() -> f64 {
+    0.01
+}
+fn one() -> usize {
+    1
+}
+
+/// Which generator multi mode uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorKind {
+    /// The paper's: a latent segment z = (1 − α)·z₀ + α·z₁ through a 3D CNN.
+    Cnn,
+    /// v(α) = relu(B₀ + Σⱼ wⱼ(α)·Bⱼ): a base volume and `components` component volumes,
+    /// weighted by a small network of α.
+    Voxel,
+    /// `components` voxel volumes Bₖ = B₀ + Dₖ with learnt probabilities πₖ; α ∈ [0, 1] falls in
+    /// component k's cell of the cumulative probabilities. Trained with exact expectations over
+    /// the components, so the gradient reaches the probabilities.
+    #[default]
+    Mixture,
+}
+
+impl std::str::FromStr for GeneratorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cnn" => Ok(Self::Cnn),
+            "voxel" => Ok(Self::Voxel),
+            "mixture" => Ok(Self::Mixture),
+            other => Err(format!(
+                "unknown generator {other:?}: expected cnn, voxel or mixture"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for GeneratorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cnn => "cnn",
+            Self::Voxel => "voxel",
+            Self::Mixture => "mixture",
+        })
+    }
 }
 
 impl Default for ModelConfig {
@@ -67,6 +137,22 @@ impl Default for ModelConfig {
             generator_channels: 16,
             discriminator_channels: 32,
             spherical_mask: true,
+            generator: GeneratorKind::default(),
+            components: 2,
+            leaky_slope: 0.2,
+            pack: 1,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The paper's model: its 3D CNN generator, D's LeakyReLU slope of 0.01, one image per score.
+    pub fn paper() -> Self {
+        Self {
+            generator: GeneratorKind::Cnn,
+            leaky_slope: 0.01,
+            pack: 1,
+            ..Self::default()
         }
     }
 }
@@ -75,13 +161,29 @@ impl Default for ModelConfig {
 #[derive(Debug)]
 pub struct Generator {
     mode: Mode,
+    kind: GeneratorKind,
     n: i64,
     /// Fixed latent end points `[2][1][L][L][L]` (multi mode); saved with the weights.
     ends: Option<Tensor>,
     net: Option<nn::Sequential>,
-    /// The single volume (single mode).
+    /// The single volume (single mode), or the base volume B₀ (voxel and mixture).
     volume: Option<Tensor>,
+    /// The component volumes `[K][N][N][N]` (voxel: Bⱼ; mixture: Dₖ, Bₖ = B₀ + Dₖ).
+    parts: Option<Tensor>,
+    /// The mixture's logits `[K]` (π = softmax).
+    logits: Option<Tensor>,
     mask: Option<Tensor>,
+}
+
+/// The volumes of one training batch: `volumes` `[V][N][N][N]`, each to be seen at `B / V`
+/// poses, and (mixture) the importance weight of each, K·πₖ, whose mean over a balanced batch
+/// is 1 and through which the gradient reaches the probabilities.
+#[derive(Debug)]
+pub struct GeneratedBatch {
+    /// The distinct volumes.
+    pub volumes: Tensor,
+    /// Per-volume importance weights `[V]`, or `None` (every volume weighs 1).
+    pub weights: Option<Tensor>,
 }
 
 impl Generator {
@@ -100,10 +202,43 @@ impl Generator {
                 let volume = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
                 Self {
                     mode: Mode::Single,
+                    kind: cfg.generator,
                     n,
                     ends: None,
                     net: None,
                     volume: Some(volume),
+                    parts: None,
+                    logits: None,
+                    mask,
+                }
+            }
+            Mode::Multi if cfg.generator != GeneratorKind::Cnn => {
+                let k = cfg.components.max(1) as i64;
+                let volume = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
+                let parts = path.var("parts", &[k, n, n, n], nn::Init::Const(0.0));
+                let (net, logits) = if cfg.generator == GeneratorKind::Voxel {
+                    // w(α): 1 → 32 → 32 → K, tanh; the last layer starts at a moderate scale so
+                    // that different α give different weights from the first step.
+                    let net = nn::seq()
+                        .add_fn(|a| a.view([-1, 1]))
+                        .add(nn::linear(path / "w1", 1, 32, Default::default()))
+                        .add_fn(|x| x.tanh())
+                        .add(nn::linear(path / "w2", 32, 32, Default::default()))
+                        .add_fn(|x| x.tanh())
+                        .add(nn::linear(path / "w3", 32, k, Default::default()));
+                    (Some(net), None)
+                } else {
+                    (None, Some(path.var("logits", &[k], nn::Init::Const(0.0))))
+                };
+                Self {
+                    mode: Mode::Multi,
+                    kind: cfg.generator,
+                    n,
+                    ends: None,
+                    net,
+                    volume: Some(volume),
+                    parts: Some(parts),
+                    logits,
                     mask,
                 }
             }
@@ -137,10 +272,13 @@ impl Generator {
                     .add(conv3(path / "c3", c, 1));
                 Self {
                     mode: Mode::Multi,
+                    kind: GeneratorKind::Cnn,
                     n,
                     ends: Some(ends),
                     net: Some(net),
                     volume: None,
+                    parts: None,
+                    logits: None,
                     mask,
                 }
             }
@@ -166,10 +304,13 @@ impl Generator {
                     .add(conv3(path / "c4", c, 1));
                 Self {
                     mode: Mode::Multi,
+                    kind: GeneratorKind::Cnn,
                     n,
                     ends: Some(ends),
                     net: Some(net),
                     volume: None,
+                    parts: None,
+                    logits: None,
                     mask,
                 }
             }
@@ -178,6 +319,98 @@ impl Generator {
 
     /// The volumes at latent positions `alphas` (`[k]`), non-negative.
     pub fn volumes(&self, alphas: &Tensor) -> Tensor {
+        if self.mode == Mode::Multi && self.kind == GeneratorKind::Mixture {
+            // Component k covers α in [Σ_{i<k} πᵢ, Σ_{i≤k} πᵢ).
+            let cum = self.probabilities().cumsum(0, Kind::Float);
+            let k = cum.size()[0];
+            let idx = alphas
+                .unsqueeze(1)
+                .ge_tensor(&cum.unsqueeze(0))
+                .sum_dim_intlist(&[1i64][..], false, Kind::Int64)
+                .clamp_max(k - 1);
+            return self.components(true).index_select(0, &idx);
+        }
+        self.volumes_raw(alphas, true)
+    }
+
+    /// The mixture's probabilities πₖ, or `[1]` for the other generators.
+    pub fn probabilities(&self) -> Tensor {
+        match &self.logits {
+            Some(l) => l.softmax(0, Kind::Float),
+            None => Tensor::ones([1], (Kind::Float, self.device())),
+        }
+    }
+
+    fn device(&self) -> tch::Device {
+        self.mask
+            .as_ref()
+            .or(self.volume.as_ref())
+            .map(|t| t.device())
+            .unwrap_or(tch::Device::Cpu)
+    }
+
+    /// The mixture's component volumes `[K][N][N][N]` (B₀ + Dₖ when `heterogeneous`, else B₀
+    /// K times).
+    fn components(&self, heterogeneous: bool) -> Tensor {
+        let base = self.volume.as_ref().expect("mixture has a base");
+        let parts = self.parts.as_ref().expect("mixture has parts");
+        let v = if heterogeneous {
+            base.unsqueeze(0) + parts
+        } else {
+            base.unsqueeze(0).expand_as(parts)
+        };
+        self.masked(v)
+    }
+
+    fn masked(&self, v: Tensor) -> Tensor {
+        match &self.mask {
+            Some(m) => v * m,
+            None => v,
+        }
+    }
+
+    /// The distinct volumes of one training batch of `count` volume draws (see
+    /// [`GeneratedBatch`]): the one volume (single mode, whatever `count`), the K components
+    /// (mixture; `count` must be a multiple of K, each component appearing `count / K` times in
+    /// order), or `count` volumes at α ~ U(0, 1) (libtorch's generator). `heterogeneous = false`
+    /// is the warm start: the voxel and mixture generators give their base volume B₀ alone.
+    pub fn batch(&self, count: i64, heterogeneous: bool) -> GeneratedBatch {
+        let device = self.device();
+        match (self.mode, self.kind) {
+            (Mode::Single, _) => GeneratedBatch {
+                volumes: self.volumes_raw(&Tensor::zeros([1], (Kind::Float, device)), true),
+                weights: None,
+            },
+            (Mode::Multi, GeneratorKind::Mixture) if !heterogeneous => GeneratedBatch {
+                volumes: self.masked(
+                    self.volume
+                        .as_ref()
+                        .expect("mixture has a base")
+                        .unsqueeze(0),
+                ),
+                weights: None,
+            },
+            (Mode::Multi, GeneratorKind::Mixture) => {
+                let comps = self.components(heterogeneous);
+                let k = comps.size()[0];
+                let weights = Some(self.probabilities() * k as f64);
+                let _ = count;
+                GeneratedBatch {
+                    volumes: comps,
+                    weights,
+                }
+            }
+            _ => {
+                let alphas = Tensor::rand([count], (Kind::Float, device));
+                GeneratedBatch {
+                    volumes: self.volumes_raw(&alphas, heterogeneous),
+                    weights: None,
+                }
+            }
+        }
+    }
+
+    fn volumes_raw(&self, alphas: &Tensor, heterogeneous: bool) -> Tensor {
         let k = alphas.size()[0];
         let n = self.n;
         let raw = match self.mode {
@@ -187,6 +420,18 @@ impl Generator {
                 .expect("single mode has a volume")
                 .unsqueeze(0)
                 .expand([k, n, n, n], false),
+            Mode::Multi if self.kind != GeneratorKind::Cnn => {
+                let base = self.volume.as_ref().expect("voxel generator has a base");
+                if !heterogeneous {
+                    base.unsqueeze(0).expand([k, n, n, n], false)
+                } else {
+                    let parts = self.parts.as_ref().expect("voxel generator has parts");
+                    let w = self.net.as_ref().expect("voxel has w(α)").forward(alphas);
+                    let c = parts.size()[0];
+                    let mix = w.matmul(&parts.view([c, -1])).view([k, n, n, n]);
+                    base.unsqueeze(0) + mix
+                }
+            }
             Mode::Multi => {
                 let ends = self.ends.as_ref().expect("multi mode has latent ends");
                 // One α per volume, broadcast over the latent's dimensions.
@@ -202,27 +447,33 @@ impl Generator {
                 out.squeeze_dim(1)
             }
         };
-        let v = match self.mode {
-            Mode::Single => raw,
+        let v = match (self.mode, self.kind) {
+            (Mode::Single, _) => raw,
             // Softplus, not ReLU: a ReLU output dies for good once every voxel of it goes
             // negative (seen: the whole volume collapsed to zero within minutes of training).
-            Mode::Multi => raw.softplus(),
+            (Mode::Multi, GeneratorKind::Cnn) => raw.softplus(),
+            // B₀ is kept ≥ 0 by projection, so only the component part can be cut here.
+            (Mode::Multi, _) => raw.relu(),
         };
-        match &self.mask {
-            Some(m) => v * m,
-            None => v,
-        }
+        self.masked(v)
     }
 }
 
 impl Generator {
-    /// Restores the constraints after an optimiser step: the single volume is clamped to ≥ 0.
+    /// Restores the constraints after an optimiser step: the single (or base) volume is clamped
+    /// to ≥ 0, and each mixture component B₀ + Dₖ too.
     pub fn project_constraints(&mut self) {
-        if let Some(v) = &mut self.volume {
-            tch::no_grad(|| {
+        tch::no_grad(|| {
+            if let Some(v) = &mut self.volume {
                 let _ = v.clamp_min_(0.0);
-            });
-        }
+            }
+            if self.kind == GeneratorKind::Mixture
+                && let (Some(d), Some(b)) = (&mut self.parts, &self.volume)
+            {
+                let floor = -b.unsqueeze(0);
+                let _ = d.clamp_min_tensor_(&floor);
+            }
+        });
     }
 }
 
@@ -254,6 +505,7 @@ pub fn sphere_mask(n: i64, device: tch::Device) -> Tensor {
 #[derive(Debug)]
 pub struct Discriminator {
     net: nn::Sequential,
+    pack: i64,
 }
 
 impl Discriminator {
@@ -275,14 +527,17 @@ impl Discriminator {
         };
         let n = cfg.box_size as i64;
         let side = n / 8;
+        let slope = cfg.leaky_slope;
+        let pack = cfg.pack.max(1) as i64;
+        let act = move |x: &Tensor| x.maximum(&(x * slope));
         let net = nn::seq()
-            .add_fn(|x| x.unsqueeze(1))
-            .add(strided(path / "c1", 1, c))
-            .add_fn(|x| x.leaky_relu())
+            .add_fn(move |x| x.view([-1, pack, n, n]))
+            .add(strided(path / "c1", pack, c))
+            .add_fn(act)
             .add(strided(path / "c2", c, 2 * c))
-            .add_fn(|x| x.leaky_relu())
+            .add_fn(act)
             .add(strided(path / "c3", 2 * c, 4 * c))
-            .add_fn(|x| x.leaky_relu())
+            .add_fn(act)
             .add_fn(|x| x.flatten(1, -1))
             .add(nn::linear(
                 path / "out",
@@ -291,10 +546,15 @@ impl Discriminator {
                 Default::default(),
             ))
             .add_fn(|x| x.squeeze_dim(1));
-        Self { net }
+        Self { net, pack }
     }
 
-    /// Scores `[B]` of images `[B][N][N]`.
+    /// Images per score (PacGAN's pack size).
+    pub fn pack(&self) -> usize {
+        self.pack as usize
+    }
+
+    /// Scores `[B / pack]` of images `[B][N][N]` (consecutive images form a pack).
     pub fn score(&self, images: &Tensor) -> Tensor {
         self.net.forward(images)
     }
@@ -366,13 +626,89 @@ mod tests {
     }
 
     #[test]
+    fn the_mixture_maps_alpha_to_components_by_their_probabilities() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            box_size: 8,
+            generator: GeneratorKind::Mixture,
+            components: 2,
+            spherical_mask: false,
+            ..ModelConfig::default()
+        };
+        let mut g = Generator::new(&(vs.root() / "g"), &cfg);
+        let mut vars = vs.variables();
+        tch::no_grad(|| {
+            // Component 0 is 1 everywhere, component 1 is 3; π = (0.25, 0.75).
+            let _ = vars.get_mut("g.volume").unwrap().fill_(1.0);
+            let parts = vars.get_mut("g.parts").unwrap();
+            let _ = parts.get(0).fill_(0.0);
+            let _ = parts.get(1).fill_(2.0);
+            let logits = vars.get_mut("g.logits").unwrap();
+            let _ = logits.copy_(&Tensor::from_slice(&[0.0f32, 3f32.ln()]));
+        });
+        let v = g.volumes(&Tensor::from_slice(&[0.0f32, 0.2, 0.3, 0.99]));
+        let means: Vec<f32> = v
+            .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
+            .try_into()
+            .unwrap();
+        assert_eq!(means, vec![1.0, 1.0, 3.0, 3.0]);
+        // Training batches hold each component once, weighted K·πₖ; the warm start only B₀.
+        let b = g.batch(8, true);
+        assert_eq!(b.volumes.size(), [2, 8, 8, 8]);
+        let w: Vec<f32> = b.weights.unwrap().try_into().unwrap();
+        assert!((w[0] - 0.5).abs() < 1e-6 && (w[1] - 1.5).abs() < 1e-6, "{w:?}");
+        let warm = g.batch(8, false);
+        assert_eq!(warm.volumes.size(), [1, 8, 8, 8]);
+        assert!(warm.weights.is_none());
+        // The gradient reaches the probabilities through the weights.
+        let loss = (g.batch(8, true).weights.unwrap() * Tensor::from_slice(&[1.0f32, -1.0]))
+            .sum(Kind::Float);
+        loss.backward();
+        let grad = vs.variables()["g.logits"].grad();
+        assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // Components stay ≥ 0 after projection.
+        tch::no_grad(|| {
+            let _ = vars.get_mut("g.parts").unwrap().get(0).fill_(-5.0);
+        });
+        g.project_constraints();
+        assert!(g.batch(8, true).volumes.min().double_value(&[]) >= 0.0);
+    }
+
+    #[test]
+    fn the_voxel_generator_varies_with_alpha_after_its_warm_start() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            box_size: 8,
+            generator: GeneratorKind::Voxel,
+            components: 3,
+            ..ModelConfig::default()
+        };
+        let g = Generator::new(&(vs.root() / "g"), &cfg);
+        let mut vars = vs.variables();
+        tch::no_grad(|| {
+            let _ = vars.get_mut("g.volume").unwrap().fill_(1.0);
+            let _ = vars.get_mut("g.parts").unwrap().fill_(0.01);
+        });
+        let v = g.volumes(&Tensor::from_slice(&[0.0f32, 1.0]));
+        assert_eq!(v.size(), [2, 8, 8, 8]);
+        let diff = (v.get(0) - v.get(1)).abs().sum(Kind::Float).double_value(&[]);
+        assert!(diff > 0.0);
+        assert!(v.min().double_value(&[]) >= 0.0);
+        // The warm start gives the base volume at every α.
+        tch::manual_seed(0);
+        let warm = g.batch(4, false).volumes;
+        let spread = (warm.get(0) - warm.get(3)).abs().sum(Kind::Float).double_value(&[]);
+        assert_eq!(spread, 0.0);
+    }
+
+    #[test]
     fn low_dimensional_latent_decodes_to_volumes() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ModelConfig {
             box_size: 16,
             latent_dims: Some(3),
             generator_channels: 4,
-            ..ModelConfig::default()
+            ..ModelConfig::paper()
         };
         let g = Generator::new(&(vs.root() / "g"), &cfg);
         let v = g.volumes(&Tensor::from_slice(&[0.0f32, 1.0]));
@@ -394,7 +730,7 @@ mod tests {
             latent_size: 8,
             generator_channels: 4,
             discriminator_channels: 4,
-            ..ModelConfig::default()
+            ..ModelConfig::paper()
         };
         let g = Generator::new(&(vs.root() / "g"), &cfg);
         let d = Discriminator::new(&(vs.root() / "d"), &cfg);

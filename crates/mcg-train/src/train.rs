@@ -24,7 +24,9 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::TrainError;
 use crate::adam::Adam;
 use crate::forward::{BatchPhysics, ForwardModel, Projector};
-use crate::models::{Discriminator, Generator, ModelConfig, discriminator_loss, generator_loss};
+use crate::models::{
+    Discriminator, GeneratorKind, Generator, Mode, ModelConfig, discriminator_loss, generator_loss,
+};
 
 /// Every hyper-parameter of a run (written to `RUN/config.json` first; `--config` reads one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +65,50 @@ pub struct TrainConfig {
     pub checkpoint_seconds: f64,
     /// Log a metrics line every this many G steps.
     pub log_every: usize,
+    /// The step's recipe: `fast` evaluates G once per G step (without gradient for the k D
+    /// steps, which reuse its volumes, and their 3D transforms, at fresh poses, CTFs and noise),
+    /// scores real, simulated and interpolated images in one pass of D and skips D's weight
+    /// gradients in the G step; `paper` runs G for every D step, as the paper's Algorithm 2
+    /// does. Missing in a settings file: `paper` (runs made before the field existed).
+    #[serde(default = "legacy_step")]
+    pub step: StepKind,
+    /// Coarse-to-fine: both real and simulated images are low-passed by a Gaussian of this σ
+    /// (pixels) at step 0, falling linearly to 0 at `blur_steps`. 0: off.
+    #[serde(default)]
+    pub blur_start_px: f64,
+    /// G steps over which the blur falls to 0.
+    #[serde(default)]
+    pub blur_steps: u64,
+    /// Warm start: for this many G steps the voxel and mixture generators learn their base
+    /// volume alone (a single-volume consensus), then their components.
+    #[serde(default)]
+    pub warm_steps: u64,
+}
+
+fn legacy_step() -> StepKind {
+    StepKind::Paper
+}
+
+/// How a training step is computed (see [`TrainConfig::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// The paper's Algorithm 2: G runs once per D step and once for the G step.
+    Paper,
+    /// One G evaluation per G step, fused D passes (the default).
+    #[default]
+    Fast,
+}
+
+impl std::str::FromStr for StepKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "paper" => Ok(Self::Paper),
+            "fast" => Ok(Self::Fast),
+            other => Err(format!("unknown step {other:?}: expected paper or fast")),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -84,6 +130,23 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_seconds: 300.0,
             log_every: 1,
+            step: StepKind::Fast,
+            blur_start_px: 0.0,
+            blur_steps: 0,
+            warm_steps: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The paper's recipe as this trainer ran it before the fast step and the voxel generators:
+    /// the 3D CNN generator, G run for every D step, lr_d = lr_g / 10, D's LeakyReLU slope 0.01.
+    pub fn paper() -> Self {
+        Self {
+            model: ModelConfig::paper(),
+            lr_d: 1e-4,
+            step: StepKind::Paper,
+            ..Self::default()
         }
     }
 }
@@ -121,6 +184,38 @@ impl TrainConfig {
         }
         if self.log_every == 0 {
             return bad("log_every must be at least 1".into());
+        }
+        let pack = self.model.pack;
+        if pack == 0 || !self.batch_size.is_multiple_of(pack) {
+            return bad(format!(
+                "model.pack = {pack}: expected at least 1 and a divisor of batch_size = {}",
+                self.batch_size
+            ));
+        }
+        let multi_voxel = self.model.mode == Mode::Multi && self.model.generator != GeneratorKind::Cnn;
+        if multi_voxel && self.model.components == 0 {
+            return bad("model.components must be at least 1".into());
+        }
+        if self.model.mode == Mode::Multi && self.model.generator == GeneratorKind::Mixture {
+            if self.step == StepKind::Paper {
+                return bad("model.generator = mixture needs step = fast".into());
+            }
+            if !self.batch_size.is_multiple_of(self.model.components) {
+                return bad(format!(
+                    "batch_size = {} must be a multiple of model.components = {} (a mixture \
+                     simulates the same number of images of each component)",
+                    self.batch_size, self.model.components
+                ));
+            }
+        }
+        if pack > 1 && self.step == StepKind::Paper {
+            return bad("model.pack > 1 needs step = fast".into());
+        }
+        if !(self.blur_start_px.is_finite() && self.blur_start_px >= 0.0) {
+            return bad(format!(
+                "blur_start_px = {}: expected a finite number ≥ 0",
+                self.blur_start_px
+            ));
         }
         Ok(())
     }
@@ -249,6 +344,9 @@ pub struct StepMetrics {
     pub gradient_penalty: f64,
     /// Simulated images per second over this step.
     pub images_per_second: f64,
+    /// The mixture generator's probabilities πₖ after this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Vec<f64>>,
 }
 
 /// A Multi-CryoGAN (or CryoGAN) model being trained.
@@ -345,17 +443,7 @@ impl Trainer {
                 self.forward.clean(&each, &physics)
             }
         };
-        match &data.noise_patches {
-            Some(patches) => {
-                let pick = Tensor::randint(
-                    patches.size()[0],
-                    [clean.size()[0]],
-                    (Kind::Int64, self.device),
-                );
-                clean + patches.index_select(0, &pick)
-            }
-            None => ForwardModel::add_noise(&clean, data.noise_sigma),
-        }
+        self.add_data_noise(&clean, data)
     }
 
     fn draw_params(&self, data: &DataPhysics, tag: u64) -> Vec<ImagingParams> {
@@ -379,6 +467,183 @@ impl Trainer {
 
     /// One G step with its k D steps, taking real batches from `real`.
     pub fn train_step(
+        &mut self,
+        data: &DataPhysics,
+        real: &mut dyn FnMut() -> Result<Array3<f32>, TrainError>,
+    ) -> Result<StepMetrics, TrainError> {
+        match self.config.step {
+            StepKind::Paper => self.train_step_paper(data, real),
+            StepKind::Fast => self.train_step_fast(data, real),
+        }
+    }
+
+    /// The Gaussian σ (pixels) of the coarse-to-fine low-pass at G step `s`.
+    pub fn blur_at(&self, s: u64) -> f64 {
+        let c = &self.config;
+        if c.blur_start_px <= 0.0 || s >= c.blur_steps {
+            return 0.0;
+        }
+        c.blur_start_px * (1.0 - s as f64 / c.blur_steps as f64)
+    }
+
+    /// G's volumes for one step, ready to project: their 3D spectra (Fourier projector) or
+    /// the volumes (real space), with their importance weights.
+    fn prepare(&self, heterogeneous: bool) -> Prepared {
+        let cfg = &self.config;
+        let draws = (cfg.batch_size / cfg.poses_per_volume) as i64;
+        let batch = self.g.batch(draws, heterogeneous);
+        let count = batch.volumes.size()[0];
+        let source = match cfg.projector {
+            Projector::Fourier => self.forward.spectra(&batch.volumes),
+            Projector::RealSpace => batch.volumes,
+        };
+        Prepared {
+            source,
+            weights: batch.weights,
+            count,
+        }
+    }
+
+    /// A batch of simulated images of `prepared`'s volumes at fresh poses, CTFs, shifts and
+    /// noise (streams of `tag`), low-passed by `blur`, in random order (so that PacGAN's packs
+    /// mix volumes), with each image's importance weight.
+    fn simulate_prepared(
+        &self,
+        prepared: &Prepared,
+        data: &DataPhysics,
+        tag: u64,
+        blur: f64,
+    ) -> (Tensor, Option<Tensor>) {
+        let cfg = &self.config;
+        let b = cfg.batch_size as i64;
+        let ppv = b / prepared.count;
+        let params = self.draw_params(data, tag);
+        let physics =
+            BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
+        let clean = match cfg.projector {
+            Projector::Fourier => {
+                self.forward
+                    .clean_from_spectra(&prepared.source, &physics, ppv)
+            }
+            Projector::RealSpace => {
+                let each = prepared
+                    .source
+                    .repeat_interleave_self_int(ppv, Some(0), None);
+                self.forward.clean(&each, &physics)
+            }
+        };
+        let noisy = self.add_data_noise(&clean, data);
+        let weights = prepared
+            .weights
+            .as_ref()
+            .map(|w| w.repeat_interleave_self_int(ppv, Some(0), None));
+        let (images, weights) = if cfg.model.pack > 1 {
+            let perm = Tensor::randperm(b, (Kind::Int64, self.device));
+            (
+                noisy.index_select(0, &perm),
+                weights.map(|w| w.index_select(0, &perm)),
+            )
+        } else {
+            (noisy, weights)
+        };
+        (low_pass(&images, blur), weights)
+    }
+
+    fn add_data_noise(&self, clean: &Tensor, data: &DataPhysics) -> Tensor {
+        match &data.noise_patches {
+            Some(patches) => {
+                let pick = Tensor::randint(
+                    patches.size()[0],
+                    [clean.size()[0]],
+                    (Kind::Int64, self.device),
+                );
+                clean + patches.index_select(0, &pick)
+            }
+            None => ForwardModel::add_noise(clean, data.noise_sigma),
+        }
+    }
+
+    /// The fast step (see [`StepKind::Fast`]).
+    fn train_step_fast(
+        &mut self,
+        data: &DataPhysics,
+        real: &mut dyn FnMut() -> Result<Array3<f32>, TrainError>,
+    ) -> Result<StepMetrics, TrainError> {
+        let start = std::time::Instant::now();
+        let s = self.step;
+        tch::manual_seed(torch_seed(self.config.seed, 4, s));
+        let k = self.config.d_steps as u64;
+        let blur = self.blur_at(s);
+        let heterogeneous = s >= self.config.warm_steps;
+        let pack = self.config.model.pack as i64;
+        let fixed = tch::no_grad(|| self.prepare(heterogeneous));
+        let mut last = None;
+        for j in 0..k {
+            let real = low_pass(&to_tensor(&real()?, self.device), blur);
+            let (fake, weights) =
+                tch::no_grad(|| self.simulate_prepared(&fixed, data, s * (k + 1) + j, blur));
+            let eps = Tensor::rand([real.size()[0] / pack], (Kind::Float, self.device));
+            self.opt_d.zero_grad();
+            let (loss, wass, pen) = fused_discriminator_loss(
+                &self.d,
+                &real,
+                &fake,
+                weights.as_ref(),
+                &eps,
+                self.config.gp_lambda,
+            );
+            loss.backward();
+            self.opt_d.step();
+            last = Some(Tensor::stack(
+                &[loss.detach(), wass.detach(), pen.detach()],
+                0,
+            ));
+        }
+        // The G step: D's weights need no gradient.
+        let d_vars = trainable(&self.vs, "d.");
+        for (_, t) in &d_vars {
+            let _ = t.set_requires_grad(false);
+        }
+        let prepared = self.prepare(heterogeneous);
+        let (fake, weights) = self.simulate_prepared(&prepared, data, s * (k + 1) + k, blur);
+        self.opt_g.zero_grad();
+        let g_loss = -weighted_mean(&self.d.score(&fake), weights.as_ref(), pack);
+        g_loss.backward();
+        for (_, t) in &d_vars {
+            let _ = t.set_requires_grad(true);
+        }
+        self.opt_g.step();
+        self.g.project_constraints();
+        self.step += 1;
+        let probs = self.g.probabilities().detach().to_kind(Kind::Double);
+        let values = Tensor::cat(
+            &[
+                last.expect("k ≥ 1").to_kind(Kind::Double),
+                g_loss.detach().to_kind(Kind::Double).unsqueeze(0),
+                probs,
+            ],
+            0,
+        )
+        .to_device(Device::Cpu);
+        let values: Vec<f64> = Vec::<f64>::try_from(&values).map_err(TrainError::Torch)?;
+        let (d_loss, w, gp, g_value) = (values[0], values[1], values[2], values[3]);
+        let mixture = self.config.model.mode == Mode::Multi
+            && self.config.model.generator == GeneratorKind::Mixture;
+        let secs = start.elapsed().as_secs_f64();
+        Ok(StepMetrics {
+            step: self.step,
+            time: 0.0,
+            d_loss,
+            g_loss: g_value,
+            wasserstein: w,
+            gradient_penalty: gp,
+            images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
+            probabilities: mixture.then(|| values[4..].to_vec()),
+        })
+    }
+
+    /// The paper's step (see [`StepKind::Paper`]).
+    fn train_step_paper(
         &mut self,
         data: &DataPhysics,
         real: &mut dyn FnMut() -> Result<Array3<f32>, TrainError>,
@@ -431,6 +696,7 @@ impl Trainer {
             wasserstein: w,
             gradient_penalty: gp,
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
+            probabilities: None,
         })
     }
 
@@ -516,6 +782,81 @@ impl Trainer {
         self.step = step.int64_value(&[0]) as u64;
         Ok(())
     }
+}
+
+/// G's volumes of one step, ready to project (see [`Trainer::prepare`]).
+struct Prepared {
+    source: Tensor,
+    weights: Option<Tensor>,
+    count: i64,
+}
+
+/// Images `[B][N][N]` low-passed by a Gaussian of σ `sigma` pixels (circularly, through the
+/// 2D transform); unchanged when σ ≤ 0.
+pub fn low_pass(images: &Tensor, sigma: f64) -> Tensor {
+    if sigma <= 0.0 {
+        return images.shallow_clone();
+    }
+    let size = images.size();
+    let (h, w) = (size[1], size[2]);
+    let opts = (Kind::Float, images.device());
+    let fy = Tensor::fft_fftfreq(h, 1.0, opts);
+    let fx = Tensor::fft_rfftfreq(w, 1.0, opts);
+    let f2 = fy.square().view([h, 1]) + fx.square().view([1, w / 2 + 1]);
+    let gauss = (f2 * (-2.0 * std::f64::consts::PI.powi(2) * sigma * sigma)).exp();
+    let spectrum = images.fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward");
+    (spectrum * gauss).fft_irfft2(Some(&[h, w][..]), [-2i64, -1], "backward")
+}
+
+/// The mean of pack scores `[B / pack]`, each weighted by the product of its images'
+/// importance weights (`[B]`) when there are any.
+fn weighted_mean(scores: &Tensor, weights: Option<&Tensor>, pack: i64) -> Tensor {
+    match weights {
+        Some(w) => {
+            let per_pack = w.view([-1, pack]).prod_dim_int(1, false, Kind::Float);
+            (scores * per_pack).mean(Kind::Float)
+        }
+        None => scores.mean(Kind::Float),
+    }
+}
+
+/// The WGAN-GP loss of D with real, simulated and interpolated images scored in one pass
+/// (D has no batch statistics, so this equals three passes): E_w[D(fake)] − E[D(real)] +
+/// λ·E[(‖∇D(x̂)‖ − 1)²], over packs of `D::pack()` images, `eps` `[B / pack]` one per pack,
+/// the fake mean weighted by the importance weights. Returns (loss, Wasserstein estimate,
+/// penalty).
+pub fn fused_discriminator_loss(
+    d: &Discriminator,
+    real: &Tensor,
+    fake: &Tensor,
+    fake_weights: Option<&Tensor>,
+    eps: &Tensor,
+    lambda: f64,
+) -> (Tensor, Tensor, Tensor) {
+    let pack = d.pack() as i64;
+    let size = real.size();
+    let packs = size[0] / pack;
+    let e = eps
+        .view([packs, 1, 1, 1])
+        .expand([packs, pack, 1, 1], false)
+        .reshape([size[0], 1, 1]);
+    let rest = -&e + 1.0;
+    let interp = (real * &e + fake * rest)
+        .detach()
+        .set_requires_grad(true);
+    let all = Tensor::cat(&[real, fake, &interp], 0);
+    let scores = d.score(&all);
+    let s_real = scores.narrow(0, 0, packs);
+    let s_fake = scores.narrow(0, packs, packs);
+    let s_interp = scores.narrow(0, 2 * packs, packs);
+    let grads = Tensor::run_backward(&[s_interp.sum(Kind::Float)], &[&interp], true, true);
+    let norms = grads[0]
+        .view([packs, -1])
+        .norm_scalaropt_dim(2, [1i64], false);
+    let penalty = (norms - 1.0).square().mean(Kind::Float);
+    let wasserstein = s_real.mean(Kind::Float) - weighted_mean(&s_fake, fake_weights, pack);
+    let loss = -&wasserstein + &penalty * lambda;
+    (loss, wasserstein, penalty)
 }
 
 /// A seed for libtorch's generator from the stream `(seed, Other(purpose), index)`.
@@ -615,6 +956,104 @@ mod tests {
         let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
         let n: f64 = b.iter().map(|y| y * y).sum();
         (d / n).sqrt()
+    }
+
+    #[test]
+    fn low_pass_is_the_gaussian_blur() {
+        // A point at the centre of a 16² image, blurred by σ = 1.5 px: the result sums to 1
+        // and equals the sampled, normalised Gaussian (to the aliasing of its periodic copies,
+        // negligible at σ ≪ N).
+        let n = 16i64;
+        let sigma = 1.5;
+        let img = Tensor::zeros([1, n, n], (Kind::Float, Device::Cpu));
+        let _ = img.get(0).get(8).get(8).fill_(1.0);
+        let out: Vec<f32> = low_pass(&img, sigma).flatten(0, -1).try_into().unwrap();
+        let mut want = vec![0.0f64; (n * n) as usize];
+        for y in 0..n {
+            for x in 0..n {
+                let d2 = ((x - 8).pow(2) + (y - 8).pow(2)) as f64;
+                want[(y * n + x) as usize] = (-d2 / (2.0 * sigma * sigma)).exp();
+            }
+        }
+        let total: f64 = want.iter().sum();
+        for (g, w) in out.iter().zip(&want) {
+            assert!((f64::from(*g) - w / total).abs() < 2e-3, "{g} vs {}", w / total);
+        }
+        let sum: f64 = out.iter().map(|&v| f64::from(v)).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+        // σ = 0 leaves images alone.
+        let same: Vec<f32> = low_pass(&img, 0.0).flatten(0, -1).try_into().unwrap();
+        assert_eq!(same[8 * 16 + 8], 1.0);
+    }
+
+    #[test]
+    fn the_fused_discriminator_loss_equals_separate_passes() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            box_size: 16,
+            discriminator_channels: 4,
+            ..ModelConfig::default()
+        };
+        let d = Discriminator::new(&(vs.root() / "d"), &cfg);
+        let real = Tensor::randn([6, 16, 16], (Kind::Float, Device::Cpu));
+        let fake = Tensor::randn([6, 16, 16], (Kind::Float, Device::Cpu)) * 0.5;
+        let eps = Tensor::rand([6], (Kind::Float, Device::Cpu));
+        let (a, wa, pa) = discriminator_loss(&d, &real, &fake, &eps, 10.0);
+        let (b, wb, pb) = fused_discriminator_loss(&d, &real, &fake, None, &eps, 10.0);
+        for (x, y) in [(a, b), (wa, wb.shallow_clone()), (pa, pb)] {
+            let (x, y) = (x.double_value(&[]), y.double_value(&[]));
+            assert!((x - y).abs() < 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+        // Weights of 1 change nothing; weights scale each fake's score.
+        let ones = Tensor::ones([6], (Kind::Float, Device::Cpu));
+        let (_, w1, _) = fused_discriminator_loss(&d, &real, &fake, Some(&ones), &eps, 10.0);
+        assert!((w1.double_value(&[]) - wb.double_value(&[])).abs() < 1e-6);
+        let w = Tensor::from_slice(&[2.0f32, 0.0, 1.0, 1.0, 0.5, 1.5]);
+        let (_, w2, _) = fused_discriminator_loss(&d, &real, &fake, Some(&w), &eps, 10.0);
+        let want = d.score(&real).mean(Kind::Float) - (d.score(&fake) * &w).mean(Kind::Float);
+        assert!((w2.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
+    }
+
+    #[test]
+    fn packed_scores_take_the_product_of_their_images_weights() {
+        let scores = Tensor::from_slice(&[1.0f32, 2.0]);
+        let w = Tensor::from_slice(&[2.0f32, 0.5, 3.0, 1.0]);
+        // Packs (2·0.5) and (3·1): (1·1 + 2·3) / 2.
+        let m = weighted_mean(&scores, Some(&w), 2).double_value(&[]);
+        assert!((m - 3.5).abs() < 1e-6, "{m}");
+    }
+
+    #[test]
+    fn blur_falls_linearly_to_zero() {
+        let cfg = TrainConfig {
+            blur_start_px: 2.0,
+            blur_steps: 100,
+            ..TrainConfig::default()
+        };
+        let t = Trainer::new(cfg, Device::Cpu).unwrap();
+        assert_eq!(t.blur_at(0), 2.0);
+        assert!((t.blur_at(25) - 1.5).abs() < 1e-12);
+        assert_eq!(t.blur_at(100), 0.0);
+        assert_eq!(t.blur_at(1000), 0.0);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused() {
+        let base = TrainConfig::default();
+        let mixture_paper = TrainConfig {
+            step: StepKind::Paper,
+            ..base.clone()
+        };
+        assert!(mixture_paper.validate().unwrap_err().to_string().contains("mixture"));
+        let mut odd = base.clone();
+        odd.model.components = 3;
+        assert!(odd.validate().unwrap_err().to_string().contains("components"));
+        let mut pack = base.clone();
+        pack.model.pack = 5;
+        assert!(pack.validate().unwrap_err().to_string().contains("pack"));
+        assert!(TrainConfig::paper().validate().is_ok());
+        assert!(base.validate().is_ok());
     }
 
     #[test]

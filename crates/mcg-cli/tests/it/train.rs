@@ -49,19 +49,19 @@ fn metrics(run: &Path) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn train_writes_the_run_folder_and_resumes_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let star = tiny_set(dir.path());
-    let config = dir.path().join("small.json");
-    std::fs::write(&config, SMALL).unwrap();
-    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+/// Trains `config` for 4 steps straight and for 2 + 2 with `--resume` into `DIR/straight`
+/// and `DIR/split`; asserts that both give the same numbers and the same model, bit for bit,
+/// and returns the two runs' metrics.
+fn resumes_exactly(dir: &Path, star: &Path, config: &str) -> (Vec<Value>, Vec<Value>) {
+    let file = dir.join("settings.json");
+    std::fs::write(&file, config).unwrap();
+    let (straight, split) = (dir.join("straight"), dir.join("split"));
     let common = [
         "train",
         "--particles",
-        s(&star),
+        s(star),
         "--config",
-        s(&config),
+        s(&file),
         "--device",
         "cpu",
         "--threads",
@@ -73,7 +73,7 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
     ok(&[
         "train",
         "--particles",
-        s(&star),
+        s(star),
         "--out",
         s(&split),
         "--steps",
@@ -85,7 +85,69 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
         "1",
         "-q",
     ]);
+    let (m, resumed) = (metrics(&straight), metrics(&split));
+    assert_eq!(m.len(), 4);
+    assert_eq!(resumed.len(), 4);
+    for (a, b) in m.iter().zip(&resumed) {
+        for key in [
+            "d_loss",
+            "g_loss",
+            "wasserstein",
+            "gradient_penalty",
+            "probabilities",
+        ] {
+            assert_eq!(a[key], b[key], "step {}: {key}", a["step"]);
+        }
+    }
+    for a in ["0.00", "0.50", "1.00"] {
+        let volume = |run: &Path| std::fs::read(run.join(format!("volumes/alpha_{a}.mrc"))).unwrap();
+        assert_eq!(volume(&straight), volume(&split), "α = {a}");
+    }
+    (m, resumed)
+}
 
+/// The default recipe, small: the mixture generator with its warm start ending after step 1,
+/// the blur falling to 0 within the four steps, packs of two images.
+pub const SMALL_DEFAULT: &str = r#"{
+  "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
+             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2 },
+  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
+  "warm_steps": 1, "blur_start_px": 1.5, "blur_steps": 3, "lr_d": 1e-3
+}"#;
+
+#[test]
+fn the_default_recipe_resumes_exactly_across_its_warm_start_and_blur() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let (m, _) = resumes_exactly(dir.path(), &star, SMALL_DEFAULT);
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("straight/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["train"]["model"]["generator"], "mixture");
+    assert_eq!(doc["train"]["step"], "fast");
+    // The probabilities are logged, start uniform during the warm start and then move.
+    let p = |i: usize| -> Vec<f64> {
+        m[i]["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(p(0), vec![0.5, 0.5]);
+    assert!((p(3).iter().sum::<f64>() - 1.0).abs() < 1e-6);
+    assert_ne!(p(3), vec![0.5, 0.5], "the probabilities learn after the warm start");
+}
+
+#[test]
+fn train_writes_the_run_folder_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    // SMALL has no "generator" and no "step": a settings file from before they existed, which
+    // means the paper's CNN and step.
+    let (m, resumed) = resumes_exactly(dir.path(), &star, SMALL);
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap())
             .unwrap();
@@ -97,8 +159,8 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
             .unwrap()
             .ends_with("manifest.json")
     );
-    let m = metrics(&straight);
-    assert_eq!(m.len(), 4);
+    assert_eq!(doc["train"]["model"]["generator"], "cnn");
+    assert_eq!(doc["train"]["step"], "paper");
     for (i, line) in m.iter().enumerate() {
         assert_eq!(line["step"], i as u64 + 1);
         for key in [
@@ -129,14 +191,6 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
     }
     assert!(straight.join("images/step_0000004.png").is_file());
 
-    // Two steps, then two more after --resume, give the same numbers and the same model as four.
-    let resumed = metrics(&split);
-    assert_eq!(resumed.len(), 4);
-    for (a, b) in m.iter().zip(&resumed) {
-        for key in ["d_loss", "g_loss", "wasserstein", "gradient_penalty"] {
-            assert_eq!(a[key], b[key], "step {}: {key}", a["step"]);
-        }
-    }
     // The resumed run's clock goes on from the first invocation's.
     let times: Vec<f64> = resumed
         .iter()
@@ -146,8 +200,6 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
         times.windows(2).all(|w| w[1] > w[0]),
         "time must grow across --resume: {times:?}"
     );
-    let volume = |run: &Path| std::fs::read(run.join("volumes/alpha_1.00.mrc")).unwrap();
-    assert_eq!(volume(&straight), volume(&split));
 
     // `sample` reloads the model: its ends are the run's own snapshots, bit for bit.
     let landscape = dir.path().join("landscape");
