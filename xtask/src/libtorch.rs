@@ -93,7 +93,11 @@ fn install(dir: &Path) -> Result<()> {
         &wheels_s,
     ];
     args.extend(WHEELS);
-    util::run(Path::new(python), &args)?;
+    util::run_quiet(
+        &format!("downloading the torch {TORCH_VERSION} wheel and two NVIDIA runtime wheels (pip)"),
+        Path::new(python),
+        &args,
+    )?;
     let script = format!(
         r#"
 import glob, os, sys, zipfile
@@ -130,7 +134,8 @@ with open(os.path.join(out, "build-version"), "w") as f: f.write("{TORCH_VERSION
     let staging_s = staging.to_string_lossy().into_owned();
     let unpack = wheels.join("unpack.py");
     std::fs::write(&unpack, script).with_context(|| format!("writing {}", unpack.display()))?;
-    let result = util::run(
+    let result = util::run_quiet(
+        "unpacking libtorch from the wheels",
         Path::new(python),
         &[
             &unpack.to_string_lossy(),

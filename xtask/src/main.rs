@@ -3,6 +3,7 @@
 
 mod bench;
 mod libtorch;
+mod quality;
 mod setup;
 mod util;
 
@@ -32,6 +33,14 @@ commands:
            (--cpu-budget: the runs in run-cpu, into report-cpu); extra arguments go to
            `multicryogan report`
   bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
+           (--quick: a short run).
+           --quality: Multi-CryoGAN's quality against training time instead: trains on the
+           Hsp90 benchmark in segments of --every 2.5 minutes, scores each with `report`,
+           and writes the time each target was first met, the final metrics and a figure
+           per set into bench-results/quality/ (--sets demo,discrete,continuous, default
+           demo: 10,000 images, 20 minutes, --seeds 3; discrete and continuous: the
+           100,000-image sets of `synth`, 60 minutes, one run; --minutes M, --device D;
+           arguments after -- go to `multicryogan train`)
 ";
 
 /// The paper's two experiments (section 5): data set folder names under out/ and their seeds.

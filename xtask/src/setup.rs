@@ -26,7 +26,7 @@ fn system_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask setup: installing {}", missing.join(" "));
+    eprintln!("xtask setup: missing {}", missing.join(", "));
     if util::output("apt-get", &["--version"]).is_none() {
         bail!(
             "missing system packages: {}\nhint: install HDF5 (1.10 or newer) and pkg-config with your system's package manager",
@@ -35,17 +35,20 @@ fn system_packages() -> Result<()> {
     }
     let is_root = util::output("id", &["-u"]).is_some_and(|s| s.trim() == "0");
     let sudo: &[&str] = if is_root { &[] } else { &["sudo"] };
-    let apt = |args: &[&str]| -> Result<()> {
+    let apt = |what: &str, args: &[&str]| -> Result<()> {
         let mut full: Vec<&str> = sudo.to_vec();
-        full.push("apt-get");
+        full.extend(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
         full.extend_from_slice(args);
         let (program, rest) = full.split_first().expect("non-empty");
-        util::run(std::path::Path::new(program), rest)
+        util::run_quiet(what, std::path::Path::new(program), rest)
     };
-    apt(&["update", "-qq"])?;
-    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install.extend(&missing);
-    apt(&install)?;
+    apt("apt-get update", &["update", "-qq"])?;
+    for pkg in &missing {
+        apt(
+            &format!("installing {pkg} (apt-get)"),
+            &["install", "-y", "-qq", "--no-install-recommends", pkg],
+        )?;
+    }
     for probe in missing {
         if let Some((_, p)) = PACKAGES.iter().find(|(pkg, _)| *pkg == probe)
             && !present(p)

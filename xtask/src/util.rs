@@ -34,6 +34,29 @@ pub fn run(program: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs an installer step quietly: one line saying `what`, its own output only when it fails
+/// (then in full, with the command).
+pub fn run_quiet(what: &str, program: &Path, args: &[&str]) -> Result<()> {
+    eprintln!("xtask setup: {what}");
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .with_context(|| format!("could not start {}", program.display()))?;
+    if !out.status.success() {
+        eprintln!("xtask: {} {}", program.display(), args.join(" "));
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{what}: {} {} failed ({})",
+            program.display(),
+            args.join(" "),
+            out.status
+        );
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file beside it and a rename, so that `path` is
 /// never left half-written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -76,6 +76,9 @@ pub struct Args {
     /// D scores packs of this many images at once (PacGAN); 1 scores images one by one.
     #[arg(long)]
     pack: Option<usize>,
+    /// The forward model's projector: fourier (central slices) or real-space (line integrals).
+    #[arg(long, value_name = "KIND")]
+    projector: Option<mcg_train::forward::Projector>,
     /// Adam learning rate of G.
     #[arg(long)]
     lr_g: Option<f64>,
@@ -314,6 +317,9 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     }
     if let Some(v) = args.pack {
         config.model.pack = v;
+    }
+    if let Some(v) = args.projector {
+        config.projector = v;
     }
     if let Some(v) = args.lr_g {
         config.lr_g = v;

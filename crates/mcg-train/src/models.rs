@@ -92,10 +92,11 @@ fn one() -> usize {
 pub enum GeneratorKind {
     /// The paper's: a latent segment z = (1 − α)·z₀ + α·z₁ through a 3D CNN.
     Cnn,
-    /// v(α) = relu(B₀ + Σⱼ wⱼ(α)·Bⱼ): a base volume and `components` component volumes,
-    /// weighted by a small network of α.
+    /// v(α) = relu(B₀ + Σⱼ (wⱼ(α) − w̄ⱼ)·Bⱼ): a base volume and `components` component
+    /// volumes, weighted by a small network of α about its mean w̄ over the segment.
     Voxel,
-    /// `components` voxel volumes Bₖ = B₀ + Dₖ with learnt probabilities πₖ; α ∈ [0, 1] falls in
+    /// `components` voxel volumes Bₖ = relu(B₀ + Dₖ − Σⱼ πⱼDⱼ) with learnt probabilities πₖ;
+    /// α ∈ [0, 1] falls in
     /// component k's cell of the cumulative probabilities. Trained with exact expectations over
     /// the components, so the gradient reaches the probabilities.
     #[default]
@@ -174,6 +175,9 @@ pub struct Generator {
     logits: Option<Tensor>,
     mask: Option<Tensor>,
 }
+
+/// The mixture's logits are this times its stored parameters (see [`Generator::probabilities`]).
+pub const LOGIT_SCALE: f64 = 10.0;
 
 /// The volumes of one training batch: `volumes` `[V][N][N][N]`, each to be seen at `B / V`
 /// poses, and (mixture) the importance weight of each, K·πₖ, whose mean over a balanced batch
@@ -336,7 +340,10 @@ impl Generator {
     /// The mixture's probabilities πₖ, or `[1]` for the other generators.
     pub fn probabilities(&self) -> Tensor {
         match &self.logits {
-            Some(l) => l.softmax(0, Kind::Float),
+            // The logits are stored divided by LOGIT_SCALE, so that Adam's steps of about lr per
+            // update move them LOGIT_SCALE times faster than a voxel: 25/75 needs a logit
+            // difference of ln 3 ≈ 1.1, which at lr = 1e-3 would take over a thousand steps.
+            Some(l) => (l * LOGIT_SCALE).softmax(0, Kind::Float),
             None => Tensor::ones([1], (Kind::Float, self.device())),
         }
     }
@@ -349,13 +356,19 @@ impl Generator {
             .unwrap_or(tch::Device::Cpu)
     }
 
-    /// The mixture's component volumes `[K][N][N][N]` (B₀ + Dₖ when `heterogeneous`, else B₀
-    /// K times).
+    /// The mixture's component volumes `[K][N][N][N]` (relu(B₀ + Dₖ − Σⱼ πⱼDⱼ) when
+    /// `heterogeneous`, else B₀ K times).
     fn components(&self, heterogeneous: bool) -> Tensor {
         let base = self.volume.as_ref().expect("mixture has a base");
         let parts = self.parts.as_ref().expect("mixture has parts");
         let v = if heterogeneous {
-            base.unsqueeze(0) + parts
+            // Dₖ about their π-weighted mean: B₀ is the consensus, and each Dₖ's gradient is
+            // its component's gradient minus the mixture's (πₖ·(gₖ − Σⱼ πⱼgⱼ)), so Adam
+            // normalises the differences between the components rather than the common
+            // gradient, in which they would drown.
+            let pi = self.probabilities().detach();
+            let mean = (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], true, Kind::Float);
+            (base.unsqueeze(0) + parts - mean).relu()
         } else {
             base.unsqueeze(0).expand_as(parts)
         };
@@ -426,7 +439,13 @@ impl Generator {
                     base.unsqueeze(0).expand([k, n, n, n], false)
                 } else {
                     let parts = self.parts.as_ref().expect("voxel generator has parts");
-                    let w = self.net.as_ref().expect("voxel has w(α)").forward(alphas);
+                    let net = self.net.as_ref().expect("voxel has w(α)");
+                    // w(α) about its mean over the segment (16 cell midpoints), so that B₀ is
+                    // the consensus and the components' gradients are the differences along α
+                    // (see `components`).
+                    let grid = (Tensor::arange(16, (Kind::Float, alphas.device())) + 0.5) / 16.0;
+                    let w_mean = net.forward(&grid).mean_dim(&[0i64][..], true, Kind::Float);
+                    let w = net.forward(alphas) - w_mean;
                     let c = parts.size()[0];
                     let mix = w.matmul(&parts.view([c, -1])).view([k, n, n, n]);
                     base.unsqueeze(0) + mix
@@ -461,18 +480,13 @@ impl Generator {
 
 impl Generator {
     /// Restores the constraints after an optimiser step: the single (or base) volume is clamped
-    /// to ≥ 0, and each mixture component B₀ + Dₖ too.
+    /// to ≥ 0.
     pub fn project_constraints(&mut self) {
         tch::no_grad(|| {
             if let Some(v) = &mut self.volume {
                 let _ = v.clamp_min_(0.0);
             }
-            if self.kind == GeneratorKind::Mixture
-                && let (Some(d), Some(b)) = (&mut self.parts, &self.volume)
-            {
-                let floor = -b.unsqueeze(0);
-                let _ = d.clamp_min_tensor_(&floor);
-            }
+
         });
     }
 }
@@ -638,20 +652,23 @@ mod tests {
         let mut g = Generator::new(&(vs.root() / "g"), &cfg);
         let mut vars = vs.variables();
         tch::no_grad(|| {
-            // Component 0 is 1 everywhere, component 1 is 3; π = (0.25, 0.75).
-            let _ = vars.get_mut("g.volume").unwrap().fill_(1.0);
+            // π = (0.25, 0.75), D = (0, 2): the weighted mean of D is 1.5, so with B₀ = 2.5
+            // component 0 is 1 everywhere and component 1 is 3.
+            let _ = vars.get_mut("g.volume").unwrap().fill_(2.5);
             let parts = vars.get_mut("g.parts").unwrap();
             let _ = parts.get(0).fill_(0.0);
             let _ = parts.get(1).fill_(2.0);
             let logits = vars.get_mut("g.logits").unwrap();
-            let _ = logits.copy_(&Tensor::from_slice(&[0.0f32, 3f32.ln()]));
+            let _ = logits.copy_(&Tensor::from_slice(&[0.0f32, 3f32.ln() / LOGIT_SCALE as f32]));
         });
         let v = g.volumes(&Tensor::from_slice(&[0.0f32, 0.2, 0.3, 0.99]));
         let means: Vec<f32> = v
             .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
             .try_into()
             .unwrap();
-        assert_eq!(means, vec![1.0, 1.0, 3.0, 3.0]);
+        for (m, want) in means.iter().zip([1.0, 1.0, 3.0, 3.0]) {
+            assert!((m - want).abs() < 1e-5, "{means:?}");
+        }
         // Training batches hold each component once, weighted K·πₖ; the warm start only B₀.
         let b = g.batch(8, true);
         assert_eq!(b.volumes.size(), [2, 8, 8, 8]);
@@ -666,7 +683,7 @@ mod tests {
         loss.backward();
         let grad = vs.variables()["g.logits"].grad();
         assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 0.0);
-        // Components stay ≥ 0 after projection.
+        // Components stay ≥ 0.
         tch::no_grad(|| {
             let _ = vars.get_mut("g.parts").unwrap().get(0).fill_(-5.0);
         });
