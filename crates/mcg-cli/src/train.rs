@@ -58,6 +58,9 @@ pub struct Args {
     /// Component volumes K of the mixture and voxel generators.
     #[arg(long, value_name = "K")]
     components: Option<usize>,
+    /// The components live on a grid this many times coarser than the box (1: full resolution).
+    #[arg(long, value_name = "F")]
+    component_coarsening: Option<usize>,
     /// Start from the paper's recipe instead of our defaults: the CNN generator, G run for every
     /// D step, lr_d = lr_g / 10, D's LeakyReLU slope 0.01, no warm start, no blur.
     #[arg(long, conflicts_with_all = ["config", "resume"])]
@@ -73,6 +76,18 @@ pub struct Args {
     /// Generator steps over which the blur falls to 0.
     #[arg(long, value_name = "STEPS")]
     blur_steps: Option<u64>,
+    /// Start from these maps (MRC, the box of the particles): one map sets the volume (single
+    /// mode) or the base volume; K maps set the K components of the mixture generator
+    /// (--components K --component-coarsening 1). A fresh run only.
+    #[arg(long, value_name = "MRC", num_args = 1.., value_delimiter = ',', conflicts_with = "resume")]
+    init: Vec<PathBuf>,
+    /// Weight of the moment-matching term of G's loss: the mean and covariance of the images'
+    /// low-frequency Fourier coefficients against the data's (0: off).
+    #[arg(long)]
+    moment_weight: Option<f64>,
+    /// Spreading pressure on the components, relative to the GAN's gradient (0: none).
+    #[arg(long)]
+    spread: Option<f64>,
     /// D scores packs of this many images at once (PacGAN); 1 scores images one by one.
     #[arg(long)]
     pack: Option<usize>,
@@ -192,7 +207,16 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             "noise_stack": args.noise_stack.as_ref().map(|p| p.display().to_string()),
         }),
     };
+    let init_volumes = args
+        .init
+        .iter()
+        .map(|path| {
+            mcg_formats::mrc::read_volume(path, None)
+                .with_context(|| format!("reading the starting map {}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let opts = RunOptions {
+        init_volumes,
         out: args.out.clone(),
         steps: args.steps,
         minutes: args.minutes,
@@ -306,6 +330,9 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     if let Some(v) = args.components {
         config.model.components = v;
     }
+    if let Some(v) = args.component_coarsening {
+        config.model.component_coarsening = v;
+    }
     if let Some(v) = args.warm_steps {
         config.warm_steps = v;
     }
@@ -314,6 +341,12 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     }
     if let Some(v) = args.blur_steps {
         config.blur_steps = v;
+    }
+    if let Some(v) = args.moment_weight {
+        config.moment_weight = v;
+    }
+    if let Some(v) = args.spread {
+        config.spread = v;
     }
     if let Some(v) = args.pack {
         config.model.pack = v;

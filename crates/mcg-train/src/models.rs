@@ -63,6 +63,11 @@ pub struct ModelConfig {
     /// Component volumes of the `voxel` and `mixture` generators.
     #[serde(default = "default_components")]
     pub components: usize,
+    /// The component volumes live on a grid this many times coarser than the box (trilinearly
+    /// upsampled): conformational differences are large-scale, and a coarse grid keeps the
+    /// components from drifting apart in high-frequency noise. 1: full resolution.
+    #[serde(default = "one")]
+    pub component_coarsening: usize,
     /// Negative slope of the LeakyReLUs of D (and of the CNN generator's). Missing: 0.01 (runs
     /// made before the field existed).
     #[serde(default = "legacy_slope")]
@@ -140,6 +145,7 @@ impl Default for ModelConfig {
             spherical_mask: true,
             generator: GeneratorKind::default(),
             components: 2,
+            component_coarsening: 2,
             leaky_slope: 0.2,
             pack: 1,
         }
@@ -219,7 +225,8 @@ impl Generator {
             Mode::Multi if cfg.generator != GeneratorKind::Cnn => {
                 let k = cfg.components.max(1) as i64;
                 let volume = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
-                let parts = path.var("parts", &[k, n, n, n], nn::Init::Const(0.0));
+                let coarse = n / cfg.component_coarsening.max(1) as i64;
+                let parts = path.var("parts", &[k, coarse, coarse, coarse], nn::Init::Const(0.0));
                 let (net, logits) = if cfg.generator == GeneratorKind::Voxel {
                     // w(α): 1 → 32 → 32 → K, tanh; the last layer starts at a moderate scale so
                     // that different α give different weights from the first step.
@@ -360,19 +367,33 @@ impl Generator {
     /// `heterogeneous`, else B₀ K times).
     fn components(&self, heterogeneous: bool) -> Tensor {
         let base = self.volume.as_ref().expect("mixture has a base");
-        let parts = self.parts.as_ref().expect("mixture has parts");
+        let parts = &self.fine_parts();
         let v = if heterogeneous {
             // Dₖ about their π-weighted mean: B₀ is the consensus, and each Dₖ's gradient is
             // its component's gradient minus the mixture's (πₖ·(gₖ − Σⱼ πⱼgⱼ)), so Adam
             // normalises the differences between the components rather than the common
             // gradient, in which they would drown.
             let pi = self.probabilities().detach();
-            let mean = (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], true, Kind::Float);
+            let mean =
+                (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], true, Kind::Float);
             (base.unsqueeze(0) + parts - mean).relu()
         } else {
             base.unsqueeze(0).expand_as(parts)
         };
         self.masked(v)
+    }
+
+    /// The component volumes at the box's resolution, `[K][N][N][N]`.
+    fn fine_parts(&self) -> Tensor {
+        let parts = self.parts.as_ref().expect("the generator has components");
+        let n = self.n;
+        if parts.size()[1] == n {
+            return parts.shallow_clone();
+        }
+        parts
+            .unsqueeze(1)
+            .upsample_trilinear3d([n, n, n], false, None, None, None)
+            .squeeze_dim(1)
     }
 
     fn masked(&self, v: Tensor) -> Tensor {
@@ -438,7 +459,7 @@ impl Generator {
                 if !heterogeneous {
                     base.unsqueeze(0).expand([k, n, n, n], false)
                 } else {
-                    let parts = self.parts.as_ref().expect("voxel generator has parts");
+                    let parts = &self.fine_parts();
                     let net = self.net.as_ref().expect("voxel has w(α)");
                     // w(α) about its mean over the segment (16 cell midpoints), so that B₀ is
                     // the consensus and the components' gradients are the differences along α
@@ -479,6 +500,80 @@ impl Generator {
 }
 
 impl Generator {
+    /// Sets the volumes from maps `[K][N][N][N]`: one map sets the single or base volume; K
+    /// maps set the mixture's components (B₀ their mean, Dₖ the differences, which needs
+    /// `component_coarsening = 1`). The CNN generator has no voxels to set.
+    pub fn init_volumes(&mut self, maps: &Tensor) -> Result<(), String> {
+        let size = maps.size();
+        let n = self.n;
+        if size.len() != 4 || size[1..] != [n, n, n] {
+            return Err(format!(
+                "starting maps of shape {size:?}, expected [K][{n}][{n}][{n}]"
+            ));
+        }
+        let Some(base) = &mut self.volume else {
+            return Err("the cnn generator cannot start from maps".into());
+        };
+        let k = size[0];
+        tch::no_grad(|| {
+            let mean = maps.mean_dim(&[0i64][..], false, Kind::Float);
+            let _ = base.copy_(&mean.clamp_min(0.0));
+            if k == 1 {
+                return Ok(());
+            }
+            let Some(parts) = &mut self.parts else {
+                return Err(format!("{k} starting maps, but single mode has one volume"));
+            };
+            if self.kind != GeneratorKind::Mixture || parts.size() != size {
+                return Err(format!(
+                    "{k} starting maps need the mixture generator with {k} components at \
+                     component_coarsening 1 (its components are {:?})",
+                    parts.size()
+                ));
+            }
+            let _ = parts.copy_(&(maps - mean.unsqueeze(0)));
+            Ok(())
+        })
+    }
+
+    /// Spreading pressure on the components (voxel and mixture generators), applied to their
+    /// gradients before the optimiser step: each component's gradient gets
+    /// `−strength · rms(gradient) · dev / rms(dev)`, where dev is the component about the
+    /// π-weighted mean of the components (mixture) or the component itself (voxel), so that
+    /// the components drift apart at a rate set relative to the GAN's own gradient. Near the
+    /// consensus the GAN's loss is flattest along the real heterogeneity (moving components
+    /// along it keeps the simulated images realistic, moving them any other way does not), so
+    /// a weak push separates them along it; beyond the true states the data push back.
+    pub fn spread(&mut self, strength: f64) {
+        if strength <= 0.0 || self.mode != Mode::Multi || self.kind == GeneratorKind::Cnn {
+            return;
+        }
+        let Some(parts) = &self.parts else { return };
+        let mut grad = parts.grad();
+        if !grad.defined() {
+            return;
+        }
+        tch::no_grad(|| {
+            let dev = if self.kind == GeneratorKind::Mixture {
+                let pi = self.probabilities().detach();
+                let mean = (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(
+                    &[0i64][..],
+                    true,
+                    Kind::Float,
+                );
+                parts - mean
+            } else {
+                parts.shallow_clone()
+            };
+            let rms_dev = dev.square().mean(Kind::Float).sqrt().double_value(&[]);
+            let rms_grad = grad.square().mean(Kind::Float).sqrt().double_value(&[]);
+            if rms_dev > 0.0 && rms_grad > 0.0 {
+                let push = dev * (strength * rms_grad / rms_dev);
+                let _ = grad.g_sub_(&push);
+            }
+        });
+    }
+
     /// Restores the constraints after an optimiser step: the single (or base) volume is clamped
     /// to ≥ 0.
     pub fn project_constraints(&mut self) {
@@ -486,7 +581,6 @@ impl Generator {
             if let Some(v) = &mut self.volume {
                 let _ = v.clamp_min_(0.0);
             }
-
         });
     }
 }
@@ -659,7 +753,10 @@ mod tests {
             let _ = parts.get(0).fill_(0.0);
             let _ = parts.get(1).fill_(2.0);
             let logits = vars.get_mut("g.logits").unwrap();
-            let _ = logits.copy_(&Tensor::from_slice(&[0.0f32, 3f32.ln() / LOGIT_SCALE as f32]));
+            let _ = logits.copy_(&Tensor::from_slice(&[
+                0.0f32,
+                3f32.ln() / LOGIT_SCALE as f32,
+            ]));
         });
         let v = g.volumes(&Tensor::from_slice(&[0.0f32, 0.2, 0.3, 0.99]));
         let means: Vec<f32> = v
@@ -673,7 +770,10 @@ mod tests {
         let b = g.batch(8, true);
         assert_eq!(b.volumes.size(), [2, 8, 8, 8]);
         let w: Vec<f32> = b.weights.unwrap().try_into().unwrap();
-        assert!((w[0] - 0.5).abs() < 1e-6 && (w[1] - 1.5).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - 0.5).abs() < 1e-6 && (w[1] - 1.5).abs() < 1e-6,
+            "{w:?}"
+        );
         let warm = g.batch(8, false);
         assert_eq!(warm.volumes.size(), [1, 8, 8, 8]);
         assert!(warm.weights.is_none());
@@ -708,13 +808,19 @@ mod tests {
         });
         let v = g.volumes(&Tensor::from_slice(&[0.0f32, 1.0]));
         assert_eq!(v.size(), [2, 8, 8, 8]);
-        let diff = (v.get(0) - v.get(1)).abs().sum(Kind::Float).double_value(&[]);
+        let diff = (v.get(0) - v.get(1))
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]);
         assert!(diff > 0.0);
         assert!(v.min().double_value(&[]) >= 0.0);
         // The warm start gives the base volume at every α.
         tch::manual_seed(0);
         let warm = g.batch(4, false).volumes;
-        let spread = (warm.get(0) - warm.get(3)).abs().sum(Kind::Float).double_value(&[]);
+        let spread = (warm.get(0) - warm.get(3))
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]);
         assert_eq!(spread, 0.0);
     }
 

@@ -50,6 +50,9 @@ pub struct RunOptions {
     pub resume: bool,
     /// Where tensors live.
     pub device: Device,
+    /// A fresh run's starting maps (`[K][N][N][N]`, the mixture's components or, with one map,
+    /// the single or base volume), e.g. a known structure to refine from; empty: none.
+    pub init_volumes: Vec<Volume>,
 }
 
 /// What a run did.
@@ -88,6 +91,16 @@ pub fn run(
     std::fs::create_dir_all(&opts.out).map_err(|e| io(&opts.out, e))?;
     let config_path = opts.out.join("config.json");
     let mut trainer = Trainer::new(config.clone(), opts.device)?;
+    if config.moment_weight > 0.0 {
+        // The data's moments, from its first 20,000 images (deterministic, so a resume gets the
+        // same numbers).
+        trainer.set_moments(crate::train::image_moments(
+            data.images.as_ref(),
+            20_000,
+            data.physics.noise_sigma,
+            config.moment_radius,
+        )?);
+    }
     if opts.resume {
         let ckpt = checkpoint_path(&opts.out);
         if !ckpt.is_file() {
@@ -98,6 +111,21 @@ pub fn run(
         }
         trainer.load(&ckpt)?;
     } else {
+        if !opts.init_volumes.is_empty() {
+            let n = config.model.box_size as i64;
+            let mut flat = Vec::new();
+            for v in &opts.init_volumes {
+                if v.box_size() as i64 != n {
+                    return Err(TrainError::Invalid(format!(
+                        "a starting map of {}³ voxels, but the model's box is {n}",
+                        v.box_size()
+                    )));
+                }
+                flat.extend(v.data().iter().copied());
+            }
+            let k = opts.init_volumes.len() as i64;
+            trainer.init_volumes(&Tensor::from_slice(&flat).view([k, n, n, n]))?;
+        }
         let doc = json!({
             "software": concat!("multicryogan ", env!("CARGO_PKG_VERSION")),
             "train": config,

@@ -25,7 +25,7 @@ use crate::TrainError;
 use crate::adam::Adam;
 use crate::forward::{BatchPhysics, ForwardModel, Projector};
 use crate::models::{
-    Discriminator, GeneratorKind, Generator, Mode, ModelConfig, discriminator_loss, generator_loss,
+    Discriminator, Generator, GeneratorKind, Mode, ModelConfig, discriminator_loss, generator_loss,
 };
 
 /// Every hyper-parameter of a run (written to `RUN/config.json` first; `--config` reads one).
@@ -83,6 +83,31 @@ pub struct TrainConfig {
     /// volume alone (a single-volume consensus), then their components.
     #[serde(default)]
     pub warm_steps: u64,
+    /// Spreading pressure on the components of the voxel and mixture generators, relative to
+    /// the GAN's gradient (see [`Generator::spread`]); 0: none.
+    #[serde(default)]
+    pub spread: f64,
+    /// Weight of the moment-matching term of G's loss: the mean and covariance of the
+    /// low-frequency Fourier coefficients of simulated clean images against those of the data
+    /// (noise covariance removed). Pose-free and clustering-free (the statistics of Kam's
+    /// method): a single volume cannot produce the extra covariance a mixture of conformations
+    /// gives, so this term separates the components where D's per-image signal is faint.
+    /// 0: off (fast step only).
+    #[serde(default)]
+    pub moment_weight: f64,
+    /// Radius, in Fourier pixels, of the coefficients whose moments are matched.
+    #[serde(default = "default_moment_radius")]
+    pub moment_radius: usize,
+    /// Simulated clean images per G step for the moments.
+    #[serde(default = "default_moment_batch")]
+    pub moment_batch: usize,
+}
+
+fn default_moment_radius() -> usize {
+    6
+}
+fn default_moment_batch() -> usize {
+    256
 }
 
 fn legacy_step() -> StepKind {
@@ -134,6 +159,10 @@ impl Default for TrainConfig {
             blur_start_px: 0.0,
             blur_steps: 0,
             warm_steps: 0,
+            spread: 0.0,
+            moment_weight: 0.0,
+            moment_radius: default_moment_radius(),
+            moment_batch: default_moment_batch(),
         }
     }
 }
@@ -185,6 +214,13 @@ impl TrainConfig {
         if self.log_every == 0 {
             return bad("log_every must be at least 1".into());
         }
+        let coarsening = self.model.component_coarsening;
+        if coarsening == 0 || !n.is_multiple_of(coarsening) {
+            return bad(format!(
+                "model.component_coarsening = {coarsening}: expected at least 1 and a divisor of \
+                 model.box_size = {n}"
+            ));
+        }
         let pack = self.model.pack;
         if pack == 0 || !self.batch_size.is_multiple_of(pack) {
             return bad(format!(
@@ -192,7 +228,8 @@ impl TrainConfig {
                 self.batch_size
             ));
         }
-        let multi_voxel = self.model.mode == Mode::Multi && self.model.generator != GeneratorKind::Cnn;
+        let multi_voxel =
+            self.model.mode == Mode::Multi && self.model.generator != GeneratorKind::Cnn;
         if multi_voxel && self.model.components == 0 {
             return bad("model.components must be at least 1".into());
         }
@@ -210,6 +247,40 @@ impl TrainConfig {
         }
         if pack > 1 && self.step == StepKind::Paper {
             return bad("model.pack > 1 needs step = fast".into());
+        }
+        if !(self.moment_weight.is_finite() && self.moment_weight >= 0.0) {
+            return bad(format!(
+                "moment_weight = {}: expected a finite number ≥ 0",
+                self.moment_weight
+            ));
+        }
+        if self.moment_weight > 0.0 {
+            if self.step == StepKind::Paper {
+                return bad("moment_weight > 0 needs step = fast".into());
+            }
+            if self.moment_radius == 0 || self.moment_radius > n / 2 {
+                return bad(format!(
+                    "moment_radius = {}: expected 1 to box_size / 2 = {}",
+                    self.moment_radius,
+                    n / 2
+                ));
+            }
+            if self.moment_batch < 4
+                || !self
+                    .moment_batch
+                    .is_multiple_of(2 * self.model.components.max(1))
+            {
+                return bad(format!(
+                    "moment_batch = {}: expected at least 4 and a multiple of 2 × model.components",
+                    self.moment_batch
+                ));
+            }
+        }
+        if !(self.spread.is_finite() && self.spread >= 0.0) {
+            return bad(format!(
+                "spread = {}: expected a finite number ≥ 0",
+                self.spread
+            ));
         }
         if !(self.blur_start_px.is_finite() && self.blur_start_px >= 0.0) {
             return bad(format!(
@@ -344,6 +415,9 @@ pub struct StepMetrics {
     pub gradient_penalty: f64,
     /// Simulated images per second over this step.
     pub images_per_second: f64,
+    /// The moment-matching term of G's loss (weighted), when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moment_loss: Option<f64>,
     /// The mixture generator's probabilities πₖ after this step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f64>>,
@@ -362,6 +436,7 @@ pub struct Trainer {
     forward: ForwardModel,
     device: Device,
     step: u64,
+    moments: Option<ImageMoments>,
 }
 
 fn trainable(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
@@ -405,7 +480,21 @@ impl Trainer {
             forward,
             device,
             step: 0,
+            moments: None,
         })
+    }
+
+    /// Starts G from maps `[K][N][N][N]` (see [`Generator::init_volumes`]).
+    pub fn init_volumes(&mut self, volumes: &Tensor) -> Result<(), TrainError> {
+        self.g
+            .init_volumes(&volumes.to_device(self.device))
+            .map_err(TrainError::Invalid)
+    }
+
+    /// The data's image moments for the moment-matching term (see
+    /// [`TrainConfig::moment_weight`]); computed from the data set by [`image_moments`].
+    pub fn set_moments(&mut self, moments: ImageMoments) {
+        self.moments = Some(moments.to_device(self.device));
     }
 
     /// Where the model lives.
@@ -447,8 +536,12 @@ impl Trainer {
     }
 
     fn draw_params(&self, data: &DataPhysics, tag: u64) -> Vec<ImagingParams> {
+        self.draw_params_n(data, tag, self.config.batch_size)
+    }
+
+    fn draw_params_n(&self, data: &DataPhysics, tag: u64, count: usize) -> Vec<ImagingParams> {
         let mut rng = stream(self.config.seed, Purpose::Other(3), tag);
-        (0..self.config.batch_size)
+        (0..count)
             .map(|_| {
                 let pose = Pose::sample_uniform(&mut rng);
                 let p = data.particles[rng.random_range(0..data.particles.len())];
@@ -521,10 +614,9 @@ impl Trainer {
         let physics =
             BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
         let clean = match cfg.projector {
-            Projector::Fourier => {
-                self.forward
-                    .clean_from_spectra(&prepared.source, &physics, ppv)
-            }
+            Projector::Fourier => self
+                .forward
+                .clean_from_spectra(&prepared.source, &physics, ppv),
             Projector::RealSpace => {
                 let each = prepared
                     .source
@@ -547,6 +639,68 @@ impl Trainer {
             (noisy, weights)
         };
         (low_pass(&images, blur), weights)
+    }
+
+    /// `count` clean images of `prepared`'s volumes (volume after volume) at poses and CTFs
+    /// of streams of `tag`, with their importance weights.
+    fn clean_prepared(
+        &self,
+        prepared: &Prepared,
+        data: &DataPhysics,
+        tag: u64,
+        count: usize,
+    ) -> (Tensor, Option<Tensor>) {
+        let cfg = &self.config;
+        let ppv = count as i64 / prepared.count;
+        let params = self.draw_params_n(data, tag, count);
+        let physics =
+            BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
+        let clean = match cfg.projector {
+            Projector::Fourier => self
+                .forward
+                .clean_from_spectra(&prepared.source, &physics, ppv),
+            Projector::RealSpace => {
+                let each = prepared
+                    .source
+                    .repeat_interleave_self_int(ppv, Some(0), None);
+                self.forward.clean(&each, &physics)
+            }
+        };
+        let weights = prepared
+            .weights
+            .as_ref()
+            .map(|w| w.repeat_interleave_self_int(ppv, Some(0), None));
+        (clean, weights)
+    }
+
+    /// The moment-matching term (see [`TrainConfig::moment_weight`]), or `None` when off.
+    fn moment_loss(&self, prepared: &Prepared, data: &DataPhysics, tag: u64) -> Option<Tensor> {
+        let target = self.moments.as_ref()?;
+        if self.config.moment_weight <= 0.0 {
+            return None;
+        }
+        let count = self.config.moment_batch;
+        let (clean, weights) = self.clean_prepared(prepared, data, tag, count);
+        let f = target.features(&clean);
+        // Two halves, each with half the images of every volume (even and odd rows), give
+        // independent estimates; the product of their errors is unbiased for the squared error.
+        let half = |parity: i64| -> (Tensor, Tensor) {
+            let idx =
+                Tensor::arange_start_step(parity, count as i64, 2, (Kind::Int64, self.device));
+            let fh = f.index_select(0, &idx);
+            let w = match &weights {
+                Some(w) => w.index_select(0, &idx),
+                None => Tensor::ones([fh.size()[0]], (Kind::Float, self.device)),
+            };
+            weighted_moments(&fh, &w)
+        };
+        let (m1, c1) = half(0);
+        let (m2, c2) = half(1);
+        let mean_term =
+            ((&m1 - &target.mean) * (&m2 - &target.mean)).sum(Kind::Float) / target.mean_norm2;
+        let cov_term =
+            ((&c1 - &target.cov) * (&c2 - &target.cov)).sum(Kind::Float) / target.cov_norm2;
+        Some((mean_term + cov_term) * self.config.moment_weight)
     }
 
     fn add_data_noise(&self, clean: &Tensor, data: &DataPhysics) -> Tensor {
@@ -608,18 +762,31 @@ impl Trainer {
         let (fake, weights) = self.simulate_prepared(&prepared, data, s * (k + 1) + k, blur);
         self.opt_g.zero_grad();
         let g_loss = -weighted_mean(&self.d.score(&fake), weights.as_ref(), pack);
-        g_loss.backward();
+        let moment = self.moment_loss(&prepared, data, u64::MAX / 2 + s);
+        let total = match &moment {
+            Some(m) => &g_loss + m,
+            None => g_loss.shallow_clone(),
+        };
+        total.backward();
         for (_, t) in &d_vars {
             let _ = t.set_requires_grad(true);
+        }
+        if heterogeneous {
+            self.g.spread(self.config.spread);
         }
         self.opt_g.step();
         self.g.project_constraints();
         self.step += 1;
         let probs = self.g.probabilities().detach().to_kind(Kind::Double);
+        let moment_value = match &moment {
+            Some(m) => m.detach().to_kind(Kind::Double).unsqueeze(0),
+            None => Tensor::zeros([1], (Kind::Double, self.device)),
+        };
         let values = Tensor::cat(
             &[
                 last.expect("k ≥ 1").to_kind(Kind::Double),
                 g_loss.detach().to_kind(Kind::Double).unsqueeze(0),
+                moment_value,
                 probs,
             ],
             0,
@@ -638,7 +805,8 @@ impl Trainer {
             wasserstein: w,
             gradient_penalty: gp,
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
-            probabilities: mixture.then(|| values[4..].to_vec()),
+            moment_loss: moment.is_some().then_some(values[4]),
+            probabilities: mixture.then(|| values[5..].to_vec()),
         })
     }
 
@@ -696,6 +864,7 @@ impl Trainer {
             wasserstein: w,
             gradient_penalty: gp,
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
+            moment_loss: None,
             probabilities: None,
         })
     }
@@ -784,6 +953,155 @@ impl Trainer {
     }
 }
 
+/// The mean and covariance of the low-frequency Fourier coefficients of a data set's images,
+/// with the white noise's covariance removed (see [`TrainConfig::moment_weight`]).
+#[derive(Debug)]
+pub struct ImageMoments {
+    /// Indices, in the flattened `rfft2` half-plane `[N][N/2 + 1]`, of the coefficients used.
+    index: Tensor,
+    /// Whether each used coefficient contributes its imaginary part (all but the origin).
+    imag_index: Tensor,
+    /// Mean feature vector `[F]`.
+    pub mean: Tensor,
+    /// Covariance `[F][F]`.
+    pub cov: Tensor,
+    mean_norm2: f64,
+    cov_norm2: f64,
+}
+
+impl ImageMoments {
+    fn to_device(&self, device: Device) -> Self {
+        Self {
+            index: self.index.to_device(device),
+            imag_index: self.imag_index.to_device(device),
+            mean: self.mean.to_device(device),
+            cov: self.cov.to_device(device),
+            mean_norm2: self.mean_norm2,
+            cov_norm2: self.cov_norm2,
+        }
+    }
+
+    /// The coefficient set for `n`² images within `radius`: the half-plane kx > 0, the ky > 0
+    /// half of kx = 0, and the origin (its real part only).
+    fn layout(n: i64, radius: usize, device: Device) -> (Tensor, Tensor) {
+        let h = n / 2 + 1;
+        let r2 = (radius * radius) as i64;
+        let mut index = Vec::new();
+        let mut imag = Vec::new();
+        for row in 0..n {
+            let ky = if row < n / 2 + n % 2 { row } else { row - n };
+            for kx in 0..h {
+                if kx * kx + ky * ky > r2 {
+                    continue;
+                }
+                let origin = kx == 0 && ky == 0;
+                if kx > 0 || ky > 0 || origin {
+                    index.push(row * h + kx);
+                    if !origin {
+                        imag.push(index.len() as i64 - 1);
+                    }
+                }
+            }
+        }
+        (
+            Tensor::from_slice(&index).to_device(device),
+            Tensor::from_slice(&imag).to_device(device),
+        )
+    }
+
+    /// The feature vectors `[B][F]` of images `[B][N][N]`: the real parts of the coefficients,
+    /// then the imaginary parts (but the origin's), divided by N.
+    pub fn features(&self, images: &Tensor) -> Tensor {
+        let size = images.size();
+        let n = size[1];
+        let spec = images
+            .fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward")
+            .reshape([size[0], -1])
+            .index_select(1, &self.index)
+            / n as f64;
+        let parts = spec.view_as_real();
+        let re = parts.select(2, 0);
+        let im = parts.select(2, 1).index_select(1, &self.imag_index);
+        Tensor::cat(&[re, im], 1)
+    }
+}
+
+/// Weighted mean `[F]` and covariance `[F][F]` of features `[B][F]` (weights `[B]`, mean 1).
+fn weighted_moments(f: &Tensor, w: &Tensor) -> (Tensor, Tensor) {
+    let b = f.size()[0] as f64;
+    let mean = (f * w.unsqueeze(1)).sum_dim_intlist(&[0i64][..], false, Kind::Float) / b;
+    let second = (f * w.unsqueeze(1)).transpose(0, 1).matmul(f) / b;
+    let cov = second - mean.unsqueeze(1).matmul(&mean.unsqueeze(0));
+    (mean, cov)
+}
+
+/// The data's [`ImageMoments`] from its first `count` images (all when fewer), with the
+/// covariance of white noise of σ `noise_sigma` removed: per coefficient σ²/2 on the real
+/// and the imaginary part, σ² on the origin (features are coefficients / N).
+pub fn image_moments(
+    source: &dyn ImageSource,
+    count: usize,
+    noise_sigma: f64,
+    radius: usize,
+) -> Result<ImageMoments, TrainError> {
+    let n = source.box_size();
+    let (index, imag_index) = ImageMoments::layout(n as i64, radius, Device::Cpu);
+    let mut moments = ImageMoments {
+        index,
+        imag_index,
+        mean: Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        cov: Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        mean_norm2: 1.0,
+        cov_norm2: 1.0,
+    };
+    let count = count.min(source.len());
+    if count < 2 {
+        return Err(TrainError::Invalid(
+            "moment matching needs at least two images".into(),
+        ));
+    }
+    let mut sum: Option<Tensor> = None;
+    let mut sum2: Option<Tensor> = None;
+    let chunk = 1000;
+    let mut start = 0;
+    while start < count {
+        let len = chunk.min(count - start);
+        let mut images = Array3::<f32>::zeros((len, n, n));
+        let indices: Vec<usize> = (start..start + len).collect();
+        source
+            .read_batch(&indices, images.view_mut())
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let f = moments
+            .features(&to_tensor(&images, Device::Cpu))
+            .to_kind(Kind::Double);
+        let s1 = f.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        let s2 = f.transpose(0, 1).matmul(&f);
+        sum = Some(match sum {
+            Some(s) => s + s1,
+            None => s1,
+        });
+        sum2 = Some(match sum2 {
+            Some(s) => s + s2,
+            None => s2,
+        });
+        start += len;
+    }
+    let c = count as f64;
+    let mean = sum.expect("count ≥ 2") / c;
+    let mut cov = sum2.expect("count ≥ 2") / c - mean.unsqueeze(1).matmul(&mean.unsqueeze(0));
+    // White noise: Re and Im of a coefficient / N each have variance σ²/2; the origin's real
+    // part σ².
+    let dim = cov.size()[0];
+    let mut noise = vec![noise_sigma * noise_sigma / 2.0; dim as usize];
+    noise[0] = noise_sigma * noise_sigma;
+    cov -= Tensor::from_slice(&noise).diag(0);
+    moments.mean_norm2 = mean.square().sum(Kind::Double).double_value(&[]).max(1e-30);
+    moments.cov_norm2 = cov.square().sum(Kind::Double).double_value(&[]).max(1e-30);
+    moments.mean = mean.to_kind(Kind::Float);
+    moments.cov = cov.to_kind(Kind::Float);
+    Ok(moments)
+}
+
 /// G's volumes of one step, ready to project (see [`Trainer::prepare`]).
 struct Prepared {
     source: Tensor,
@@ -841,9 +1159,7 @@ pub fn fused_discriminator_loss(
         .expand([packs, pack, 1, 1], false)
         .reshape([size[0], 1, 1]);
     let rest = -&e + 1.0;
-    let interp = (real * &e + fake * rest)
-        .detach()
-        .set_requires_grad(true);
+    let interp = (real * &e + fake * rest).detach().set_requires_grad(true);
     let all = Tensor::cat(&[real, fake, &interp], 0);
     let scores = d.score(&all);
     let s_real = scores.narrow(0, 0, packs);
@@ -977,7 +1293,11 @@ mod tests {
         }
         let total: f64 = want.iter().sum();
         for (g, w) in out.iter().zip(&want) {
-            assert!((f64::from(*g) - w / total).abs() < 2e-3, "{g} vs {}", w / total);
+            assert!(
+                (f64::from(*g) - w / total).abs() < 2e-3,
+                "{g} vs {}",
+                w / total
+            );
         }
         let sum: f64 = out.iter().map(|&v| f64::from(v)).sum();
         assert!((sum - 1.0).abs() < 1e-5);
@@ -1045,15 +1365,76 @@ mod tests {
             step: StepKind::Paper,
             ..base.clone()
         };
-        assert!(mixture_paper.validate().unwrap_err().to_string().contains("mixture"));
+        assert!(
+            mixture_paper
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mixture")
+        );
         let mut odd = base.clone();
         odd.model.components = 3;
-        assert!(odd.validate().unwrap_err().to_string().contains("components"));
+        assert!(
+            odd.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("components")
+        );
         let mut pack = base.clone();
         pack.model.pack = 5;
         assert!(pack.validate().unwrap_err().to_string().contains("pack"));
         assert!(TrainConfig::paper().validate().is_ok());
         assert!(base.validate().is_ok());
+    }
+
+    #[test]
+    fn image_moments_remove_the_noise_and_keep_the_signal() {
+        // One fixed image plus white noise of σ = 2: the mean features are the image's own and
+        // the covariance, once the noise's is removed, is near zero.
+        let n = 16usize;
+        let count = 4000;
+        let sigma = 2.0f32;
+        let signal = Array3::from_shape_fn((1, n, n), |(_, y, x)| {
+            let d2 = (x as f32 - 8.0).powi(2) + (y as f32 - 7.0).powi(2);
+            3.0 * (-d2 / 8.0).exp()
+        });
+        let m = image_moments(
+            &Memory(m_images(&signal, count, sigma, 0)),
+            count,
+            f64::from(sigma),
+            4,
+        )
+        .unwrap();
+        // Coefficients within radius 4 of the half-plane (kx > 0, or kx = 0 and ky ≥ 0): real
+        // parts of all, imaginary parts of all but the origin.
+        let coefficients = (0i64..=4)
+            .flat_map(|kx| (-4i64..=4).map(move |ky| (kx, ky)))
+            .filter(|&(kx, ky)| kx * kx + ky * ky <= 16 && (kx > 0 || ky >= 0))
+            .count() as i64;
+        assert_eq!(m.mean.size(), [2 * coefficients - 1]);
+        let want = m.features(&to_tensor(&signal, Device::Cpu)).squeeze_dim(0);
+        let err = (&m.mean - &want).abs().max().double_value(&[]);
+        let scale = want.abs().max().double_value(&[]);
+        // The mean's error is σ/√(2·count) ≈ 0.02 per feature.
+        assert!(err < 0.1, "mean error {err} (features up to {scale})");
+        // Noise variance per feature is σ²/2 = 2; what remains after removing it is sampling
+        // error, about 2·√(2/count) ≈ 0.045 on the diagonal.
+        let resid = m.cov.diag(0).abs().max().double_value(&[]);
+        assert!(resid < 0.25, "diagonal residual {resid}");
+        // Without removing the noise the diagonal would be about 2: the removal is what acts.
+        let raw =
+            image_moments(&Memory(m_images(&signal, count, sigma, 1)), count, 0.0, 4).unwrap();
+        assert!(raw.cov.diag(0).mean(Kind::Float).double_value(&[]) > 1.5);
+    }
+
+    /// `count` copies of `signal` with white Gaussian noise of σ (stream `index`).
+    fn m_images(signal: &Array3<f32>, count: usize, sigma: f32, index: u64) -> Array3<f32> {
+        let n = signal.dim().1;
+        let mut rng = stream(9, Purpose::Other(9), index);
+        Array3::from_shape_fn((count, n, n), |(_, y, x)| {
+            let g: f32 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng);
+            signal[[0, y, x]] + sigma * g
+        })
     }
 
     #[test]

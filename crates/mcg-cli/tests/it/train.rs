@@ -100,7 +100,8 @@ fn resumes_exactly(dir: &Path, star: &Path, config: &str) -> (Vec<Value>, Vec<Va
         }
     }
     for a in ["0.00", "0.50", "1.00"] {
-        let volume = |run: &Path| std::fs::read(run.join(format!("volumes/alpha_{a}.mrc"))).unwrap();
+        let volume =
+            |run: &Path| std::fs::read(run.join(format!("volumes/alpha_{a}.mrc"))).unwrap();
         assert_eq!(volume(&straight), volume(&split), "α = {a}");
     }
     (m, resumed)
@@ -137,7 +138,11 @@ fn the_default_recipe_resumes_exactly_across_its_warm_start_and_blur() {
     };
     assert_eq!(p(0), vec![0.5, 0.5]);
     assert!((p(3).iter().sum::<f64>() - 1.0).abs() < 1e-6);
-    assert_ne!(p(3), vec![0.5, 0.5], "the probabilities learn after the warm start");
+    assert_ne!(
+        p(3),
+        vec![0.5, 0.5],
+        "the probabilities learn after the warm start"
+    );
 }
 
 #[test]
