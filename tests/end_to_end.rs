@@ -190,14 +190,15 @@ fn synth_train_sample_report_through_the_cli() {
         "-q",
     ]);
 
-    // A model small enough for seconds on two cores, checkpointed often enough for a history.
+    // The default recipe (mixture generator, fast step, warm start, blur) small enough for
+    // seconds on two cores, checkpointed often enough for a history.
     let config = dir.path().join("small.json");
     std::fs::write(
         &config,
         r#"{
-  "model": { "mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 1.0,
-             "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true },
+  "model": { "mode": "multi", "box_size": 16, "discriminator_channels": 4, "pack": 4 },
   "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5,
+  "warm_steps": 10, "blur_start_px": 1.5, "blur_steps": 20,
   "checkpoint_seconds": 0.5, "log_every": 10
 }"#,
     )

@@ -349,11 +349,24 @@ fn train(rest: &[String]) -> Result<()> {
         if has_checkpoint {
             eprintln!("train: {run_s} has a checkpoint: resuming it");
         }
-        let args = train_args(variant, &particles_s, &run_s, has_checkpoint, &rest);
+        let mut args = train_args(variant, &particles_s, &run_s, has_checkpoint, &rest);
+        // The continuous landscape takes the voxel generator (a volume varying with α), the
+        // discrete one the default mixture; a fresh run only (a resumed one keeps its own).
+        if let Some(g) = generator_for(set)
+            && !has_checkpoint
+            && !has_flag(&rest, "--generator")
+        {
+            args.extend(["--generator", g]);
+        }
         util::run(&bin, &args)?;
         eprintln!("train: {set} run in {run_s}");
     }
     Ok(())
+}
+
+/// The generator a paper experiment's set takes where it is not the default one.
+pub fn generator_for(set: &str) -> Option<&'static str> {
+    set.ends_with("continuous").then_some("voxel")
 }
 
 /// The report of each trained run of the paper's experiments, against its ground truth.

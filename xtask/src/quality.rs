@@ -296,6 +296,11 @@ fn train_and_score(
             args.push("--resume");
         } else {
             args.extend(["--seed", &seed_s]);
+            if let Some(g) = crate::generator_for(&data_s)
+                && !o.train_extra.iter().any(|a| a == "--generator")
+            {
+                args.extend(["--generator", g]);
+            }
             args.extend(o.train_extra.iter().map(String::as_str));
         }
         util::run(bin, &args)?;

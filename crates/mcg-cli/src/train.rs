@@ -290,7 +290,7 @@ fn base_config(args: &Args) -> Result<TrainConfig> {
                 path.display()
             )
         })?;
-        return serde_json::from_value(doc["train"].clone())
+        return TrainConfig::from_run_json(doc["train"].clone())
             .with_context(|| format!("{}: field train", path.display()));
     }
     if args.paper {

@@ -29,7 +29,7 @@ impl std::str::FromStr for Mode {
 
 /// The architecture settings of G and D (saved with the model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// multi or single.
     pub mode: Mode,
@@ -56,39 +56,19 @@ pub struct ModelConfig {
     pub spherical_mask: bool,
     /// Multi mode's generator: the paper's 3D CNN (`cnn`), explicit voxel volumes weighted by a
     /// small network of α (`voxel`), or a mixture of voxel volumes with learnt weights
-    /// (`mixture`, for discrete landscapes). Missing in a settings file: `cnn` (runs made before
-    /// the field existed).
-    #[serde(default = "legacy_generator")]
+    /// (`mixture`, for discrete landscapes).
     pub generator: GeneratorKind,
     /// Component volumes of the `voxel` and `mixture` generators.
-    #[serde(default = "default_components")]
     pub components: usize,
     /// The component volumes live on a grid this many times coarser than the box (trilinearly
     /// upsampled): conformational differences are large-scale, and a coarse grid keeps the
     /// components from drifting apart in high-frequency noise. 1: full resolution.
-    #[serde(default = "one")]
     pub component_coarsening: usize,
-    /// Negative slope of the LeakyReLUs of D (and of the CNN generator's). Missing: 0.01 (runs
-    /// made before the field existed).
-    #[serde(default = "legacy_slope")]
+    /// Negative slope of D's LeakyReLUs (the paper's: 0.01).
     pub leaky_slope: f64,
     /// PacGAN: D scores packs of this many independent images at once (as channels), so it can
     /// see a lack of diversity among the simulated images. 1: one image at a time.
-    #[serde(default = "one")]
     pub pack: usize,
-}
-
-fn legacy_generator() -> GeneratorKind {
-    GeneratorKind::Cnn
-}
-fn default_components() -> usize {
-    2
-}
-fn legacy_slope() -> f64 {
-    0.01
-}
-fn one() -> usize {
-    1
 }
 
 /// Which generator multi mode uses.
@@ -147,7 +127,7 @@ impl Default for ModelConfig {
             components: 2,
             component_coarsening: 2,
             leaky_slope: 0.2,
-            pack: 1,
+            pack: 8,
         }
     }
 }
@@ -226,7 +206,16 @@ impl Generator {
                 let k = cfg.components.max(1) as i64;
                 let volume = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
                 let coarse = n / cfg.component_coarsening.max(1) as i64;
-                let parts = path.var("parts", &[k, coarse, coarse, coarse], nn::Init::Const(0.0));
+                // Small random differences, so that the components are not identical when the
+                // heterogeneity starts (an exact tie is a saddle the gradients cannot leave).
+                let parts = path.var(
+                    "parts",
+                    &[k, coarse, coarse, coarse],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 1e-3,
+                    },
+                );
                 let (net, logits) = if cfg.generator == GeneratorKind::Voxel {
                     // w(α): 1 → 32 → 32 → K, tanh; the last layer starts at a moderate scale so
                     // that different α give different weights from the first step.
@@ -517,7 +506,7 @@ impl Generator {
         let k = size[0];
         tch::no_grad(|| {
             let mean = maps.mean_dim(&[0i64][..], false, Kind::Float);
-            let _ = base.copy_(&mean.clamp_min(0.0));
+            base.copy_(&mean.clamp_min(0.0));
             if k == 1 {
                 return Ok(());
             }
@@ -531,7 +520,7 @@ impl Generator {
                     parts.size()
                 ));
             }
-            let _ = parts.copy_(&(maps - mean.unsqueeze(0)));
+            parts.copy_(&(maps - mean.unsqueeze(0)));
             Ok(())
         })
     }
@@ -753,7 +742,7 @@ mod tests {
             let _ = parts.get(0).fill_(0.0);
             let _ = parts.get(1).fill_(2.0);
             let logits = vars.get_mut("g.logits").unwrap();
-            let _ = logits.copy_(&Tensor::from_slice(&[
+            logits.copy_(&Tensor::from_slice(&[
                 0.0f32,
                 3f32.ln() / LOGIT_SCALE as f32,
             ]));

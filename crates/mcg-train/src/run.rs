@@ -306,7 +306,7 @@ pub fn load_run(out: &Path, device: Device) -> Result<TrainedRun, TrainError> {
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| bad(format!("{e} (is {} a run folder?)", out.display())))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let config: TrainConfig = serde_json::from_value(doc["train"].clone())
+    let config = TrainConfig::from_run_json(doc["train"].clone())
         .map_err(|e| bad(format!("field train: {e}")))?;
     let apix = doc["data"]["pixel_size_A"]
         .as_f64()

@@ -34,11 +34,13 @@ fn tiny_set(dir: &Path) -> std::path::PathBuf {
     tiny_set_of(dir, "hsp90-discrete")
 }
 
-/// Settings small enough for seconds on two cores.
+/// The paper's recipe, small enough for seconds on two cores.
 pub const SMALL: &str = r#"{
   "model": { "mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 0.025,
-             "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true },
-  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5
+             "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true,
+             "generator": "cnn", "leaky_slope": 0.01, "pack": 1 },
+  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "paper",
+  "lr_d": 1e-4, "warm_steps": 0, "blur_start_px": 0.0
 }"#;
 
 fn metrics(run: &Path) -> Vec<Value> {
@@ -149,10 +151,8 @@ fn the_default_recipe_resumes_exactly_across_its_warm_start_and_blur() {
 fn train_writes_the_run_folder_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let star = tiny_set(dir.path());
-    // SMALL has no "generator" and no "step": a settings file from before they existed, which
-    // means the paper's CNN and step.
     let (m, resumed) = resumes_exactly(dir.path(), &star, SMALL);
-    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    let straight = dir.path().join("straight");
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap())
             .unwrap();
@@ -498,7 +498,9 @@ fn multi_mode_separates_two_states() {
         &config,
         r#"{"model": {"mode": "multi", "box_size": 16, "latent_size": 16, "latent_scale": 1.0,
                       "generator_channels": 16, "discriminator_channels": 32,
-                      "spherical_mask": true}, "seed": 1}"#,
+                      "spherical_mask": true, "generator": "cnn", "leaky_slope": 0.01,
+                      "pack": 1},
+            "step": "paper", "lr_d": 1e-4, "warm_steps": 0, "blur_start_px": 0.0, "seed": 1}"#,
     )
     .unwrap();
     let run = dir.path().join("run");
