@@ -1547,11 +1547,18 @@ mod tests {
         let mut images = Array3::zeros((params.len(), n, n));
         Simulator::new(&vol, ProjectorKind::RealSpace).clean(&params, false, images.view_mut());
         let source: Arc<dyn ImageSource> = Arc::new(Memory(images));
-        // The paper's step and the fast one (with its packs of D and its coarse-to-fine blur).
-        for (recipe, base) in [
-            ("paper", TrainConfig::paper()),
-            ("fast", TrainConfig::default()),
-        ] {
+        // The paper's step and the fast one. This test's batch is 16 images and it runs 300
+        // steps, so the fast recipe's packs and blur are scaled to it: packs of 2 (D still
+        // scores 8 per batch, not 2) and the blur gone by step 150.
+        let fast = TrainConfig {
+            blur_steps: 150,
+            model: ModelConfig {
+                pack: 2,
+                ..ModelConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        for (recipe, base) in [("paper", TrainConfig::paper()), ("fast", fast)] {
             let config = TrainConfig {
                 model: ModelConfig {
                     mode: Mode::Single,
