@@ -347,8 +347,12 @@ fn train_and_score(
                 .map(|(a, b)| format!(", probability errors {a:.3} / {b:.3}"))
                 .unwrap_or_default(),
             p.fsccc
-                .map(|f| format!(", FSCCC {f:.3}, W1 {:.2}°", p.w1.unwrap_or(f64::NAN)))
+                .map(|f| format!(", FSCCC {f:.3}"))
                 .unwrap_or_default()
+                + &p.w1
+                    .filter(|w| w.is_finite())
+                    .map(|w| format!(", W1 {w:.2}°"))
+                    .unwrap_or_default()
         );
         points.push(p);
     }
