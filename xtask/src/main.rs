@@ -132,17 +132,7 @@ fn demo(rest: &[String]) -> Result<()> {
     let (out_s, run_s, report_s) = (s(&out), s(&out.join("run")), s(&out.join("report")));
     let star = s(&out.join("particles.star"));
     eprintln!("demo: 1/3 synthesising 10,000 Hsp90 images (25 % closed, 75 % open) into {out_s}");
-    let mut args = vec![
-        "synth",
-        "--preset",
-        "hsp90-discrete",
-        "--n",
-        "10000",
-        "--seed",
-        "1",
-        "--out",
-        &out_s,
-    ];
+    let mut args = demo_synth_args("1", &out_s);
     args.extend(synth_extra);
     util::run(&bin, &args)?;
     eprintln!("demo: 2/3 training Multi-CryoGAN for {minutes} minutes ({device}) into {run_s}");
@@ -362,6 +352,23 @@ fn train(rest: &[String]) -> Result<()> {
         eprintln!("train: {set} run in {run_s}");
     }
     Ok(())
+}
+
+/// `multicryogan synth` arguments for the demo's set (10,000 Hsp90 discrete images, the
+/// paper's imaging) with data seed `seed` into `out`; `bench --quality` makes its demo-sized
+/// sets with them too.
+pub fn demo_synth_args<'a>(seed: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        "10000",
+        "--seed",
+        seed,
+        "--out",
+        out,
+    ]
 }
 
 /// The generator a paper experiment's set takes where it is not the default one.

@@ -228,22 +228,10 @@ fn data_set(bin: &Path, set: &str, seed: u64, dir: &Path) -> Result<PathBuf> {
     if set == "demo" {
         let data = dir.join("data");
         if !data.join("particles.star").is_file() {
-            let seed = seed.to_string();
-            util::run(
-                bin,
-                &[
-                    "synth",
-                    "--preset",
-                    "hsp90-discrete",
-                    "--n",
-                    "10000",
-                    "--seed",
-                    &seed,
-                    "--out",
-                    &data.to_string_lossy(),
-                    "--quiet",
-                ],
-            )?;
+            let (seed, out) = (seed.to_string(), data.to_string_lossy().into_owned());
+            let mut args = crate::demo_synth_args(&seed, &out);
+            args.push("--quiet");
+            util::run(bin, &args)?;
         }
         return Ok(data);
     }

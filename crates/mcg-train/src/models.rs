@@ -328,7 +328,7 @@ impl Generator {
                 .ge_tensor(&cum.unsqueeze(0))
                 .sum_dim_intlist(&[1i64][..], false, Kind::Int64)
                 .clamp_max(k - 1);
-            return self.components(true).index_select(0, &idx);
+            return self.components().index_select(0, &idx);
         }
         self.volumes_raw(alphas, true)
     }
@@ -352,24 +352,17 @@ impl Generator {
             .unwrap_or(tch::Device::Cpu)
     }
 
-    /// The mixture's component volumes `[K][N][N][N]` (relu(B₀ + Dₖ − Σⱼ πⱼDⱼ) when
-    /// `heterogeneous`, else B₀ K times).
-    fn components(&self, heterogeneous: bool) -> Tensor {
+    /// The mixture's component volumes `[K][N][N][N]`, relu(B₀ + Dₖ − Σⱼ πⱼDⱼ).
+    fn components(&self) -> Tensor {
         let base = self.volume.as_ref().expect("mixture has a base");
         let parts = &self.fine_parts();
-        let v = if heterogeneous {
-            // Dₖ about their π-weighted mean: B₀ is the consensus, and each Dₖ's gradient is
-            // its component's gradient minus the mixture's (πₖ·(gₖ − Σⱼ πⱼgⱼ)), so Adam
-            // normalises the differences between the components rather than the common
-            // gradient, in which they would drown.
-            let pi = self.probabilities().detach();
-            let mean =
-                (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], true, Kind::Float);
-            (base.unsqueeze(0) + parts - mean).relu()
-        } else {
-            base.unsqueeze(0).expand_as(parts)
-        };
-        self.masked(v)
+        // Dₖ about their π-weighted mean: B₀ is the consensus, and each Dₖ's gradient is its
+        // component's gradient minus the mixture's (πₖ·(gₖ − Σⱼ πⱼgⱼ)), so Adam normalises the
+        // differences between the components rather than the common gradient, in which they
+        // would drown.
+        let pi = self.probabilities().detach();
+        let mean = (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], true, Kind::Float);
+        self.masked((base.unsqueeze(0) + parts - mean).relu())
     }
 
     /// The component volumes at the box's resolution, `[K][N][N][N]`.
@@ -393,10 +386,10 @@ impl Generator {
     }
 
     /// The distinct volumes of one training batch of `count` volume draws (see
-    /// [`GeneratedBatch`]): the one volume (single mode, whatever `count`), the K components
-    /// (mixture; `count` must be a multiple of K, each component appearing `count / K` times in
-    /// order), or `count` volumes at α ~ U(0, 1) (libtorch's generator). `heterogeneous = false`
-    /// is the warm start: the voxel and mixture generators give their base volume B₀ alone.
+    /// [`GeneratedBatch`]): the one volume (single mode), the K components once each with
+    /// their weights (mixture), whatever `count`; or `count` volumes at α ~ U(0, 1) (libtorch's
+    /// generator). `heterogeneous = false` is the warm start: the mixture gives its base volume
+    /// B₀ alone, the voxel generator B₀ at every α.
     pub fn batch(&self, count: i64, heterogeneous: bool) -> GeneratedBatch {
         let device = self.device();
         match (self.mode, self.kind) {
@@ -414,10 +407,9 @@ impl Generator {
                 weights: None,
             },
             (Mode::Multi, GeneratorKind::Mixture) => {
-                let comps = self.components(heterogeneous);
+                let comps = self.components();
                 let k = comps.size()[0];
                 let weights = Some(self.probabilities() * k as f64);
-                let _ = count;
                 GeneratedBatch {
                     volumes: comps,
                     weights,

@@ -624,26 +624,8 @@ impl Trainer {
     ) -> (Tensor, Option<Tensor>) {
         let cfg = &self.config;
         let b = cfg.batch_size as i64;
-        let ppv = b / prepared.count;
-        let params = self.draw_params(data, tag);
-        let physics =
-            BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
-        let clean = match cfg.projector {
-            Projector::Fourier => self
-                .forward
-                .clean_from_spectra(&prepared.source, &physics, ppv),
-            Projector::RealSpace => {
-                let each = prepared
-                    .source
-                    .repeat_interleave_self_int(ppv, Some(0), None);
-                self.forward.clean(&each, &physics)
-            }
-        };
+        let (clean, weights) = self.clean_prepared(prepared, data, tag, cfg.batch_size);
         let noisy = self.add_data_noise(&clean, data);
-        let weights = prepared
-            .weights
-            .as_ref()
-            .map(|w| w.repeat_interleave_self_int(ppv, Some(0), None));
         let (images, weights) = if cfg.model.pack > 1 {
             let perm = Tensor::randperm(b, (Kind::Int64, self.device));
             (
