@@ -91,6 +91,34 @@ pub struct Args {
     /// D scores packs of this many images at once (PacGAN); 1 scores images one by one.
     #[arg(long)]
     pack: Option<usize>,
+    /// Conditional critic (mixture generator; off by default, use with --component-init 0.02):
+    /// D sees each image with its component; a classifier trained on simulated images names
+    /// the components of the real ones, and π is estimated from its outputs on the data.
+    #[arg(long, value_name = "true|false")]
+    conditional: Option<bool>,
+    /// Conditional critic: the rate of the running means (the classifier's outputs on real and
+    /// on simulated images) from which π is estimated.
+    #[arg(long, value_name = "RATE")]
+    pi_rate: Option<f64>,
+    /// Conditional critic: weight of the classifier's cross-entropy on simulated images in G's
+    /// loss (InfoGAN's term; 0: none).
+    #[arg(long, value_name = "W")]
+    classifier_weight: Option<f64>,
+    /// Standard deviation of the components' random starting differences (density units; 1e-3
+    /// by default, about 0.02 with --conditional true).
+    #[arg(long, value_name = "SIGMA")]
+    component_init: Option<f64>,
+    /// Conditional critic: the temperature (0 < T ≤ 1) of the posterior that real images'
+    /// components are drawn from when the components start, rising to 1 over --sharpen-steps.
+    #[arg(long, value_name = "T")]
+    sharpen: Option<f64>,
+    /// Generator steps after the warm start over which the temperature rises to 1.
+    #[arg(long, value_name = "STEPS")]
+    sharpen_steps: Option<u64>,
+    /// Conditional critic: order each batch by component, so that D's packs hold one
+    /// component's images.
+    #[arg(long, value_name = "true|false")]
+    sorted_packs: Option<bool>,
     /// The forward model's projector: fourier (central slices) or real-space (line integrals).
     #[arg(long, value_name = "KIND")]
     projector: Option<mcg_train::forward::Projector>,
@@ -350,6 +378,27 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     }
     if let Some(v) = args.pack {
         config.model.pack = v;
+    }
+    if let Some(v) = args.conditional {
+        config.model.conditional = v;
+    }
+    if let Some(v) = args.pi_rate {
+        config.pi_rate = v;
+    }
+    if let Some(v) = args.classifier_weight {
+        config.classifier_weight = v;
+    }
+    if let Some(v) = args.component_init {
+        config.model.component_init = v;
+    }
+    if let Some(v) = args.sharpen {
+        config.sharpen = v;
+    }
+    if let Some(v) = args.sharpen_steps {
+        config.sharpen_steps = v;
+    }
+    if let Some(v) = args.sorted_packs {
+        config.sorted_packs = v;
     }
     if let Some(v) = args.projector {
         config.projector = v;

@@ -69,6 +69,18 @@ pub struct ModelConfig {
     /// PacGAN: D scores packs of this many independent images at once (as channels), so it can
     /// see a lack of diversity among the simulated images. 1: one image at a time.
     pub pack: usize,
+    /// Conditional critic (multi mode's mixture generator only; ignored otherwise): D sees each image with its component, and a
+    /// classifier Q, trained on simulated images whose component is known, names the component
+    /// of each real image (drawn from its posterior under π). Each component is then held to
+    /// the real images that look like it, and π follows the mean posterior over the data (see
+    /// [`crate::train::TrainConfig::pi_rate`]). Without it a mixture started from one consensus
+    /// has no force that tells its components apart.
+    pub conditional: bool,
+    /// Standard deviation of the components' random starting differences (density units, on
+    /// their coarse grid). With the conditional critic use about 0.02 (a third of the Hsp90
+    /// consensus's σ), large enough that its classifier can tell the components apart at once,
+    /// so that each draws the real images that resemble it; 1e-3 (the default) otherwise.
+    pub component_init: f64,
 }
 
 /// Which generator multi mode uses.
@@ -128,17 +140,26 @@ impl Default for ModelConfig {
             component_coarsening: 2,
             leaky_slope: 0.2,
             pack: 8,
+            conditional: false,
+            component_init: 1e-3,
         }
     }
 }
 
 impl ModelConfig {
+    /// Whether D is conditional: [`ModelConfig::conditional`] with multi mode's mixture.
+    pub fn is_conditional(&self) -> bool {
+        self.conditional && self.mode == Mode::Multi && self.generator == GeneratorKind::Mixture
+    }
+
     /// The paper's model: its 3D CNN generator, D's LeakyReLU slope of 0.01, one image per score.
     pub fn paper() -> Self {
         Self {
             generator: GeneratorKind::Cnn,
             leaky_slope: 0.01,
             pack: 1,
+            conditional: false,
+            component_init: 1e-3,
             ..Self::default()
         }
     }
@@ -213,7 +234,7 @@ impl Generator {
                     &[k, coarse, coarse, coarse],
                     nn::Init::Randn {
                         mean: 0.0,
-                        stdev: 1e-3,
+                        stdev: cfg.component_init,
                     },
                 );
                 let (net, logits) = if cfg.generator == GeneratorKind::Voxel {
@@ -341,6 +362,16 @@ impl Generator {
             // difference of ln 3 ≈ 1.1, which at lr = 1e-3 would take over a thousand steps.
             Some(l) => (l * LOGIT_SCALE).softmax(0, Kind::Float),
             None => Tensor::ones([1], (Kind::Float, self.device())),
+        }
+    }
+
+    /// Sets the mixture's probabilities to `pi` `[K]` (positive, summing to 1); no-op for the
+    /// other generators.
+    pub fn set_probabilities(&mut self, pi: &Tensor) {
+        if let Some(l) = &mut self.logits {
+            tch::no_grad(|| {
+                l.copy_(&(pi.clamp_min(1e-6).log() / LOGIT_SCALE));
+            });
         }
     }
 
@@ -597,44 +628,55 @@ pub struct Discriminator {
     pack: i64,
 }
 
+/// D's and Q's 2D CNN: three strided 4×4 convolutions with LeakyReLUs and a linear layer to
+/// `outputs` scores, on inputs of `channels` planes of `n`² (consecutive rows of the input
+/// are gathered into them).
+fn critic_net(path: &nn::Path, cfg: &ModelConfig, channels: i64, outputs: i64) -> nn::Sequential {
+    let c = cfg.discriminator_channels;
+    let strided = |p: nn::Path, i: i64, o: i64| {
+        nn::conv2d(
+            p,
+            i,
+            o,
+            4,
+            nn::ConvConfig {
+                stride: 2,
+                padding: 1,
+                ..Default::default()
+            },
+        )
+    };
+    let n = cfg.box_size as i64;
+    let side = n / 8;
+    let slope = cfg.leaky_slope;
+    let act = move |x: &Tensor| x.maximum(&(x * slope));
+    nn::seq()
+        .add_fn(move |x| x.view([-1, channels, n, n]))
+        .add(strided(path / "c1", channels, c))
+        .add_fn(act)
+        .add(strided(path / "c2", c, 2 * c))
+        .add_fn(act)
+        .add(strided(path / "c3", 2 * c, 4 * c))
+        .add_fn(act)
+        .add_fn(|x| x.flatten(1, -1))
+        .add(nn::linear(
+            path / "out",
+            4 * c * side * side,
+            outputs,
+            Default::default(),
+        ))
+}
+
 impl Discriminator {
     /// Builds D for `n`² images under `path`.
     pub fn new(path: &nn::Path, cfg: &ModelConfig) -> Self {
-        let c = cfg.discriminator_channels;
-        let strided = |p: nn::Path, i: i64, o: i64| {
-            nn::conv2d(
-                p,
-                i,
-                o,
-                4,
-                nn::ConvConfig {
-                    stride: 2,
-                    padding: 1,
-                    ..Default::default()
-                },
-            )
-        };
-        let n = cfg.box_size as i64;
-        let side = n / 8;
-        let slope = cfg.leaky_slope;
         let pack = cfg.pack.max(1) as i64;
-        let act = move |x: &Tensor| x.maximum(&(x * slope));
-        let net = nn::seq()
-            .add_fn(move |x| x.view([-1, pack, n, n]))
-            .add(strided(path / "c1", pack, c))
-            .add_fn(act)
-            .add(strided(path / "c2", c, 2 * c))
-            .add_fn(act)
-            .add(strided(path / "c3", 2 * c, 4 * c))
-            .add_fn(act)
-            .add_fn(|x| x.flatten(1, -1))
-            .add(nn::linear(
-                path / "out",
-                4 * c * side * side,
-                1,
-                Default::default(),
-            ))
-            .add_fn(|x| x.squeeze_dim(1));
+        let planes = if cfg.is_conditional() {
+            1 + cfg.components as i64
+        } else {
+            1
+        };
+        let net = critic_net(path, cfg, pack * planes, 1);
         Self { net, pack }
     }
 
@@ -643,9 +685,93 @@ impl Discriminator {
         self.pack as usize
     }
 
-    /// Scores `[B / pack]` of images `[B][N][N]` (consecutive images form a pack).
+    /// Scores `[B / pack]` of images `[B][N][N]` (consecutive images form a pack), or, for a
+    /// conditional D, of images with their components' planes `[B][1 + K][N][N]` (see
+    /// [`with_components`]).
     pub fn score(&self, images: &Tensor) -> Tensor {
+        self.net.forward(images).squeeze_dim(1)
+    }
+}
+
+/// Images `[B][N][N]` with their components `[B][K]` (one-hot rows, or zeros for none) as
+/// constant planes: `[B][1 + K][N][N]`, a conditional D's input.
+pub fn with_components(images: &Tensor, components: &Tensor) -> Tensor {
+    let s = images.size();
+    let k = components.size()[1];
+    let planes = components
+        .view([s[0], k, 1, 1])
+        .expand([s[0], k, s[1], s[2]], false);
+    Tensor::cat(&[images.unsqueeze(1), planes], 1)
+}
+
+/// The classifier Q of a conditional critic (see [`ModelConfig::conditional`]): the logits
+/// `[B][K]` of an image's component, under equal prior probabilities (it is trained on
+/// balanced batches of simulated images); and the running means from which π is estimated
+/// (see [`crate::train::TrainConfig::pi_rate`]), kept with the weights.
+#[derive(Debug)]
+pub struct Classifier {
+    net: nn::Sequential,
+    /// Running mean of Q's output on real images, `[K]`.
+    real_output: Tensor,
+    /// Running mean of Q's output on simulated images of each component, `[K][K]` (row: the
+    /// output, column: the component).
+    confusion: Tensor,
+}
+
+impl Classifier {
+    /// Builds Q for `n`² images and `cfg.components` components under `path`.
+    pub fn new(path: &nn::Path, cfg: &ModelConfig) -> Self {
+        let k = cfg.components as i64;
+        let real_output = path.zeros_no_train("real_output", &[k]);
+        let confusion = path.zeros_no_train("confusion", &[k, k]);
+        tch::no_grad(|| {
+            let _ = real_output.shallow_clone().fill_(1.0 / k as f64);
+            let _ = confusion.shallow_clone().fill_(1.0 / k as f64);
+        });
+        Self {
+            net: critic_net(path, cfg, 1, k),
+            real_output,
+            confusion,
+        }
+    }
+
+    /// Component logits `[B][K]` of images `[B][N][N]`.
+    pub fn logits(&self, images: &Tensor) -> Tensor {
         self.net.forward(images)
+    }
+
+    /// Takes `rate` of this step's mean outputs on real images (`[K]`) and on simulated images
+    /// of each component (`[K][K]`) into the running means, and returns π = C⁻¹μ from them
+    /// (clipped to at least 1 %, normalised), or `None` while Q cannot yet tell the components
+    /// apart (C's mean diagonal less than 0.05 above its mean off-diagonal entry).
+    pub fn update_shift(&mut self, real: &Tensor, confusion: &Tensor, rate: f64) -> Option<Tensor> {
+        tch::no_grad(|| {
+            let keep = 1.0 - rate;
+            self.real_output
+                .copy_(&(&self.real_output * keep + real * rate));
+            self.confusion
+                .copy_(&(&self.confusion * keep + confusion * rate));
+            let k = self.confusion.size()[0];
+            let diag = self
+                .confusion
+                .diagonal(0, 0, 1)
+                .mean(Kind::Float)
+                .double_value(&[]);
+            let off = (self.confusion.sum(Kind::Float).double_value(&[]) - diag * k as f64)
+                / (k * k - k) as f64;
+            if diag - off < 0.05 {
+                return None;
+            }
+            let pi = Tensor::linalg_solve(
+                &self.confusion.to_kind(Kind::Double),
+                &self.real_output.to_kind(Kind::Double).unsqueeze(1),
+                true,
+            )
+            .squeeze_dim(1)
+            .clamp_min(0.01);
+            let pi = &pi / pi.sum(Kind::Double);
+            Some(pi.to_kind(Kind::Float))
+        })
     }
 }
 

@@ -25,7 +25,8 @@ use crate::TrainError;
 use crate::adam::Adam;
 use crate::forward::{BatchPhysics, ForwardModel, Projector};
 use crate::models::{
-    Discriminator, Generator, GeneratorKind, Mode, ModelConfig, discriminator_loss, generator_loss,
+    Classifier, Discriminator, Generator, GeneratorKind, Mode, ModelConfig, discriminator_loss,
+    generator_loss, with_components,
 };
 
 /// Every hyper-parameter of a run (written to `RUN/config.json` first; `--config` reads one).
@@ -94,6 +95,29 @@ pub struct TrainConfig {
     pub moment_radius: usize,
     /// Simulated clean images per G step for the moments.
     pub moment_batch: usize,
+    /// Conditional critic ([`ModelConfig::conditional`]): π is estimated from the classifier,
+    /// not by D's gradient, as in black-box label-shift estimation: the classifier's mean output
+    /// μ over real images is C·π, where C (its mean output on simulated images of each
+    /// component) is known, so π = C⁻¹μ, whatever the classifier's calibration. μ and C are
+    /// running means that take this fraction of each step's estimate.
+    pub pi_rate: f64,
+    /// Conditional critic: weight of the classifier's cross-entropy on the simulated images in
+    /// G's loss (InfoGAN's mutual-information term), which pushes the components to be told
+    /// apart; D holds each to the real images the classifier gives it. 0: none.
+    pub classifier_weight: f64,
+    /// Conditional critic: the temperature of the classifier's likelihoods in the posterior the
+    /// real images' components are drawn from, when the components start (0 < T ≤ 1; below 1
+    /// sharpens it, as k-means does,
+    /// so that each component gets a clearly different share of the data while they are still
+    /// alike); it rises linearly to 1 (the posterior itself) over `sharpen_steps`. π always
+    /// follows the posterior itself.
+    pub sharpen: f64,
+    /// G steps after the warm start over which the temperature rises to 1.
+    pub sharpen_steps: u64,
+    /// Conditional critic: order each batch by component, so that D's packs hold images of one
+    /// component (the simulated ones in the same order) and it can compare a component's
+    /// images with the real images drawn to it as a set.
+    pub sorted_packs: bool,
 }
 
 /// Writes the fields of `top` over those of `base`, object by object.
@@ -162,6 +186,11 @@ impl Default for TrainConfig {
             moment_weight: 0.0,
             moment_radius: 6,
             moment_batch: 256,
+            pi_rate: 0.01,
+            classifier_weight: 0.0,
+            sharpen: 0.02,
+            sharpen_steps: 1000,
+            sorted_packs: true,
         }
     }
 }
@@ -190,6 +219,9 @@ impl TrainConfig {
             blur_start_px: 0.0,
             blur_steps: 0,
             warm_steps: 0,
+            sharpen: 1.0,
+            sharpen_steps: 0,
+            sorted_packs: false,
             ..Self::default()
         }
     }
@@ -290,6 +322,28 @@ impl TrainConfig {
                     self.moment_batch
                 ));
             }
+        }
+        if self.model.is_conditional() && self.model.components < 2 {
+            return bad("model.conditional needs at least 2 model.components".into());
+        }
+        for (name, v, hi) in [
+            ("pi_rate", self.pi_rate, 1.0),
+            ("classifier_weight", self.classifier_weight, f64::INFINITY),
+            (
+                "model.component_init",
+                self.model.component_init,
+                f64::INFINITY,
+            ),
+            ("sharpen", self.sharpen, 1.0),
+        ] {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                return bad(format!(
+                    "{name} = {v}: expected a finite number from 0 to {hi}"
+                ));
+            }
+        }
+        if self.sharpen <= 0.0 {
+            return bad(format!("sharpen = {}: expected 0 < T ≤ 1", self.sharpen));
         }
         if !(self.spread.is_finite() && self.spread >= 0.0) {
             return bad(format!(
@@ -436,6 +490,10 @@ pub struct StepMetrics {
     /// The mixture generator's probabilities πₖ after this step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f64>>,
+    /// Conditional critic: the classifier's accuracy on the step's simulated images (last D
+    /// step), 1/K by chance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier_accuracy: Option<f64>,
 }
 
 /// A Multi-CryoGAN (or CryoGAN) model being trained.
@@ -446,6 +504,8 @@ pub struct Trainer {
     vs: nn::VarStore,
     g: Generator,
     d: Discriminator,
+    /// The conditional critic's classifier and its optimiser.
+    q: Option<(Classifier, Adam)>,
     opt_g: Adam,
     opt_d: Adam,
     forward: ForwardModel,
@@ -484,12 +544,23 @@ impl Trainer {
             config.beta1,
             config.beta2,
         );
+        let q = config.model.is_conditional().then(|| {
+            let q = Classifier::new(&(vs.root() / "q"), &config.model);
+            let opt = Adam::new(
+                trainable(&vs, "q."),
+                config.lr_d,
+                config.beta1,
+                config.beta2,
+            );
+            (q, opt)
+        });
         let forward = ForwardModel::new(config.model.box_size, device);
         Ok(Self {
             config,
             vs,
             g,
             d,
+            q,
             opt_g,
             opt_d,
             forward,
@@ -585,6 +656,17 @@ impl Trainer {
         }
     }
 
+    /// The temperature of the conditional critic's draws at G step `s` (see
+    /// [`TrainConfig::sharpen`]).
+    pub fn temperature_at(&self, s: u64) -> f64 {
+        let c = &self.config;
+        let since = s.saturating_sub(c.warm_steps);
+        if c.sharpen >= 1.0 || since >= c.sharpen_steps {
+            return 1.0;
+        }
+        c.sharpen + (1.0 - c.sharpen) * since as f64 / c.sharpen_steps as f64
+    }
+
     /// The Gaussian σ (pixels) of the coarse-to-fine low-pass at G step `s`.
     pub fn blur_at(&self, s: u64) -> f64 {
         let c = &self.config;
@@ -614,28 +696,88 @@ impl Trainer {
 
     /// A batch of simulated images of `prepared`'s volumes at fresh poses, CTFs, shifts and
     /// noise (streams of `tag`), low-passed by `blur`, in random order (so that PacGAN's packs
-    /// mix volumes), with each image's importance weight.
+    /// mix volumes), with each image's importance weight and the index of its volume in
+    /// `prepared` (`[B]`, int64: a mixture's component).
     fn simulate_prepared(
         &self,
         prepared: &Prepared,
         data: &DataPhysics,
         tag: u64,
         blur: f64,
-    ) -> (Tensor, Option<Tensor>) {
+    ) -> Simulated {
         let cfg = &self.config;
         let b = cfg.batch_size as i64;
         let (clean, weights) = self.clean_prepared(prepared, data, tag, cfg.batch_size);
         let noisy = self.add_data_noise(&clean, data);
-        let (images, weights) = if cfg.model.pack > 1 {
+        let labels = Tensor::arange(prepared.count, (Kind::Int64, self.device))
+            .repeat_interleave_self_int(b / prepared.count, Some(0), None);
+        let (images, weights, labels) = if cfg.model.pack > 1 {
             let perm = Tensor::randperm(b, (Kind::Int64, self.device));
             (
                 noisy.index_select(0, &perm),
                 weights.map(|w| w.index_select(0, &perm)),
+                labels.index_select(0, &perm),
             )
         } else {
-            (noisy, weights)
+            (noisy, weights, labels)
         };
-        (low_pass(&images, blur), weights)
+        Simulated {
+            images: low_pass(&images, blur),
+            weights,
+            labels,
+        }
+    }
+
+    /// Simulated images of the mixture's components `labels` (`[B]`, int64, one per image, in
+    /// that order) at fresh poses, CTFs, shifts and noise (streams of `tag`), low-passed by
+    /// `blur`: a conditional critic's simulated batch, whose components are those drawn for
+    /// the real batch.
+    fn simulate_components(
+        &self,
+        prepared: &Prepared,
+        data: &DataPhysics,
+        tag: u64,
+        blur: f64,
+        labels: &Tensor,
+    ) -> Result<Tensor, TrainError> {
+        let cfg = &self.config;
+        let order: Vec<i64> = Vec::<i64>::try_from(&labels.to_device(Device::Cpu))?;
+        let k = prepared.count as usize;
+        let clean = match cfg.projector {
+            Projector::Fourier => {
+                // The projector sees every volume at the same number of poses: each component
+                // at the largest count, of which each image takes its component's next one.
+                let mut counts = vec![0i64; k];
+                let mut pick = Vec::with_capacity(order.len());
+                let poses = {
+                    for &c in &order {
+                        counts[c as usize] += 1;
+                    }
+                    counts.iter().copied().max().unwrap_or(1).max(1)
+                };
+                let mut seen = vec![0i64; k];
+                for &c in &order {
+                    pick.push(c * poses + seen[c as usize]);
+                    seen[c as usize] += 1;
+                }
+                let params = self.draw_params_n(data, tag, k * poses as usize);
+                let physics =
+                    BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
+                let all = self
+                    .forward
+                    .clean_from_spectra(&prepared.source, &physics, poses);
+                let pick = Tensor::from_slice(&pick).to_device(self.device);
+                all.index_select(0, &pick)
+            }
+            Projector::RealSpace => {
+                let params = self.draw_params_n(data, tag, order.len());
+                let physics =
+                    BatchPhysics::new(&params, cfg.model.box_size, data.apix, cfg.ctf, self.device);
+                let each = prepared.source.index_select(0, labels);
+                self.forward.clean(&each, &physics)
+            }
+        };
+        Ok(low_pass(&self.add_data_noise(&clean, data), blur))
     }
 
     /// `count` clean images of `prepared`'s volumes (volume after volume) at poses and CTFs
@@ -727,19 +869,78 @@ impl Trainer {
         let blur = self.blur_at(s);
         let heterogeneous = s >= self.config.warm_steps;
         let pack = self.config.model.pack as i64;
+        let components = self.config.model.components as i64;
+        let b = self.config.batch_size as i64;
         let fixed = tch::no_grad(|| self.prepare(heterogeneous));
+        let log_pi = self.g.probabilities().detach().log();
+        let temperature = self.temperature_at(s);
+        let mut output_sum = Tensor::zeros([components], (Kind::Float, self.device));
+        let mut confusion_sum = Tensor::zeros([components, components], (Kind::Float, self.device));
+        let one_hot = |labels: &Tensor| labels.one_hot(components).to_kind(Kind::Float);
         let mut last = None;
+        let mut accuracy = None;
         for j in 0..k {
-            let real = low_pass(&to_tensor(&real()?, self.device), blur);
-            let (fake, weights) =
-                tch::no_grad(|| self.simulate_prepared(&fixed, data, s * (k + 1) + j, blur));
+            let mut real = low_pass(&to_tensor(&real()?, self.device), blur);
+            let tag = s * (k + 1) + j;
+            // Conditional critic: the components of the real images are drawn from the
+            // classifier's posterior under π (the posteriors' sum feeds π's update), and the
+            // simulated images are of the same components in the same order, so that both
+            // sides of every pack hold the same mix of components. Before the mixture is
+            // heterogeneous, D sees no components (zero planes).
+            let (fake, fake_weights, planes) = match &self.q {
+                Some((q, _)) if heterogeneous => {
+                    let (drawn, labels) = tch::no_grad(|| {
+                        let logits = q.logits(&real);
+                        let output = logits.softmax(1, Kind::Float);
+                        output_sum += output.sum_dim_intlist(&[0i64][..], false, Kind::Float);
+                        let sharp = (logits / temperature + &log_pi).softmax(1, Kind::Float);
+                        let labels = sharp.multinomial(1, true).squeeze_dim(1);
+                        (one_hot(&labels), labels)
+                    });
+                    let (drawn, labels) = if self.config.sorted_packs {
+                        let order = labels.argsort_stable(true, 0, false);
+                        real = real.index_select(0, &order);
+                        (
+                            drawn.index_select(0, &order),
+                            labels.index_select(0, &order),
+                        )
+                    } else {
+                        (drawn, labels)
+                    };
+                    let images = tch::no_grad(|| {
+                        self.simulate_components(&fixed, data, tag, blur, &labels)
+                    })?;
+                    let planes = Some((drawn.shallow_clone(), drawn));
+                    (
+                        Simulated {
+                            images,
+                            weights: None,
+                            labels,
+                        },
+                        None,
+                        planes,
+                    )
+                }
+                Some(_) => {
+                    let fake = tch::no_grad(|| self.simulate_prepared(&fixed, data, tag, blur));
+                    let none = Tensor::zeros([b, components], (Kind::Float, self.device));
+                    let weights = fake.weights.as_ref().map(|w| w.shallow_clone());
+                    (fake, weights, Some((none.shallow_clone(), none)))
+                }
+                None => {
+                    let fake = tch::no_grad(|| self.simulate_prepared(&fixed, data, tag, blur));
+                    let weights = fake.weights.as_ref().map(|w| w.shallow_clone());
+                    (fake, weights, None)
+                }
+            };
             let eps = Tensor::rand([real.size()[0] / pack], (Kind::Float, self.device));
             self.opt_d.zero_grad();
             let (loss, wass, pen) = fused_discriminator_loss(
                 &self.d,
                 &real,
-                &fake,
-                weights.as_ref(),
+                &fake.images,
+                fake_weights.as_ref(),
+                planes.as_ref().map(|(r, f)| (r, f)),
                 &eps,
                 self.config.gp_lambda,
             );
@@ -749,23 +950,94 @@ impl Trainer {
                 &[loss.detach(), wass.detach(), pen.detach()],
                 0,
             ));
+            // Q learns on a balanced batch (equal prior probabilities).
+            let balanced = (heterogeneous && self.q.is_some()).then(|| {
+                tch::no_grad(|| self.simulate_prepared(&fixed, data, u64::MAX / 4 + tag, blur))
+            });
+            if let (Some(fake), Some((q, opt))) = (balanced, self.q.as_mut()) {
+                opt.zero_grad();
+                let logits = q.logits(&fake.images);
+                // C[i][j]: the mean output i on images of component j (balanced: B/K each).
+                confusion_sum += tch::no_grad(|| {
+                    logits
+                        .softmax(1, Kind::Float)
+                        .transpose(0, 1)
+                        .matmul(&one_hot(&fake.labels))
+                        * (components as f64 / b as f64)
+                });
+                let ce = logits.cross_entropy_for_logits(&fake.labels);
+                ce.backward();
+                opt.step();
+                accuracy = Some(
+                    logits
+                        .argmax(1, false)
+                        .eq_tensor(&fake.labels)
+                        .to_kind(Kind::Float)
+                        .mean(Kind::Float)
+                        .detach(),
+                );
+            }
         }
-        // The G step: D's weights need no gradient.
-        let d_vars = trainable(&self.vs, "d.");
-        for (_, t) in &d_vars {
+        // The G step: D's (and Q's) weights need no gradient.
+        let frozen: Vec<(String, Tensor)> = trainable(&self.vs, "d.")
+            .into_iter()
+            .chain(trainable(&self.vs, "q."))
+            .collect();
+        for (_, t) in &frozen {
             let _ = t.set_requires_grad(false);
         }
         let prepared = self.prepare(heterogeneous);
-        let (fake, weights) = self.simulate_prepared(&prepared, data, s * (k + 1) + k, blur);
+        let conditional = self.q.is_some();
+        let (fake, scores, weights) = if conditional && heterogeneous {
+            // Components drawn from π, as the D steps' real ones are on average; π itself
+            // follows the classifier (below), not D's gradient.
+            let pi = self.g.probabilities().detach();
+            let labels = pi
+                .unsqueeze(0)
+                .expand([b, components], false)
+                .multinomial(1, true)
+                .squeeze_dim(1);
+            let images =
+                self.simulate_components(&prepared, data, s * (k + 1) + k, blur, &labels)?;
+            let scores = self.d.score(&with_components(&images, &one_hot(&labels)));
+            (
+                Simulated {
+                    images,
+                    weights: None,
+                    labels,
+                },
+                scores,
+                None,
+            )
+        } else {
+            let fake = self.simulate_prepared(&prepared, data, s * (k + 1) + k, blur);
+            let scores = if conditional {
+                let none = Tensor::zeros([b, components], (Kind::Float, self.device));
+                self.d.score(&with_components(&fake.images, &none))
+            } else {
+                self.d.score(&fake.images)
+            };
+            let weights = fake.weights.as_ref().map(|w| w.shallow_clone());
+            (fake, scores, weights)
+        };
         self.opt_g.zero_grad();
-        let g_loss = -weighted_mean(&self.d.score(&fake), weights.as_ref(), pack);
+        let g_loss = -weighted_mean(&scores, weights.as_ref(), pack);
         let moment = self.moment_loss(&prepared, data, u64::MAX / 2 + s);
-        let total = match &moment {
+        let mut total = match &moment {
             Some(m) => &g_loss + m,
             None => g_loss.shallow_clone(),
         };
+        if let Some((q, _)) = &self.q
+            && heterogeneous
+            && self.config.classifier_weight > 0.0
+        {
+            let ce = q
+                .logits(&fake.images)
+                .cross_entropy_for_logits(&fake.labels);
+            total += ce * self.config.classifier_weight;
+        }
         total.backward();
-        for (_, t) in &d_vars {
+        for (_, t) in &frozen {
             let _ = t.set_requires_grad(true);
         }
         if heterogeneous {
@@ -773,10 +1045,23 @@ impl Trainer {
         }
         self.opt_g.step();
         self.g.project_constraints();
+        if conditional && heterogeneous {
+            let (q, _) = self.q.as_mut().expect("conditional");
+            let mean = output_sum / (b * k as i64) as f64;
+            if let Some(pi) =
+                q.update_shift(&mean, &(confusion_sum / k as f64), self.config.pi_rate)
+            {
+                self.g.set_probabilities(&pi);
+            }
+        }
         self.step += 1;
         let probs = self.g.probabilities().detach().to_kind(Kind::Double);
         let moment_value = match &moment {
             Some(m) => m.detach().to_kind(Kind::Double).unsqueeze(0),
+            None => Tensor::zeros([1], (Kind::Double, self.device)),
+        };
+        let accuracy_value = match &accuracy {
+            Some(a) => a.to_kind(Kind::Double).unsqueeze(0),
             None => Tensor::zeros([1], (Kind::Double, self.device)),
         };
         let values = Tensor::cat(
@@ -784,6 +1069,7 @@ impl Trainer {
                 last.expect("k ≥ 1").to_kind(Kind::Double),
                 g_loss.detach().to_kind(Kind::Double).unsqueeze(0),
                 moment_value,
+                accuracy_value,
                 probs,
             ],
             0,
@@ -803,7 +1089,8 @@ impl Trainer {
             gradient_penalty: gp,
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
             moment_loss: moment.is_some().then_some(values[4]),
-            probabilities: mixture.then(|| values[5..].to_vec()),
+            classifier_accuracy: accuracy.is_some().then_some(values[5]),
+            probabilities: mixture.then(|| values[6..].to_vec()),
         })
     }
 
@@ -863,6 +1150,7 @@ impl Trainer {
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
             moment_loss: None,
             probabilities: None,
+            classifier_accuracy: None,
         })
     }
 
@@ -875,7 +1163,11 @@ impl Trainer {
             .into_iter()
             .map(|(k, t)| (format!("model.{k}"), t.detach().to_device(Device::Cpu)))
             .collect();
-        for (prefix, opt) in [("opt_g", &self.opt_g), ("opt_d", &self.opt_d)] {
+        let opt_q = self.q.as_ref().map(|(_, o)| ("opt_q", o));
+        for (prefix, opt) in [("opt_g", &self.opt_g), ("opt_d", &self.opt_d)]
+            .into_iter()
+            .chain(opt_q)
+        {
             for (k, t) in opt.state() {
                 named.push((format!("{prefix}.{k}"), t.to_device(Device::Cpu)));
             }
@@ -934,7 +1226,11 @@ impl Trainer {
             }
             Ok(())
         })?;
-        for (prefix, opt) in [("opt_g.", &mut self.opt_g), ("opt_d.", &mut self.opt_d)] {
+        let opt_q = self.q.as_mut().map(|(_, o)| ("opt_q.", o));
+        for (prefix, opt) in [("opt_g.", &mut self.opt_g), ("opt_d.", &mut self.opt_d)]
+            .into_iter()
+            .chain(opt_q)
+        {
             let state: BTreeMap<String, Tensor> = tensors
                 .iter()
                 .filter_map(|(k, t)| {
@@ -1108,6 +1404,13 @@ struct Prepared {
     count: i64,
 }
 
+/// A batch of simulated images with their importance weights and volume indices.
+struct Simulated {
+    images: Tensor,
+    weights: Option<Tensor>,
+    labels: Tensor,
+}
+
 /// Images `[B][N][N]` low-passed by a Gaussian of σ `sigma` pixels (circularly, through the
 /// 2D transform); unchanged when σ ≤ 0.
 pub fn low_pass(images: &Tensor, sigma: f64) -> Tensor {
@@ -1140,13 +1443,16 @@ fn weighted_mean(scores: &Tensor, weights: Option<&Tensor>, pack: i64) -> Tensor
 /// The WGAN-GP loss of D with real, simulated and interpolated images scored in one pass
 /// (D has no batch statistics, so this equals three passes): E_w[D(fake)] − E[D(real)] +
 /// λ·E[(‖∇D(x̂)‖ − 1)²], over packs of `D::pack()` images, `eps` `[B / pack]` one per pack,
-/// the fake mean weighted by the importance weights. Returns (loss, Wasserstein estimate,
-/// penalty).
+/// the fake mean weighted by the importance weights. A conditional D gets each image's
+/// component (`components`: real and fake, `[B][K]`, as constant planes beside the image; see
+/// [`with_components`]).
+/// Returns (loss, Wasserstein estimate, penalty).
 pub fn fused_discriminator_loss(
     d: &Discriminator,
     real: &Tensor,
     fake: &Tensor,
     fake_weights: Option<&Tensor>,
+    components: Option<(&Tensor, &Tensor)>,
     eps: &Tensor,
     lambda: f64,
 ) -> (Tensor, Tensor, Tensor) {
@@ -1157,16 +1463,29 @@ pub fn fused_discriminator_loss(
         .view([packs, 1, 1, 1])
         .expand([packs, pack, 1, 1], false)
         .reshape([size[0], 1, 1]);
+    // A conditional D's input is the image with its component planes; the interpolation and
+    // the penalty's gradient are taken over both, so that D is Lipschitz in the component too
+    // (otherwise it can score a pack's mix of components without bound).
+    let (real_in, fake_in) = match components {
+        None => (real.shallow_clone(), fake.shallow_clone()),
+        Some((cr, cf)) => (with_components(real, cr), with_components(fake, cf)),
+    };
+    let e = match components {
+        None => e,
+        Some(_) => e.unsqueeze(1),
+    };
     let rest = -&e + 1.0;
-    let interp = (real * &e + fake * rest).detach().set_requires_grad(true);
-    let all = Tensor::cat(&[real, fake, &interp], 0);
+    let interp = (&real_in * &e + &fake_in * rest)
+        .detach()
+        .set_requires_grad(true);
+    let all = Tensor::cat(&[&real_in, &fake_in, &interp], 0);
     let scores = d.score(&all);
     let s_real = scores.narrow(0, 0, packs);
     let s_fake = scores.narrow(0, packs, packs);
     let s_interp = scores.narrow(0, 2 * packs, packs);
     let grads = Tensor::run_backward(&[s_interp.sum(Kind::Float)], &[&interp], true, true);
     let norms = grads[0]
-        .view([packs, -1])
+        .reshape([packs, -1])
         .norm_scalaropt_dim(2, [1i64], false);
     let penalty = (norms - 1.0).square().mean(Kind::Float);
     let wasserstein = s_real.mean(Kind::Float) - weighted_mean(&s_fake, fake_weights, pack);
@@ -1229,18 +1548,29 @@ mod tests {
         }
     }
 
-    /// An asymmetric pair of blobs in a 16³ box.
-    fn truth(n: usize) -> Volume {
+    /// Gaussian blobs (centre about the box's centre, σ, weight) in an `n`³ box.
+    fn blobs(n: usize, blobs: &[([f64; 3], f64, f64)]) -> Volume {
         let c = (n / 2) as f64;
         let data = ndarray::Array3::from_shape_fn((n, n, n), |(z, y, x)| {
             let r = [x as f64 - c, y as f64 - c, z as f64 - c];
-            let blob = |p: [f64; 3], s: f64| {
-                let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
-                (-d2 / (2.0 * s * s)).exp()
-            };
-            (blob([0.0, 0.0, 0.0], 2.0) + 0.7 * blob([3.5, 0.0, 0.0], 1.5)) as f32
+            let density: f64 = blobs
+                .iter()
+                .map(|&(p, s, w)| {
+                    let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
+                    w * (-d2 / (2.0 * s * s)).exp()
+                })
+                .sum();
+            density as f32
         });
         Volume::new(data, 5.0).unwrap()
+    }
+
+    /// An asymmetric pair of blobs in a 16³ box.
+    fn truth(n: usize) -> Volume {
+        blobs(
+            n,
+            &[([0.0, 0.0, 0.0], 2.0, 1.0), ([3.5, 0.0, 0.0], 1.5, 0.7)],
+        )
     }
 
     /// The mass of a volume in spherical shells about its centre, radii 0 … N/2 (a
@@ -1320,17 +1650,17 @@ mod tests {
         let fake = Tensor::randn([6, 16, 16], (Kind::Float, Device::Cpu)) * 0.5;
         let eps = Tensor::rand([6], (Kind::Float, Device::Cpu));
         let (a, wa, pa) = discriminator_loss(&d, &real, &fake, &eps, 10.0);
-        let (b, wb, pb) = fused_discriminator_loss(&d, &real, &fake, None, &eps, 10.0);
+        let (b, wb, pb) = fused_discriminator_loss(&d, &real, &fake, None, None, &eps, 10.0);
         for (x, y) in [(a, b), (wa, wb.shallow_clone()), (pa, pb)] {
             let (x, y) = (x.double_value(&[]), y.double_value(&[]));
             assert!((x - y).abs() < 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
         }
         // Weights of 1 change nothing; weights scale each fake's score.
         let ones = Tensor::ones([6], (Kind::Float, Device::Cpu));
-        let (_, w1, _) = fused_discriminator_loss(&d, &real, &fake, Some(&ones), &eps, 10.0);
+        let (_, w1, _) = fused_discriminator_loss(&d, &real, &fake, Some(&ones), None, &eps, 10.0);
         assert!((w1.double_value(&[]) - wb.double_value(&[])).abs() < 1e-6);
         let w = Tensor::from_slice(&[2.0f32, 0.0, 1.0, 1.0, 0.5, 1.5]);
-        let (_, w2, _) = fused_discriminator_loss(&d, &real, &fake, Some(&w), &eps, 10.0);
+        let (_, w2, _) = fused_discriminator_loss(&d, &real, &fake, Some(&w), None, &eps, 10.0);
         let want = d.score(&real).mean(Kind::Float) - (d.score(&fake) * &w).mean(Kind::Float);
         assert!((w2.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
     }
@@ -1367,7 +1697,18 @@ mod tests {
         assert_eq!(today.model.generator, GeneratorKind::Mixture);
         // With a "step", nothing is filled in from the paper.
         let new = serde_json::json!({"step": "fast", "batch_size": 8});
-        assert_eq!(TrainConfig::from_run_json(new).unwrap().model.pack, 8);
+        let fast = TrainConfig::from_run_json(new).unwrap();
+        assert_eq!(fast.model.pack, 8);
+        // A fast run made before the conditional critic existed had none, as today's default.
+        assert!(!fast.model.conditional);
+        assert_eq!(fast.model.component_init, 1e-3);
+        let on = serde_json::json!({"step": "fast", "model": {"conditional": true}});
+        assert!(
+            TrainConfig::from_run_json(on)
+                .unwrap()
+                .model
+                .is_conditional()
+        );
         // Round trip.
         let d = TrainConfig::default();
         let back = TrainConfig::from_run_json(serde_json::to_value(&d).unwrap()).unwrap();
@@ -1587,5 +1928,94 @@ mod tests {
                 "{recipe}: profile distance after training: {after}"
             );
         }
+    }
+
+    /// A dumbbell: the central blob of [`truth`] with a satellite on each side.
+    fn dumbbell(n: usize) -> Volume {
+        blobs(
+            n,
+            &[
+                ([0.0, 0.0, 0.0], 2.0, 1.0),
+                ([0.0, 5.0, 0.0], 1.5, 0.7),
+                ([0.0, -5.0, 0.0], 1.5, 0.7),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_conditional_mixture_started_at_the_states_learns_their_proportions() {
+        // 20 % of the images show `truth`, 80 % the dumbbell, with noise. Started at the two
+        // states with π = 50 / 50, the classifier learns to tell their simulated images apart
+        // and π = C⁻¹μ follows from its outputs on the data.
+        let n = 16;
+        let states = [truth(n), dumbbell(n)];
+        let count = 500;
+        let params: Vec<ImagingParams> = (0..count)
+            .map(|i| RandomImaging::default().draw(21, i as u64))
+            .collect();
+        let mut images = Array3::zeros((count, n, n));
+        let first = count / 5;
+        for (k, range) in [(0, 0..first), (1, first..count)] {
+            Simulator::new(&states[k], ProjectorKind::RealSpace).clean(
+                &params[range.clone()],
+                false,
+                images.slice_mut(ndarray::s![range, .., ..]),
+            );
+        }
+        let noise = m_images(&Array3::zeros((1, n, n)), count, 1.0, 4);
+        images += &noise;
+        let source: Arc<dyn ImageSource> = Arc::new(Memory(images));
+        let config = TrainConfig {
+            model: ModelConfig {
+                box_size: n,
+                discriminator_channels: 8,
+                component_coarsening: 1,
+                pack: 2,
+                conditional: true,
+                ..ModelConfig::default()
+            },
+            batch_size: 16,
+            poses_per_volume: 4,
+            d_steps: 2,
+            ctf: false,
+            warm_steps: 0,
+            blur_start_px: 0.0,
+            sharpen: 1.0,
+            pi_rate: 0.05,
+            seed: 2,
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::new(config, Device::Cpu).unwrap();
+        let maps: Vec<Tensor> = states
+            .iter()
+            .map(|v| {
+                let d: Vec<f32> = v.data().iter().copied().collect();
+                Tensor::from_slice(&d).view([n as i64, n as i64, n as i64])
+            })
+            .collect();
+        trainer.init_volumes(&Tensor::stack(&maps, 0)).unwrap();
+        let data = DataPhysics {
+            particles: params,
+            apix: 5.0,
+            noise_sigma: 1.0,
+            noise_patches: None,
+        };
+        let feed = Prefetcher::start(source, 16, 2, 0);
+        let mut last = None;
+        for _ in 0..150 {
+            last = Some(trainer.train_step(&data, &mut || feed.next()).unwrap());
+        }
+        let last = last.unwrap();
+        let pi = last.probabilities.unwrap();
+        eprintln!(
+            "π = {pi:?}, classifier accuracy {:?}",
+            last.classifier_accuracy
+        );
+        assert!(
+            (pi[0] - 0.2).abs() < 0.08,
+            "π = {pi:?}, expected about 0.2 / 0.8"
+        );
+        // Above chance (measured 0.69 on the last 16-image batch).
+        assert!(last.classifier_accuracy.unwrap() > 0.5);
     }
 }

@@ -97,6 +97,7 @@ fn resumes_exactly(dir: &Path, star: &Path, config: &str) -> (Vec<Value>, Vec<Va
             "wasserstein",
             "gradient_penalty",
             "probabilities",
+            "classifier_accuracy",
         ] {
             assert_eq!(a[key], b[key], "step {}: {key}", a["step"]);
         }
@@ -145,6 +146,44 @@ fn the_default_recipe_resumes_exactly_across_its_warm_start_and_blur() {
         vec![0.5, 0.5],
         "the probabilities learn after the warm start"
     );
+}
+
+/// [`SMALL_DEFAULT`] with the conditional critic, its sharpened draws ending within the four
+/// steps.
+pub const SMALL_CONDITIONAL: &str = r#"{
+  "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
+             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2, "conditional": true,
+             "component_init": 0.02 },
+  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
+  "warm_steps": 1, "blur_start_px": 1.5, "blur_steps": 3, "lr_d": 1e-3, "pi_rate": 0.2,
+  "sharpen": 0.1, "sharpen_steps": 2, "sorted_packs": true
+}"#;
+
+#[test]
+fn the_conditional_critic_resumes_exactly_and_logs_its_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let (m, _) = resumes_exactly(dir.path(), &star, SMALL_CONDITIONAL);
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("straight/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["train"]["model"]["conditional"], true);
+    // No classifier during the warm start; then its accuracy on each step's simulated images.
+    // (That π follows the classifier is the unit test
+    // a_conditional_mixture_started_at_the_states_learns_their_proportions.)
+    assert!(m[0].get("classifier_accuracy").is_none(), "{}", m[0]);
+    for line in &m[1..] {
+        let a = line["classifier_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{line}");
+        let p: f64 = line["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-6, "{line}");
+    }
 }
 
 #[test]
