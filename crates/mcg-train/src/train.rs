@@ -989,14 +989,20 @@ impl Trainer {
         let prepared = self.prepare(heterogeneous);
         let conditional = self.q.is_some();
         let (fake, scores, weights) = if conditional && heterogeneous {
-            // Components drawn from π, as the D steps' real ones are on average; π itself
-            // follows the classifier (below), not D's gradient.
+            // Components drawn from π, as the D steps' real ones are on average (and in
+            // order, as theirs are, with sorted packs); π itself follows the classifier
+            // (below), not D's gradient.
             let pi = self.g.probabilities().detach();
             let labels = pi
                 .unsqueeze(0)
                 .expand([b, components], false)
                 .multinomial(1, true)
                 .squeeze_dim(1);
+            let labels = if self.config.sorted_packs {
+                labels.sort(0, false).0
+            } else {
+                labels
+            };
             let images =
                 self.simulate_components(&prepared, data, s * (k + 1) + k, blur, &labels)?;
             let scores = self.d.score(&with_components(&images, &one_hot(&labels)));
