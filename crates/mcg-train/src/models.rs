@@ -69,12 +69,12 @@ pub struct ModelConfig {
     /// PacGAN: D scores packs of this many independent images at once (as channels), so it can
     /// see a lack of diversity among the simulated images. 1: one image at a time.
     pub pack: usize,
-    /// Conditional critic (multi mode's mixture generator only; ignored otherwise): D sees each image with its component, and a
-    /// classifier Q, trained on simulated images whose component is known, names the component
-    /// of each real image (drawn from its posterior under π). Each component is then held to
-    /// the real images that look like it, and π follows the mean posterior over the data (see
-    /// [`crate::train::TrainConfig::pi_rate`]). Without it a mixture started from one consensus
-    /// has no force that tells its components apart.
+    /// Conditional critic (multi mode's mixture generator only; ignored otherwise): D sees each
+    /// image with its component, and a classifier Q, trained on simulated images whose
+    /// component is known, names the component of each real image (drawn from its posterior
+    /// under π). Each component is then held to the real images that look like it, and π is
+    /// estimated from Q's outputs on the data (see [`crate::train::TrainConfig::pi_rate`]).
+    /// Without it nothing tells apart a mixture's components that start alike.
     pub conditional: bool,
     /// Standard deviation of the components' random starting differences (density units, on
     /// their coarse grid). With the conditional critic use about 0.02 (a third of the Hsp90

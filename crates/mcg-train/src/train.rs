@@ -107,10 +107,9 @@ pub struct TrainConfig {
     pub classifier_weight: f64,
     /// Conditional critic: the temperature of the classifier's likelihoods in the posterior the
     /// real images' components are drawn from, when the components start (0 < T ≤ 1; below 1
-    /// sharpens it, as k-means does,
-    /// so that each component gets a clearly different share of the data while they are still
-    /// alike); it rises linearly to 1 (the posterior itself) over `sharpen_steps`. π always
-    /// follows the posterior itself.
+    /// sharpens it, as k-means does, so that each component gets a clearly different share of
+    /// the data while they are still alike); it rises linearly to 1 (the posterior itself) over
+    /// `sharpen_steps`. π's estimate (see `pi_rate`) does not use it.
     pub sharpen: f64,
     /// G steps after the warm start over which the temperature rises to 1.
     pub sharpen_steps: u64,
@@ -334,7 +333,6 @@ impl TrainConfig {
                 self.model.component_init,
                 f64::INFINITY,
             ),
-            ("sharpen", self.sharpen, 1.0),
         ] {
             if !(v.is_finite() && (0.0..=hi).contains(&v)) {
                 return bad(format!(
@@ -342,7 +340,7 @@ impl TrainConfig {
                 ));
             }
         }
-        if self.sharpen <= 0.0 {
+        if !(self.sharpen > 0.0 && self.sharpen <= 1.0) {
             return bad(format!("sharpen = {}: expected 0 < T ≤ 1", self.sharpen));
         }
         if !(self.spread.is_finite() && self.spread >= 0.0) {
@@ -748,14 +746,12 @@ impl Trainer {
                 // The projector sees every volume at the same number of poses: each component
                 // at the largest count, of which each image takes its component's next one.
                 let mut counts = vec![0i64; k];
-                let mut pick = Vec::with_capacity(order.len());
-                let poses = {
-                    for &c in &order {
-                        counts[c as usize] += 1;
-                    }
-                    counts.iter().copied().max().unwrap_or(1).max(1)
-                };
+                for &c in &order {
+                    counts[c as usize] += 1;
+                }
+                let poses = counts.iter().copied().max().unwrap_or(1).max(1);
                 let mut seen = vec![0i64; k];
+                let mut pick = Vec::with_capacity(order.len());
                 for &c in &order {
                     pick.push(c * poses + seen[c as usize]);
                     seen[c as usize] += 1;
@@ -877,39 +873,37 @@ impl Trainer {
         let mut output_sum = Tensor::zeros([components], (Kind::Float, self.device));
         let mut confusion_sum = Tensor::zeros([components, components], (Kind::Float, self.device));
         let one_hot = |labels: &Tensor| labels.one_hot(components).to_kind(Kind::Float);
+        let no_components = || Tensor::zeros([b, components], (Kind::Float, self.device));
         let mut last = None;
         let mut accuracy = None;
         for j in 0..k {
             let mut real = low_pass(&to_tensor(&real()?, self.device), blur);
             let tag = s * (k + 1) + j;
             // Conditional critic: the components of the real images are drawn from the
-            // classifier's posterior under π (the posteriors' sum feeds π's update), and the
+            // classifier's posterior under π (its plain outputs feed π's estimate), and the
             // simulated images are of the same components in the same order, so that both
             // sides of every pack hold the same mix of components. Before the mixture is
             // heterogeneous, D sees no components (zero planes).
             let (fake, fake_weights, planes) = match &self.q {
                 Some((q, _)) if heterogeneous => {
-                    let (drawn, labels) = tch::no_grad(|| {
+                    let labels = tch::no_grad(|| {
                         let logits = q.logits(&real);
                         let output = logits.softmax(1, Kind::Float);
                         output_sum += output.sum_dim_intlist(&[0i64][..], false, Kind::Float);
                         let sharp = (logits / temperature + &log_pi).softmax(1, Kind::Float);
-                        let labels = sharp.multinomial(1, true).squeeze_dim(1);
-                        (one_hot(&labels), labels)
+                        sharp.multinomial(1, true).squeeze_dim(1)
                     });
-                    let (drawn, labels) = if self.config.sorted_packs {
+                    let labels = if self.config.sorted_packs {
                         let order = labels.argsort_stable(true, 0, false);
                         real = real.index_select(0, &order);
-                        (
-                            drawn.index_select(0, &order),
-                            labels.index_select(0, &order),
-                        )
+                        labels.index_select(0, &order)
                     } else {
-                        (drawn, labels)
+                        labels
                     };
                     let images = tch::no_grad(|| {
                         self.simulate_components(&fixed, data, tag, blur, &labels)
                     })?;
+                    let drawn = one_hot(&labels);
                     let planes = Some((drawn.shallow_clone(), drawn));
                     (
                         Simulated {
@@ -921,16 +915,14 @@ impl Trainer {
                         planes,
                     )
                 }
-                Some(_) => {
-                    let fake = tch::no_grad(|| self.simulate_prepared(&fixed, data, tag, blur));
-                    let none = Tensor::zeros([b, components], (Kind::Float, self.device));
-                    let weights = fake.weights.as_ref().map(|w| w.shallow_clone());
-                    (fake, weights, Some((none.shallow_clone(), none)))
-                }
-                None => {
+                _ => {
                     let fake = tch::no_grad(|| self.simulate_prepared(&fixed, data, tag, blur));
                     let weights = fake.weights.as_ref().map(|w| w.shallow_clone());
-                    (fake, weights, None)
+                    let planes = self.q.is_some().then(|| {
+                        let none = no_components();
+                        (none.shallow_clone(), none)
+                    });
+                    (fake, weights, planes)
                 }
             };
             let eps = Tensor::rand([real.size()[0] / pack], (Kind::Float, self.device));
@@ -1018,8 +1010,8 @@ impl Trainer {
         } else {
             let fake = self.simulate_prepared(&prepared, data, s * (k + 1) + k, blur);
             let scores = if conditional {
-                let none = Tensor::zeros([b, components], (Kind::Float, self.device));
-                self.d.score(&with_components(&fake.images, &none))
+                self.d
+                    .score(&with_components(&fake.images, &no_components()))
             } else {
                 self.d.score(&fake.images)
             };
