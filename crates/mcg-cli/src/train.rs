@@ -85,6 +85,34 @@ pub struct Args {
     /// low-frequency Fourier coefficients against the data's (0: off).
     #[arg(long)]
     moment_weight: Option<f64>,
+    /// Weight of the invariant-distribution term of G's loss: the energy distance between the
+    /// data's and the simulated images' distributions of rotation-invariant features (ring
+    /// power spectrum, radial profile); 0: off.
+    #[arg(long)]
+    invariant_weight: Option<f64>,
+    /// Mixture: when the warm start ends, start the components as the consensus dilated by
+    /// 1 − D ..= 1 + D about the box centre (a split along the particle's extent); 0: their
+    /// small random start.
+    #[arg(long, value_name = "D")]
+    split_dilation: Option<f64>,
+    /// For this many G steps after the warm start only the mixture's components and π learn,
+    /// from the invariant term alone (needs --invariant-weight); 0: none.
+    #[arg(long, value_name = "STEPS")]
+    invariant_only_steps: Option<u64>,
+    /// Mixture, unconditional D: π from a classifier of the components (π = C⁻¹μ, as the
+    /// conditional critic's) instead of D's gradient.
+    #[arg(long, value_name = "true|false")]
+    pi_classifier: Option<bool>,
+    /// π follows the classifier only while it tells the components apart by at least this
+    /// (C's mean diagonal less its mean off-diagonal entry; default 0.05).
+    #[arg(long, value_name = "S")]
+    pi_separation: Option<f64>,
+    /// How π is estimated when not by D's gradient: with --pi-classifier or the conditional
+    /// critic, `shift` (π = C⁻¹μ, black-box label-shift estimation) or `em` (π moves to the
+    /// mean posterior of the real images); or `invariant` (no classifier: π minimises the
+    /// energy distance of the invariant features, from running means of its terms).
+    #[arg(long, value_name = "shift|em")]
+    pi_estimator: Option<mcg_train::train::PiEstimator>,
     /// Spreading pressure on the components, relative to the GAN's gradient (0: none).
     #[arg(long)]
     spread: Option<f64>,
@@ -372,6 +400,24 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     }
     if let Some(v) = args.moment_weight {
         config.moment_weight = v;
+    }
+    if let Some(v) = args.invariant_weight {
+        config.invariant_weight = v;
+    }
+    if let Some(v) = args.split_dilation {
+        config.split_dilation = v;
+    }
+    if let Some(v) = args.invariant_only_steps {
+        config.invariant_only_steps = v;
+    }
+    if let Some(v) = args.pi_classifier {
+        config.pi_classifier = v;
+    }
+    if let Some(v) = args.pi_separation {
+        config.pi_separation = v;
+    }
+    if let Some(v) = args.pi_estimator {
+        config.pi_estimator = v;
     }
     if let Some(v) = args.spread {
         config.spread = v;

@@ -6,6 +6,7 @@
 pub mod adam;
 pub mod device;
 pub mod forward;
+pub mod invariant;
 pub mod models;
 pub mod run;
 pub mod train;

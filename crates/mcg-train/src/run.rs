@@ -101,6 +101,14 @@ pub fn run(
             config.moment_radius,
         )?);
     }
+    if config.invariant_weight > 0.0 || config.pi_estimator == crate::train::PiEstimator::Invariant
+    {
+        // The data's invariant features, of its first 100,000 images (deterministic).
+        trainer.set_invariant(crate::invariant::InvariantFeatures::from_source(
+            data.images.as_ref(),
+            100_000,
+        )?);
+    }
     if opts.resume {
         let ckpt = checkpoint_path(&opts.out);
         if !ckpt.is_file() {

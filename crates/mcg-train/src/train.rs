@@ -24,6 +24,9 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::TrainError;
 use crate::adam::Adam;
 use crate::forward::{BatchPhysics, ForwardModel, Projector};
+use crate::invariant::{
+    InvariantFeatures, component_distances, energy_distance, quadratic_simplex_minimum,
+};
 use crate::models::{
     Classifier, Discriminator, Generator, GeneratorKind, Mode, ModelConfig, discriminator_loss,
     generator_loss, with_components,
@@ -81,6 +84,10 @@ pub struct TrainConfig {
     /// Warm start: for this many G steps the voxel and mixture generators learn their base
     /// volume alone (a single-volume consensus), then their components.
     pub warm_steps: u64,
+    /// When the warm start ends, the mixture's components start as the consensus dilated by
+    /// factors 1 − d ..= 1 + d about the box centre (see [`Generator::split_by_dilation`])
+    /// instead of their random start. 0: off.
+    pub split_dilation: f64,
     /// Spreading pressure on the components of the voxel and mixture generators, relative to
     /// the GAN's gradient (see [`Generator::spread`]); 0: none.
     pub spread: f64,
@@ -95,12 +102,44 @@ pub struct TrainConfig {
     pub moment_radius: usize,
     /// Simulated clean images per G step for the moments.
     pub moment_batch: usize,
+    /// Weight of the invariant-distribution term of G's loss (see [`crate::invariant`]): the
+    /// energy distance between the data's and the simulated noisy images' distributions of
+    /// rotation-invariant features (ring power spectrum, radial profile). Pose-free and
+    /// clustering-free; unlike the moments it sees the spread of the data's images, which a
+    /// mixture of conformations widens. 0: off (fast step only).
+    pub invariant_weight: f64,
+    /// Simulated images per G step for the invariant term (rounded down to a multiple of the
+    /// step's volumes).
+    pub invariant_batch: usize,
+    /// Data images (features computed once at the start) drawn per G step for the invariant
+    /// term.
+    pub invariant_reference: usize,
+    /// For this many G steps after the warm start, G's loss is the invariant term alone and
+    /// only the mixture's components and probabilities learn (the consensus is held; D keeps
+    /// training): a split of the consensus guided by the pose-free statistics alone, before
+    /// the GAN refines it. 0: none.
+    pub invariant_only_steps: u64,
     /// Conditional critic ([`ModelConfig::conditional`]): π is estimated from the classifier,
     /// not by D's gradient, as in black-box label-shift estimation: the classifier's mean output
     /// μ over real images is C·π, where C (its mean output on simulated images of each
     /// component) is known, so π = C⁻¹μ, whatever the classifier's calibration. μ and C are
     /// running means that take this fraction of each step's estimate.
     pub pi_rate: f64,
+    /// The unconditional mixture's π from a classifier, as the conditional critic's is (see
+    /// `pi_rate`): a classifier Q learns the components of simulated images, and π follows its
+    /// outputs on the real images (see `pi_estimator`) instead of D's gradient, which hardly
+    /// sees the proportions at low SNR. D stays unconditional. Implied by
+    /// [`ModelConfig::conditional`].
+    pub pi_classifier: bool,
+    /// π follows C⁻¹μ only while C's mean diagonal is at least this far above its mean
+    /// off-diagonal entry (π = C⁻¹μ magnifies the errors of μ by about its inverse).
+    pub pi_separation: f64,
+    /// How π is estimated, when not by D's gradient: from the classifier (conditional critic
+    /// or `pi_classifier`), or from the invariant features.
+    pub pi_estimator: PiEstimator,
+    /// [`PiEstimator::Invariant`]: G steps after the warm start before π follows the
+    /// invariant estimate (its running means fill meanwhile).
+    pub pi_delay: u64,
     /// Conditional critic: weight of the classifier's cross-entropy on the simulated images in
     /// G's loss (InfoGAN's mutual-information term), which pushes the components to be told
     /// apart; D holds each to the real images the classifier gives it. 0: none.
@@ -133,6 +172,44 @@ fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
             }
         }
         (slot, v) => *slot = v,
+    }
+}
+
+/// How the mixture's π is estimated when not by D's gradient (see
+/// [`TrainConfig::pi_estimator`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PiEstimator {
+    /// From the classifier Q, by black-box label-shift estimation, π = C⁻¹μ (see
+    /// [`TrainConfig::pi_rate`]): unbiased whatever Q's calibration, but C⁻¹ magnifies any
+    /// difference between Q's outputs on real and on simulated images.
+    #[default]
+    Shift,
+    /// From the classifier Q, by EM on the prior (Saerens et al. 2002): π moves, at
+    /// `pi_rate`, to the mean over real images of Q's posterior under π (Q trained on
+    /// balanced batches). Biased towards even shares when Q is over-confident, but it never
+    /// leaves π where Q sees nothing.
+    Em,
+    /// No classifier: π minimises the energy distance of the invariant features (see
+    /// [`crate::invariant`]). With equal numbers of simulated images per component, the
+    /// distance is the quadratic 2·πᵀd − πᵀEπ in π (dₖ: component k's mean distance to the
+    /// data's features, Eₖₗ: the mean distance between components k and l), so running means
+    /// of d and E (at `pi_rate`) give π as the quadratic's minimum on the simplex, free of
+    /// the per-step noise of a gradient.
+    Invariant,
+}
+
+impl std::str::FromStr for PiEstimator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shift" => Ok(Self::Shift),
+            "em" => Ok(Self::Em),
+            "invariant" => Ok(Self::Invariant),
+            other => Err(format!(
+                "unknown π estimator {other:?}: expected shift, em or invariant"
+            )),
+        }
     }
 }
 
@@ -182,11 +259,20 @@ impl Default for TrainConfig {
             blur_steps: 1500,
             warm_steps: 500,
             spread: 0.0,
+            split_dilation: 0.0,
             moment_weight: 0.0,
             moment_radius: 6,
             moment_batch: 256,
+            invariant_weight: 0.0,
+            invariant_batch: 512,
+            invariant_reference: 1024,
+            invariant_only_steps: 0,
             pi_rate: 0.01,
             classifier_weight: 0.0,
+            pi_classifier: false,
+            pi_separation: 0.05,
+            pi_estimator: PiEstimator::Shift,
+            pi_delay: 200,
             sharpen: 0.02,
             sharpen_steps: 1000,
             sorted_packs: true,
@@ -195,6 +281,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Whether the run has a classifier Q (conditional critic, or π from a classifier).
+    pub fn has_classifier(&self) -> bool {
+        self.model.is_conditional() || self.pi_classifier
+    }
+
     /// Settings from a run folder's `config.json` (its "train" part) or a checkpoint. Settings
     /// written before the fast step existed have no "step" field: their missing fields are
     /// those of the recipe they were made with, the paper's ([`TrainConfig::paper`]), so such
@@ -321,6 +412,60 @@ impl TrainConfig {
                     self.moment_batch
                 ));
             }
+        }
+        if !(self.split_dilation.is_finite() && self.split_dilation.abs() < 0.5) {
+            return bad(format!(
+                "split_dilation = {}: expected a number between −0.5 and 0.5",
+                self.split_dilation
+            ));
+        }
+        if !(self.invariant_weight.is_finite() && self.invariant_weight >= 0.0) {
+            return bad(format!(
+                "invariant_weight = {}: expected a finite number ≥ 0",
+                self.invariant_weight
+            ));
+        }
+        let mixture =
+            self.model.mode == Mode::Multi && self.model.generator == GeneratorKind::Mixture;
+        if self.pi_estimator == PiEstimator::Invariant && !mixture {
+            return bad("pi_estimator = invariant needs the mixture generator".into());
+        }
+        if self.invariant_weight > 0.0 || self.pi_estimator == PiEstimator::Invariant {
+            if self.step == StepKind::Paper {
+                return bad(
+                    "the invariant features (invariant_weight > 0 or pi_estimator = \
+                            invariant) need step = fast"
+                        .into(),
+                );
+            }
+            let draws = self.batch_size / self.poses_per_volume.max(1);
+            if self.invariant_batch < draws.max(self.model.components).max(2) {
+                return bad(format!(
+                    "invariant_batch = {}: expected at least {} (the volumes of a step)",
+                    self.invariant_batch,
+                    draws.max(self.model.components).max(2)
+                ));
+            }
+            if self.invariant_only_steps > 0 && !mixture {
+                return bad("invariant_only_steps > 0 needs the mixture generator".into());
+            }
+            if self.invariant_reference < 2 {
+                return bad(format!(
+                    "invariant_reference = {}: expected at least 2",
+                    self.invariant_reference
+                ));
+            }
+        }
+        if self.pi_classifier && !(mixture && self.model.components >= 2) {
+            return bad(
+                "pi_classifier needs the mixture generator with at least 2 components".into(),
+            );
+        }
+        if !(self.pi_separation > 0.0 && self.pi_separation < 1.0) {
+            return bad(format!(
+                "pi_separation = {}: expected a number between 0 and 1",
+                self.pi_separation
+            ));
         }
         if self.model.is_conditional() && self.model.components < 2 {
             return bad("model.conditional needs at least 2 model.components".into());
@@ -485,6 +630,9 @@ pub struct StepMetrics {
     /// The moment-matching term of G's loss (weighted), when on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moment_loss: Option<f64>,
+    /// The invariant-distribution term of G's loss (weighted), when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invariant_loss: Option<f64>,
     /// The mixture generator's probabilities πₖ after this step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f64>>,
@@ -510,6 +658,10 @@ pub struct Trainer {
     device: Device,
     step: u64,
     moments: Option<ImageMoments>,
+    invariant: Option<InvariantFeatures>,
+    /// Running means of the invariant distances (d `[K]`, E `[K][K]`) of
+    /// [`PiEstimator::Invariant`], kept in the var store (so in checkpoints).
+    pi_stats: Option<(Tensor, Tensor)>,
 }
 
 fn trainable(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
@@ -542,7 +694,7 @@ impl Trainer {
             config.beta1,
             config.beta2,
         );
-        let q = config.model.is_conditional().then(|| {
+        let q = config.has_classifier().then(|| {
             let q = Classifier::new(&(vs.root() / "q"), &config.model);
             let opt = Adam::new(
                 trainable(&vs, "q."),
@@ -551,6 +703,16 @@ impl Trainer {
                 config.beta2,
             );
             (q, opt)
+        });
+        let mixture =
+            config.model.mode == Mode::Multi && config.model.generator == GeneratorKind::Mixture;
+        let pi_stats = (mixture && config.pi_estimator == PiEstimator::Invariant).then(|| {
+            let k = config.model.components as i64;
+            let root = vs.root() / "pi";
+            (
+                root.zeros_no_train("distance", &[k]),
+                root.zeros_no_train("cross", &[k, k]),
+            )
         });
         let forward = ForwardModel::new(config.model.box_size, device);
         Ok(Self {
@@ -565,6 +727,8 @@ impl Trainer {
             device,
             step: 0,
             moments: None,
+            invariant: None,
+            pi_stats,
         })
     }
 
@@ -579,6 +743,12 @@ impl Trainer {
     /// [`TrainConfig::moment_weight`]); computed from the data set by [`image_moments`].
     pub fn set_moments(&mut self, moments: ImageMoments) {
         self.moments = Some(moments.to_device(self.device));
+    }
+
+    /// The data's invariant features for the invariant-distribution term and π's invariant
+    /// estimate (see [`TrainConfig::invariant_weight`], [`PiEstimator::Invariant`]).
+    pub fn set_invariant(&mut self, features: InvariantFeatures) {
+        self.invariant = Some(features.to_device(self.device));
     }
 
     /// Where the model lives.
@@ -838,6 +1008,43 @@ impl Trainer {
         Some((mean_term + cov_term) * self.config.moment_weight)
     }
 
+    /// The invariant-distribution term (see [`TrainConfig::invariant_weight`]), or `None`
+    /// when off; with [`PiEstimator::Invariant`] the step's distances also update its running
+    /// means.
+    fn invariant_loss(
+        &mut self,
+        prepared: &Prepared,
+        data: &DataPhysics,
+        tag: u64,
+    ) -> Option<Tensor> {
+        let target = self.invariant.as_ref()?;
+        let count = (self.config.invariant_batch as i64 / prepared.count).max(1) * prepared.count;
+        let (clean, weights) = self.clean_prepared(prepared, data, tag, count as usize);
+        let x = target.features(&self.add_data_noise(&clean, data));
+        let pick = Tensor::randint(
+            target.data.size()[0],
+            [self.config.invariant_reference as i64],
+            (Kind::Int64, self.device),
+        );
+        let y = target.data.index_select(0, &pick);
+        if let Some((d, e)) = &mut self.pi_stats
+            && weights.is_some()
+        {
+            // Rows come volume by volume (count / K each), the components in order.
+            let (step_d, step_e) = tch::no_grad(|| component_distances(&x, &y, prepared.count));
+            let rate = self.config.pi_rate;
+            tch::no_grad(|| {
+                d.copy_(&(&*d * (1.0 - rate) + step_d * rate));
+                e.copy_(&(&*e * (1.0 - rate) + step_e * rate));
+            });
+        }
+        if self.config.invariant_weight <= 0.0 {
+            return None;
+        }
+        let distance = energy_distance(&x, weights.as_ref(), &y) - target.self_distance;
+        Some(distance * self.config.invariant_weight)
+    }
+
     fn add_data_noise(&self, clean: &Tensor, data: &DataPhysics) -> Tensor {
         match &data.noise_patches {
             Some(patches) => {
@@ -864,6 +1071,9 @@ impl Trainer {
         let k = self.config.d_steps as u64;
         let blur = self.blur_at(s);
         let heterogeneous = s >= self.config.warm_steps;
+        if s == self.config.warm_steps && self.config.split_dilation != 0.0 {
+            self.g.split_by_dilation(self.config.split_dilation);
+        }
         let pack = self.config.model.pack as i64;
         let components = self.config.model.components as i64;
         let b = self.config.batch_size as i64;
@@ -871,6 +1081,7 @@ impl Trainer {
         let log_pi = self.g.probabilities().detach().log();
         let temperature = self.temperature_at(s);
         let mut output_sum = Tensor::zeros([components], (Kind::Float, self.device));
+        let mut posterior_sum = Tensor::zeros([components], (Kind::Float, self.device));
         let mut confusion_sum = Tensor::zeros([components, components], (Kind::Float, self.device));
         let one_hot = |labels: &Tensor| labels.one_hot(components).to_kind(Kind::Float);
         let no_components = || Tensor::zeros([b, components], (Kind::Float, self.device));
@@ -884,12 +1095,16 @@ impl Trainer {
             // simulated images are of the same components in the same order, so that both
             // sides of every pack hold the same mix of components. Before the mixture is
             // heterogeneous, D sees no components (zero planes).
+            let conditional = self.config.model.is_conditional();
             let (fake, fake_weights, planes) = match &self.q {
-                Some((q, _)) if heterogeneous => {
+                Some((q, _)) if heterogeneous && conditional => {
                     let labels = tch::no_grad(|| {
                         let logits = q.logits(&real);
                         let output = logits.softmax(1, Kind::Float);
                         output_sum += output.sum_dim_intlist(&[0i64][..], false, Kind::Float);
+                        posterior_sum += (&logits + &log_pi)
+                            .softmax(1, Kind::Float)
+                            .sum_dim_intlist(&[0i64][..], false, Kind::Float);
                         let sharp = (logits / temperature + &log_pi).softmax(1, Kind::Float);
                         sharp.multinomial(1, true).squeeze_dim(1)
                     });
@@ -916,9 +1131,25 @@ impl Trainer {
                     )
                 }
                 _ => {
+                    if let Some((q, _)) = &self.q
+                        && heterogeneous
+                    {
+                        // π from the classifier, D unconditional: Q's outputs on real images.
+                        tch::no_grad(|| {
+                            let logits = q.logits(&real);
+                            output_sum += logits.softmax(1, Kind::Float).sum_dim_intlist(
+                                &[0i64][..],
+                                false,
+                                Kind::Float,
+                            );
+                            posterior_sum += (&logits + &log_pi)
+                                .softmax(1, Kind::Float)
+                                .sum_dim_intlist(&[0i64][..], false, Kind::Float);
+                        });
+                    }
                     let fake = tch::no_grad(|| self.simulate_prepared(&fixed, data, tag, blur));
                     let weights = fake.weights.as_ref().map(|w| w.shallow_clone());
-                    let planes = self.q.is_some().then(|| {
+                    let planes = conditional.then(|| {
                         let none = no_components();
                         (none.shallow_clone(), none)
                     });
@@ -979,7 +1210,7 @@ impl Trainer {
             let _ = t.set_requires_grad(false);
         }
         let prepared = self.prepare(heterogeneous);
-        let conditional = self.q.is_some();
+        let conditional = self.config.model.is_conditional();
         let (fake, scores, weights) = if conditional && heterogeneous {
             // Components drawn from π, as the D steps' real ones are on average (and in
             // order, as theirs are, with sorted packs); π itself follows the classifier
@@ -1021,10 +1252,19 @@ impl Trainer {
         self.opt_g.zero_grad();
         let g_loss = -weighted_mean(&scores, weights.as_ref(), pack);
         let moment = self.moment_loss(&prepared, data, u64::MAX / 2 + s);
-        let mut total = match &moment {
-            Some(m) => &g_loss + m,
-            None => g_loss.shallow_clone(),
+        let invariant = self.invariant_loss(&prepared, data, u64::MAX / 3 + s);
+        // The invariant-only phase: the components and π follow the invariant term alone.
+        let invariant_only = heterogeneous
+            && invariant.is_some()
+            && s < self.config.warm_steps + self.config.invariant_only_steps;
+        let mut total = if invariant_only {
+            Tensor::zeros([], (Kind::Float, self.device))
+        } else {
+            g_loss.shallow_clone()
         };
+        for term in [&moment, &invariant].into_iter().flatten() {
+            total += term;
+        }
         if let Some((q, _)) = &self.q
             && heterogeneous
             && self.config.classifier_weight > 0.0
@@ -1041,20 +1281,47 @@ impl Trainer {
         if heterogeneous {
             self.g.spread(self.config.spread);
         }
-        self.opt_g.step();
+        if invariant_only {
+            self.opt_g.step_except(&["g.volume"]);
+        } else {
+            self.opt_g.step();
+        }
         self.g.project_constraints();
-        if conditional && heterogeneous {
-            let (q, _) = self.q.as_mut().expect("conditional");
-            let mean = output_sum / (b * k as i64) as f64;
-            if let Some(pi) =
-                q.update_shift(&mean, &(confusion_sum / k as f64), self.config.pi_rate)
-            {
+        if let Some((q, _)) = self.q.as_mut()
+            && heterogeneous
+        {
+            let count = (b * k as i64) as f64;
+            let pi = match self.config.pi_estimator {
+                PiEstimator::Invariant => None,
+                PiEstimator::Shift => q.update_shift(
+                    &(output_sum / count),
+                    &(confusion_sum / k as f64),
+                    self.config.pi_rate,
+                    self.config.pi_separation,
+                ),
+                PiEstimator::Em => {
+                    let rate = self.config.pi_rate;
+                    Some(log_pi.exp() * (1.0 - rate) + posterior_sum / count * rate)
+                }
+            };
+            if let Some(pi) = pi {
                 self.g.set_probabilities(&pi);
             }
+        }
+        if let Some((d, e)) = &self.pi_stats
+            && heterogeneous
+            && s >= self.config.warm_steps + self.config.pi_delay
+            && let Some(pi) = tch::no_grad(|| quadratic_simplex_minimum(d, e))
+        {
+            self.g.set_probabilities(&pi);
         }
         self.step += 1;
         let probs = self.g.probabilities().detach().to_kind(Kind::Double);
         let moment_value = match &moment {
+            Some(m) => m.detach().to_kind(Kind::Double).unsqueeze(0),
+            None => Tensor::zeros([1], (Kind::Double, self.device)),
+        };
+        let invariant_value = match &invariant {
             Some(m) => m.detach().to_kind(Kind::Double).unsqueeze(0),
             None => Tensor::zeros([1], (Kind::Double, self.device)),
         };
@@ -1068,6 +1335,7 @@ impl Trainer {
                 g_loss.detach().to_kind(Kind::Double).unsqueeze(0),
                 moment_value,
                 accuracy_value,
+                invariant_value,
                 probs,
             ],
             0,
@@ -1088,7 +1356,8 @@ impl Trainer {
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
             moment_loss: moment.is_some().then_some(values[4]),
             classifier_accuracy: accuracy.is_some().then_some(values[5]),
-            probabilities: mixture.then(|| values[6..].to_vec()),
+            invariant_loss: invariant.is_some().then_some(values[6]),
+            probabilities: mixture.then(|| values[7..].to_vec()),
         })
     }
 
@@ -1147,6 +1416,7 @@ impl Trainer {
             gradient_penalty: gp,
             images_per_second: (self.config.batch_size as u64 * (k + 1)) as f64 / secs,
             moment_loss: None,
+            invariant_loss: None,
             probabilities: None,
             classifier_accuracy: None,
         })
@@ -1355,30 +1625,19 @@ pub fn image_moments(
     }
     let mut sum: Option<Tensor> = None;
     let mut sum2: Option<Tensor> = None;
-    let chunk = 1000;
-    let mut start = 0;
-    while start < count {
-        let len = chunk.min(count - start);
-        let mut images = Array3::<f32>::zeros((len, n, n));
-        let indices: Vec<usize> = (start..start + len).collect();
-        source
-            .read_batch(&indices, images.view_mut())
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let f = moments
-            .features(&to_tensor(&images, Device::Cpu))
-            .to_kind(Kind::Double);
+    read_chunks(source, count, &mut |images| {
+        let f = moments.features(images).to_kind(Kind::Double);
         let s1 = f.sum_dim_intlist(&[0i64][..], false, Kind::Double);
         let s2 = f.transpose(0, 1).matmul(&f);
-        sum = Some(match sum {
+        sum = Some(match sum.take() {
             Some(s) => s + s1,
             None => s1,
         });
-        sum2 = Some(match sum2 {
+        sum2 = Some(match sum2.take() {
             Some(s) => s + s2,
             None => s2,
         });
-        start += len;
-    }
+    })?;
     let c = count as f64;
     let mean = sum.expect("count ≥ 2") / c;
     let mut cov = sum2.expect("count ≥ 2") / c - mean.unsqueeze(1).matmul(&mean.unsqueeze(0));
@@ -1393,6 +1652,29 @@ pub fn image_moments(
     moments.mean = mean.to_kind(Kind::Float);
     moments.cov = cov.to_kind(Kind::Float);
     Ok(moments)
+}
+
+/// Calls `f` on the first `count` images of `source` (`count` ≤ its length), in order, as CPU
+/// tensors `[len][N][N]` of at most 1,000 images each.
+pub(crate) fn read_chunks(
+    source: &dyn ImageSource,
+    count: usize,
+    f: &mut dyn FnMut(&Tensor),
+) -> Result<(), TrainError> {
+    let n = source.box_size();
+    let chunk = 1000;
+    let mut start = 0;
+    while start < count {
+        let len = chunk.min(count - start);
+        let mut images = Array3::<f32>::zeros((len, n, n));
+        let indices: Vec<usize> = (start..start + len).collect();
+        source
+            .read_batch(&indices, images.view_mut())
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        f(&to_tensor(&images, Device::Cpu));
+        start += len;
+    }
+    Ok(())
 }
 
 /// G's volumes of one step, ready to project (see [`Trainer::prepare`]).

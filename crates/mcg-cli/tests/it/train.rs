@@ -186,6 +186,80 @@ fn the_conditional_critic_resumes_exactly_and_logs_its_classifier() {
     }
 }
 
+/// [`SMALL_DEFAULT`] with the dilation split at the end of its warm start, the
+/// invariant-distribution term (alone for the first heterogeneous step) and π from a
+/// classifier (trusted from a separation of 0.01, so that it acts within the four steps).
+pub const SMALL_INVARIANT: &str = r#"{
+  "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
+             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2 },
+  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
+  "warm_steps": 1, "blur_start_px": 1.5, "blur_steps": 3, "lr_d": 1e-3,
+  "split_dilation": 0.05, "invariant_weight": 1.0, "invariant_batch": 16,
+  "invariant_reference": 32, "invariant_only_steps": 1, "pi_classifier": true,
+  "pi_rate": 0.5, "pi_separation": 0.01
+}"#;
+
+#[test]
+fn the_unconditional_mixtures_options_resume_exactly_and_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let (m, resumed) = resumes_exactly(dir.path(), &star, SMALL_INVARIANT);
+    for (a, b) in m.iter().zip(&resumed) {
+        assert_eq!(
+            a["invariant_loss"], b["invariant_loss"],
+            "step {}",
+            a["step"]
+        );
+    }
+    for line in &m {
+        // The energy distance less the data's own spread: a small finite number.
+        let v = line["invariant_loss"].as_f64().unwrap();
+        assert!(v.is_finite() && v.abs() < 50.0, "{line}");
+    }
+    // The classifier learns from the first heterogeneous step (step 2).
+    assert!(m[0].get("classifier_accuracy").is_none(), "{}", m[0]);
+    for line in &m[1..] {
+        let a = line["classifier_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{line}");
+    }
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("straight/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["train"]["split_dilation"], 0.05);
+    assert_eq!(doc["train"]["invariant_weight"], 1.0);
+    assert_eq!(doc["train"]["pi_classifier"], true);
+    // Out-of-range settings are refused with an error naming the field.
+    let file = dir.path().join("bad.json");
+    for (field, value) in [
+        ("split_dilation", "0.7"),
+        ("invariant_weight", "-1"),
+        ("pi_separation", "0"),
+    ] {
+        std::fs::write(
+            &file,
+            format!("{{ \"model\": {{ \"box_size\": 16 }}, \"{field}\": {value} }}"),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("bad-{field}"));
+        let err = fails(&[
+            "train",
+            "--particles",
+            s(&star),
+            "--config",
+            s(&file),
+            "--out",
+            s(&out),
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "-q",
+        ]);
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
+
 #[test]
 fn train_writes_the_run_folder_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
