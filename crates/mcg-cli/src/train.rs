@@ -113,6 +113,10 @@ pub struct Args {
     /// energy distance of the invariant features, from running means of its terms).
     #[arg(long, value_name = "shift|em")]
     pi_estimator: Option<mcg_train::train::PiEstimator>,
+    /// Mixture: whether the simulated images follow π (`false`: the GAN simulates its
+    /// components in equal shares and π, from --pi-estimator, is only estimated and reported).
+    #[arg(long, value_name = "true|false")]
+    pi_feedback: Option<bool>,
     /// Spreading pressure on the components, relative to the GAN's gradient (0: none).
     #[arg(long)]
     spread: Option<f64>,
@@ -418,6 +422,9 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     }
     if let Some(v) = args.pi_estimator {
         config.pi_estimator = v;
+    }
+    if let Some(v) = args.pi_feedback {
+        config.pi_feedback = v;
     }
     if let Some(v) = args.spread {
         config.spread = v;

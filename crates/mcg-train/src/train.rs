@@ -140,6 +140,11 @@ pub struct TrainConfig {
     /// [`PiEstimator::Invariant`]: G steps after the warm start before π follows the
     /// invariant estimate (its running means fill meanwhile).
     pub pi_delay: u64,
+    /// Whether the mixture's simulated images follow π (true: the GAN's importance weights
+    /// K·πₖ). False: the GAN simulates its components in equal shares whatever π, and π (as
+    /// estimated, and as the run reports it) does not feed back into how the components are
+    /// trained, so that a component whose share falls is not starved of D's attention.
+    pub pi_feedback: bool,
     /// Conditional critic: weight of the classifier's cross-entropy on the simulated images in
     /// G's loss (InfoGAN's mutual-information term), which pushes the components to be told
     /// apart; D holds each to the real images the classifier gives it. 0: none.
@@ -273,6 +278,7 @@ impl Default for TrainConfig {
             pi_separation: 0.05,
             pi_estimator: PiEstimator::Shift,
             pi_delay: 200,
+            pi_feedback: true,
             sharpen: 0.02,
             sharpen_steps: 1000,
             sorted_packs: true,
@@ -857,7 +863,8 @@ impl Trainer {
         };
         Prepared {
             source,
-            weights: batch.weights,
+            // Without feedback the GAN simulates the components in equal shares.
+            weights: batch.weights.filter(|_| cfg.pi_feedback),
             count,
         }
     }
@@ -1028,7 +1035,7 @@ impl Trainer {
         );
         let y = target.data.index_select(0, &pick);
         if let Some((d, e)) = &mut self.pi_stats
-            && weights.is_some()
+            && prepared.count > 1
         {
             // Rows come volume by volume (count / K each), the components in order.
             let (step_d, step_e) = tch::no_grad(|| component_distances(&x, &y, prepared.count));
