@@ -86,7 +86,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             util::print_error(&e);
-            ExitCode::FAILURE
+            if util::interrupted() {
+                ExitCode::from(util::INTERRUPTED_STATUS)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -173,24 +173,35 @@ pub fn print_json(value: &serde_json::Value) -> Result<()> {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// On the first Ctrl-C, long loops stop at their next batch ([`check_interrupted`]) and unwind,
-/// removing their unfinished temporary files; a second Ctrl-C exits at once (status 130).
+/// The exit status of a command stopped by an interrupt (Ctrl-C, SIGTERM or SIGHUP).
+pub const INTERRUPTED_STATUS: u8 = 130;
+
+/// On the first interrupt — Ctrl-C (SIGINT), or SIGTERM or SIGHUP as `timeout`, cluster
+/// schedulers and a closed terminal send — long loops stop at their next batch
+/// ([`check_interrupted`]) and unwind, removing their unfinished temporary files (`train`
+/// saves its checkpoint); the command then exits with [`INTERRUPTED_STATUS`]. A second
+/// interrupt exits at once.
 pub fn install_interrupt_handler() {
     let result = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            std::process::exit(INTERRUPTED_STATUS as i32);
         }
-        eprintln!("\ninterrupted: stopping after the current batch (Ctrl-C again to quit now)");
+        eprintln!("\ninterrupted: stopping after the current batch (interrupt again to quit now)");
     });
     if let Err(e) = result {
-        tracing::debug!("no Ctrl-C handler: {e}");
+        tracing::debug!("no interrupt handler: {e}");
     }
 }
 
-/// Fails once the user has pressed Ctrl-C.
+/// Whether an interrupt has arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Fails once an interrupt has arrived.
 pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        anyhow::bail!("interrupted by the user; nothing was written under the output names");
+    if interrupted() {
+        anyhow::bail!("interrupted; the unfinished output files were removed");
     }
     Ok(())
 }

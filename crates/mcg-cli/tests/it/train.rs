@@ -297,6 +297,77 @@ fn the_unconditional_mixtures_options_resume_exactly_and_are_logged() {
     }
 }
 
+/// SIGTERM (what `timeout` and cluster schedulers send) stops `train` as Ctrl-C does: it saves
+/// the checkpoint, exits with status 130, and `--resume` continues from the step it reached.
+#[test]
+fn sigterm_saves_the_checkpoint_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let run = dir.path().join("run");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--particles",
+            s(&star),
+            "--config",
+            s(&file),
+            "--out",
+            s(&run),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--checkpoint-seconds",
+            "100000",
+            "-q",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
+        .args(args(&["--steps", "1000000"]))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few steps (lines of metrics.jsonl), then send SIGTERM.
+    let start = std::time::Instant::now();
+    while metrics_lines(&run) < 3 && start.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let reached = metrics(&run).len() as u64;
+    assert!(reached >= 3);
+    assert!(run.join("checkpoint.safetensors").is_file());
+    let more = (reached + 2).to_string();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
+        .args(args(&["--steps", &more, "--resume"]))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let m = metrics(&run);
+    assert_eq!(m.len() as u64, reached + 2);
+    assert_eq!(m.last().unwrap()["step"], reached + 2);
+}
+
+fn metrics_lines(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
 #[test]
 fn train_writes_the_run_folder_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
