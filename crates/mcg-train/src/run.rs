@@ -191,6 +191,29 @@ pub fn run(
             let line = serde_json::to_string(&m).expect("metrics serialise");
             writeln!(metrics, "{line}").map_err(|e| io(&metrics_path, e))?;
         }
+        // Stop at the first non-finite loss, before it reaches a checkpoint: the last one
+        // written (if any) is kept.
+        let losses = [
+            ("d_loss", m.d_loss),
+            ("g_loss", m.g_loss),
+            ("wasserstein", m.wasserstein),
+            ("gradient_penalty", m.gradient_penalty),
+        ];
+        if let Some((name, value)) = losses.iter().find(|(_, v)| !v.is_finite()) {
+            metrics.flush().map_err(|e| io(&metrics_path, e))?;
+            let kept = if checkpoint_path(&opts.out).is_file() {
+                "the last checkpoint written before it is kept (continue with --resume once the \
+                 cause is fixed)"
+            } else {
+                "no checkpoint was written"
+            };
+            return Err(TrainError::Invalid(format!(
+                "step {}: {name} = {value}, not a finite number; training stopped and {kept}. \
+                 Non-finite pixels in the particle images or the noise stack, or a learning \
+                 rate too large, cause this",
+                m.step
+            )));
+        }
         on_step(m.step, opts.steps, &m);
         if last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_seconds {
             checkpoint(&trainer, data, &opts.out)?;

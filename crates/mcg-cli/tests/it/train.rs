@@ -362,6 +362,50 @@ fn sigterm_saves_the_checkpoint_and_the_run_resumes() {
     assert_eq!(m.last().unwrap()["step"], reached + 2);
 }
 
+/// Images with a NaN pixel make the losses non-finite: `train` stops at that step with an error
+/// naming the loss, and writes no checkpoint from it.
+#[test]
+fn a_non_finite_loss_stops_training_without_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    // A NaN as the first pixel of every 16² image of the stack.
+    let stack = star.with_file_name("particles.mrcs");
+    let mut bytes = std::fs::read(&stack).unwrap();
+    let extended = u32::from_le_bytes(bytes[92..96].try_into().unwrap()) as usize;
+    let start = 1024 + extended;
+    let image = 16 * 16 * 4;
+    let mut at = start;
+    while at + 4 <= bytes.len() {
+        bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        at += image;
+    }
+    std::fs::write(&stack, bytes).unwrap();
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let run = dir.path().join("run");
+    let err = fails(&[
+        "train",
+        "--particles",
+        s(&star),
+        "--config",
+        s(&file),
+        "--out",
+        s(&run),
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ]);
+    assert!(
+        err.contains("step 1") && err.contains("not a finite number"),
+        "{err}"
+    );
+    assert!(!run.join("checkpoint.safetensors").exists());
+}
+
 fn metrics_lines(run: &Path) -> usize {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .map(|t| t.lines().count())
