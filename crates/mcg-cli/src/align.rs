@@ -37,7 +37,7 @@ pub struct Args {
     out: PathBuf,
     /// Spacing of the global search's rotation grid, degrees (finer is slower: the count grows
     /// as 1/step³).
-    #[arg(long, default_value_t = 10.0, value_name = "DEG")]
+    #[arg(long, default_value_t = 10.0, value_name = "DEG", value_parser = crate::util::finite_f64)]
     angular_step: f64,
     /// Box edge (voxels, even) of the Fourier-cropped maps of the global search.
     #[arg(long, default_value_t = 16, value_name = "N")]
@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long)]
     no_flip: bool,
     /// Voxel size in Å of both maps, overriding their headers.
-    #[arg(long, value_name = "Å")]
+    #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     apix: Option<f64>,
     /// Print JSON on stdout instead of text.
     #[arg(long)]

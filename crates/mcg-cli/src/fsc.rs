@@ -33,7 +33,7 @@ pub struct Args {
     mask: Option<PathBuf>,
     /// Spherical hard mask: keep the voxels within this radius (Å) of the box centre (voxel N/2)
     /// in both maps, zero the rest.
-    #[arg(long, value_name = "Å")]
+    #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     mask_radius: Option<f64>,
     /// Shells: `standard` (shell i = radii rounding to i, i = 0 … N/2, at i/(N·apix) Å⁻¹) or
     /// `cryodrgn` (cryoDRGN and CryoBench: N/2 points, point 0 = 1, point i = radii in
@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long, default_value = "standard", value_name = "standard|cryodrgn")]
     binning: Binning,
     /// Voxel size in Å of both maps (and the mask), overriding their headers.
-    #[arg(long, value_name = "Å")]
+    #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     apix: Option<f64>,
     /// Also draw the curve, with the 0.5 and 0.143 thresholds, into this PNG file.
     #[arg(long, value_name = "PNG")]

@@ -29,7 +29,7 @@ pub struct Locate {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Pixel size in Å, for files that do not record it (a size written in the file wins).
-    #[arg(long, value_name = "Å")]
+    #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     pub apix: Option<f64>,
 }
 

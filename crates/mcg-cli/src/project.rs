@@ -47,7 +47,7 @@ pub struct Args {
     box_size: usize,
     /// Voxel size in Å: of the built-in volume (default 5), or overriding the MRC header's (and
     /// the pixel size of a STAR file that does not record one).
-    #[arg(long, value_name = "Å")]
+    #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     apix: Option<f64>,
     /// Folder holding the STAR file's images, when its paths do not resolve against its folder
     /// (only their sizes are checked; their pixels are not read).
@@ -62,11 +62,12 @@ pub struct Args {
         long,
         value_name = "DB",
         allow_hyphen_values = true,
-        conflicts_with = "noise_sigma"
+        conflicts_with = "noise_sigma",
+        value_parser = crate::util::finite_f64
     )]
     snr_db: Option<f64>,
     /// Add white Gaussian noise of this standard deviation.
-    #[arg(long, value_name = "SIGMA")]
+    #[arg(long, value_name = "SIGMA", value_parser = crate::util::finite_f64)]
     noise_sigma: Option<f64>,
     /// Clean images used to estimate the signal variance for --snr-db.
     #[arg(long, default_value_t = 1000)]

@@ -88,7 +88,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Noise level, dB (data-set level: mean clean-image variance over the box divided by σ²).
-    #[arg(long, default_value_t = -10.0, value_name = "DB", allow_hyphen_values = true)]
+    #[arg(long, default_value_t = -10.0, value_name = "DB", allow_hyphen_values = true, value_parser = crate::util::finite_f64)]
     snr_db: f64,
     /// No noise (clean images).
     #[arg(long)]
@@ -100,11 +100,11 @@ pub struct Args {
     #[arg(long = "box", default_value_t = 32, value_name = "N")]
     box_size: usize,
     /// Pixel (voxel) size, Å.
-    #[arg(long, default_value_t = 5.0, value_name = "Å")]
+    #[arg(long, default_value_t = 5.0, value_name = "Å", value_parser = crate::util::finite_f64)]
     apix: f64,
     /// Resolution of the density maps, Å (atoms are Gaussians of σ = 0.225 × resolution).
     /// Default: 2 × apix.
-    #[arg(long, value_name = "Å")]
+    #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     resolution: Option<f64>,
     #[command(flatten)]
     imaging: util::ImagingArgs,

@@ -71,7 +71,7 @@ pub struct Args {
     warm_steps: Option<u64>,
     /// Coarse-to-fine: low-pass real and simulated images by a Gaussian of this σ in pixels,
     /// falling linearly to 0 over --blur-steps.
-    #[arg(long, value_name = "PX")]
+    #[arg(long, value_name = "PX", value_parser = crate::util::finite_f64)]
     blur: Option<f64>,
     /// Generator steps over which the blur falls to 0.
     #[arg(long, value_name = "STEPS")]
@@ -83,17 +83,17 @@ pub struct Args {
     init: Vec<PathBuf>,
     /// Weight of the moment-matching term of G's loss: the mean and covariance of the images'
     /// low-frequency Fourier coefficients against the data's (0: off).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::finite_f64)]
     moment_weight: Option<f64>,
     /// Weight of the invariant-distribution term of G's loss: the energy distance between the
     /// data's and the simulated images' distributions of rotation-invariant features (ring
     /// power spectrum, radial profile); 0: off.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::finite_f64)]
     invariant_weight: Option<f64>,
     /// Mixture: when the warm start ends, start the components as the consensus dilated by
     /// 1 − D ..= 1 + D about the box centre (a split along the particle's extent); 0: their
     /// small random start.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = crate::util::finite_f64)]
     split_dilation: Option<f64>,
     /// For this many G steps after the warm start only the mixture's components and π learn,
     /// from the invariant term alone (needs --invariant-weight); 0: none.
@@ -105,7 +105,7 @@ pub struct Args {
     pi_classifier: Option<bool>,
     /// π follows the classifier only while it tells the components apart by at least this
     /// (C's mean diagonal less its mean off-diagonal entry; default 0.05).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = crate::util::finite_f64)]
     pi_separation: Option<f64>,
     /// How π is estimated when not by D's gradient: with --pi-classifier or the conditional
     /// critic, `shift` (π = C⁻¹μ, black-box label-shift estimation) or `em` (π moves to the
@@ -118,7 +118,7 @@ pub struct Args {
     #[arg(long, value_name = "true|false")]
     pi_feedback: Option<bool>,
     /// Spreading pressure on the components, relative to the GAN's gradient (0: none).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::finite_f64)]
     spread: Option<f64>,
     /// D scores packs of this many images at once (PacGAN); 1 scores images one by one.
     #[arg(long)]
@@ -130,19 +130,19 @@ pub struct Args {
     conditional: Option<bool>,
     /// Conditional critic: the rate of the running means (the classifier's outputs on real and
     /// on simulated images) from which π is estimated.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", value_parser = crate::util::finite_f64)]
     pi_rate: Option<f64>,
     /// Conditional critic: weight of the classifier's cross-entropy on simulated images in G's
     /// loss (InfoGAN's term; 0: none).
-    #[arg(long, value_name = "W")]
+    #[arg(long, value_name = "W", value_parser = crate::util::finite_f64)]
     classifier_weight: Option<f64>,
     /// Standard deviation of the components' random starting differences (density units; 1e-3
     /// by default, about 0.02 with --conditional true).
-    #[arg(long, value_name = "SIGMA")]
+    #[arg(long, value_name = "SIGMA", value_parser = crate::util::finite_f64)]
     component_init: Option<f64>,
     /// Conditional critic: the temperature (0 < T ≤ 1) of the posterior that real images'
     /// components are drawn from when the components start, rising to 1 over --sharpen-steps.
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = crate::util::finite_f64)]
     sharpen: Option<f64>,
     /// Generator steps after the warm start over which the temperature rises to 1.
     #[arg(long, value_name = "STEPS")]
@@ -155,17 +155,17 @@ pub struct Args {
     #[arg(long, value_name = "KIND")]
     projector: Option<mcg_train::forward::Projector>,
     /// Adam learning rate of G.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::finite_f64)]
     lr_g: Option<f64>,
     /// Adam learning rate of D.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::finite_f64)]
     lr_d: Option<f64>,
     /// Multi mode with a low-dimensional latent of this many dimensions and a small decoder,
     /// instead of the paper's 32³ latent (faster).
     #[arg(long, value_name = "D")]
     latent_dims: Option<usize>,
     /// Train for this many minutes (this invocation).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::finite_f64)]
     minutes: Option<f64>,
     /// Settings file (JSON).
     #[arg(long, value_name = "JSON")]
@@ -192,14 +192,14 @@ pub struct Args {
     #[arg(long)]
     d_steps: Option<usize>,
     /// Noise σ of the simulated images.
-    #[arg(long, conflicts_with = "noise_stack")]
+    #[arg(long, conflicts_with = "noise_stack", value_parser = crate::util::finite_f64)]
     noise_sigma: Option<f64>,
     /// Add background patches from this MRC stack (e.g. boxed from empty micrograph regions)
     /// to the simulated images instead of white noise: one random patch per image.
     #[arg(long, value_name = "MRCS")]
     noise_stack: Option<PathBuf>,
     /// Seconds between checkpoints.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::finite_f64)]
     checkpoint_seconds: Option<f64>,
     #[command(flatten)]
     locate: Locate,

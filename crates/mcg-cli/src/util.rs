@@ -206,6 +206,16 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// The parser of every floating-point option: a number, refused when it is NaN or infinite
+/// (which would otherwise run through a whole command and give NaN images, maps or losses).
+pub fn finite_f64(text: &str) -> std::result::Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number")),
+        Err(e) => Err(format!("{text:?} is not a number ({e})")),
+    }
+}
+
 /// Parses a defocus range `MIN:MAX` in µm (or one value), as `--defocus-um` takes it.
 pub fn parse_defocus_range(text: &str) -> anyhow::Result<(f64, f64)> {
     let parse = |s: &str| s.trim().parse::<f64>();
@@ -230,16 +240,16 @@ pub struct ImagingArgs {
     #[arg(long, default_value = "1.0:2.0", value_name = "MIN:MAX")]
     pub defocus_um: String,
     /// Acceleration voltage (kV) of random parameters.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_parser = crate::util::finite_f64)]
     pub voltage: f64,
     /// Spherical aberration (mm) of random parameters.
-    #[arg(long, default_value_t = 2.7)]
+    #[arg(long, default_value_t = 2.7, value_parser = crate::util::finite_f64)]
     pub cs: f64,
     /// Amplitude contrast of random parameters.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::util::finite_f64)]
     pub amp_contrast: f64,
     /// Largest shift (Å, uniform in a disc) of random parameters.
-    #[arg(long, default_value_t = 0.0, value_name = "Å")]
+    #[arg(long, default_value_t = 0.0, value_name = "Å", value_parser = crate::util::finite_f64)]
     pub max_shift: f64,
 }
 

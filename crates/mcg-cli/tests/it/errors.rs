@@ -119,3 +119,67 @@ fn interrupted_run_leaves_nothing_behind() {
         assert!(left.is_empty(), "SIG{signal}: left behind: {left:?}");
     }
 }
+
+/// Every floating-point option refuses NaN and infinities, naming the option, before anything
+/// runs (one parser serves them all).
+#[test]
+fn non_finite_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cases: [&[&str]; 5] = [
+        &["project", "--n", "5", "--snr-db", "NaN", "--out", s(&out)],
+        &[
+            "project",
+            "--n",
+            "5",
+            "--noise-sigma",
+            "inf",
+            "--out",
+            s(&out),
+        ],
+        &[
+            "synth",
+            "--preset",
+            "hsp90-closed",
+            "--n",
+            "4",
+            "--snr-db",
+            "-inf",
+            "--out",
+            s(&out),
+        ],
+        &[
+            "train",
+            "--particles",
+            "x.star",
+            "--out",
+            s(&out),
+            "--lr-g",
+            "NaN",
+            "--steps",
+            "1",
+        ],
+        &[
+            "align",
+            "a.mrc",
+            "b.mrc",
+            "--out",
+            s(&out),
+            "--angular-step",
+            "inf",
+        ],
+    ];
+    for args in cases {
+        let err = fails(args);
+        let bad = args
+            .iter()
+            .position(|a| ["NaN", "inf", "-inf"].contains(a))
+            .unwrap();
+        let option = args[bad - 1];
+        assert!(
+            err.contains(option) && err.contains("not a finite number"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+}
