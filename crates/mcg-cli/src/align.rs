@@ -55,6 +55,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
+    util::refuse_overwriting_inputs(
+        &[args.volume.clone(), args.reference.clone()],
+        &[("--out", &args.out)],
+    )?;
     let (volume, reference) = util::read_map_pair(&args.volume, &args.reference, args.apix)?;
     let config = AlignConfig {
         global_box: args.global_box,

@@ -1,6 +1,6 @@
 //! `multicryogan convert`: particle sets between STAR+MRCS, HDF5 and (input only) `.cs`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use mcg_formats::mrc::MrcStackWriter;
@@ -10,6 +10,7 @@ use ndarray::Array3;
 
 use crate::input::{self, Kind, Locate};
 use crate::progress::Progress;
+use crate::util;
 
 /// Convert a particle set, keeping images bit-exact and metadata complete.
 ///
@@ -41,6 +42,15 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "{}: no particles to convert",
         args.input.display()
     );
+    // The input, the stacks it reads, and (for a STAR output) the stack written beside it.
+    let mut inputs = util::stacks_of(&set);
+    inputs.push(args.input.clone());
+    let written_stack = args.output.with_extension("mrcs");
+    let mut outputs: Vec<(&str, &Path)> = vec![("the output", &args.output)];
+    if out_kind == Kind::Star {
+        outputs.push(("the output's image stack", &written_stack));
+    }
+    util::refuse_overwriting_inputs(&inputs, &outputs)?;
     let n = set.len();
     ensure!(
         images.len() == n,

@@ -9,6 +9,7 @@ use ndarray::Axis;
 
 use crate::input::{self, Locate};
 use crate::progress::Progress;
+use crate::util;
 
 /// Write each particle's 2D CTF as one image of an MRC stack, centred: zero frequency at pixel
 /// (N/2, N/2), row = ky, column = kx, RELION's sign (+Q0 at zero frequency).
@@ -30,6 +31,9 @@ pub struct Args {
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let set = input::metadata(&args.star, &args.locate)?;
+    let mut inputs = util::stacks_of(&set);
+    inputs.push(args.star.clone());
+    util::refuse_overwriting_inputs(&inputs, &[("--out", &args.out)])?;
     ensure!(!set.is_empty(), "{}: no particles", args.star.display());
     let first = set.optics_of(0);
     let n = match args.box_size.or(first.image_size) {

@@ -53,6 +53,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let mut inputs = vec![args.map1.clone(), args.map2.clone()];
+    inputs.extend(args.mask.clone());
+    if let Some(png) = &args.plot {
+        util::refuse_overwriting_inputs(&inputs, &[("--plot", png)])?;
+    }
     let (a, b) = util::read_map_pair(&args.map1, &args.map2, args.apix)?;
     let mask = match (&args.mask, args.mask_radius) {
         (Some(path), _) => {

@@ -1,7 +1,7 @@
 //! Logging, error printing, atomic JSON writing and other small pieces shared by commands.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
@@ -204,6 +204,52 @@ pub fn check_interrupted() -> Result<()> {
         anyhow::bail!("interrupted; the unfinished output files were removed");
     }
     Ok(())
+}
+
+/// A path as it will be named once it exists: canonical when it exists, else its canonical
+/// folder joined with its name (so that `./a/../b.mrc` and `b.mrc` compare equal).
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (parent.canonicalize(), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Refuses, before anything is written, to write any of `outputs` over one of `inputs` (the
+/// files the command reads, including the image stacks a metadata file points at): an output
+/// must never destroy an input. The error names both.
+pub fn refuse_overwriting_inputs(inputs: &[PathBuf], outputs: &[(&str, &Path)]) -> Result<()> {
+    let inputs: Vec<(PathBuf, &PathBuf)> = inputs.iter().map(|p| (resolved(p), p)).collect();
+    for (what, out) in outputs {
+        let target = resolved(out);
+        if let Some((_, input)) = inputs.iter().find(|(r, _)| *r == target) {
+            anyhow::bail!(
+                "{what} {} would overwrite the input {}; choose another output name",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The image stacks a particle set reads, each once.
+pub fn stacks_of(set: &mcg_formats::ParticleSet) -> Vec<PathBuf> {
+    let mut stacks: Vec<PathBuf> = set
+        .particles
+        .iter()
+        .filter_map(|p| p.image.as_ref().map(|i| set.resolve(i)))
+        .collect();
+    stacks.sort();
+    stacks.dedup();
+    stacks
 }
 
 /// The parser of every floating-point option: a number, refused when it is NaN or infinite

@@ -183,3 +183,67 @@ fn non_finite_options_are_refused() {
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
 }
+
+/// An output that is, or would replace, one of the command's inputs — including the image
+/// stack a STAR file points at — is refused with an error naming both, and the input is left
+/// as it was.
+#[test]
+fn an_output_never_overwrites_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&[
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        "8",
+        "--box",
+        "16",
+        "--apix",
+        "10",
+        "--calibration-images",
+        "8",
+        "--out",
+        s(&data),
+        "-q",
+    ]);
+    let star = data.join("particles.star");
+    let stack = data.join("particles.mrcs");
+    let h5 = data.join("particles.h5");
+    let closed = data.join("ground_truth/beta_00.mrc");
+    let open = data.join("ground_truth/beta_20.mrc");
+    // A STAR of the first rows, beside the full one, pointing at the same stack.
+    let sub = data.join("sub.star");
+    let text = std::fs::read_to_string(&star).unwrap();
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("@particles.mrcs") || l.starts_with("000001@"))
+        .collect();
+    std::fs::write(&sub, keep.join("\n") + "\n").unwrap();
+    let before: Vec<Vec<u8>> = [&star, &stack, &h5, &closed]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    // The same file by another way of writing its path.
+    let roundabout = data.join("./../data/particles.star");
+    let cases: [&[&str]; 6] = [
+        &["ctf", "--star", s(&star), "--out", s(&stack)],
+        &["fsc", s(&closed), s(&open), "--plot", s(&closed)],
+        &["align", s(&closed), s(&open), "--out", s(&closed)],
+        &["convert", s(&sub), s(&star)],
+        &["convert", s(&h5), s(&h5)],
+        &["convert", s(&star), s(&roundabout)],
+    ];
+    for args in cases {
+        let err = fails(args);
+        assert!(err.contains("would overwrite the input"), "{args:?}: {err}");
+    }
+    for (path, bytes) in [&star, &stack, &h5, &closed].iter().zip(&before) {
+        assert_eq!(
+            &std::fs::read(path).unwrap(),
+            bytes,
+            "{} changed",
+            path.display()
+        );
+    }
+}
