@@ -337,6 +337,7 @@ fn train_step_figures(
                 &*data_star,
                 "--out",
                 &*run.to_string_lossy(),
+                "--force",
                 "--steps",
                 &steps,
                 "--device",

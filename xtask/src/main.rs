@@ -287,7 +287,8 @@ fn flag_value<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
 
 /// The arguments of `multicryogan train` for one set: the variant's minutes and device unless
 /// the user gave their own (`--minutes` or `--steps`; `--device`), `--resume` when the run has a
-/// checkpoint and the user did not say it, then the user's arguments.
+/// checkpoint and the user did not say it (`--force` when it has none: a fresh run), then the
+/// user's arguments.
 fn train_args<'a>(
     variant: &'static Variant,
     particles: &'a str,
@@ -304,6 +305,10 @@ fn train_args<'a>(
     }
     if has_checkpoint && !has_flag(rest, "--resume") {
         args.push("--resume");
+    }
+    if !has_checkpoint && !has_flag(rest, "--resume") && !has_flag(rest, "--force") {
+        // A fresh run; a folder left without a checkpoint holds nothing to continue.
+        args.push("--force");
     }
     args.extend(rest.iter().copied());
     args
@@ -444,7 +449,8 @@ mod tests {
                 "--minutes",
                 "12",
                 "--device",
-                "auto"
+                "auto",
+                "--force"
             ]
         );
         let own = train_args(

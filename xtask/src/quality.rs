@@ -283,7 +283,8 @@ fn train_and_score(
         if run.join("checkpoint.safetensors").is_file() {
             args.push("--resume");
         } else {
-            args.extend(["--seed", &seed_s]);
+            // A fresh run; a folder left without a checkpoint holds nothing to continue.
+            args.extend(["--force", "--seed", &seed_s]);
             if let Some(g) = crate::generator_for(&data_s)
                 && !o.train_extra.iter().any(|a| a == "--generator")
             {

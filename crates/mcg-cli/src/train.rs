@@ -173,6 +173,11 @@ pub struct Args {
     /// Continue from RUN/checkpoint.safetensors with RUN/config.json's settings.
     #[arg(long)]
     resume: bool,
+    /// Start over in a RUN folder that holds another run: remove its config.json,
+    /// metrics.jsonl, checkpoint, volumes/ and images/ first (without it, such a folder is
+    /// refused).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
     /// cpu, cuda or auto (the GPU when one is usable).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -281,6 +286,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         steps: args.steps,
         minutes: args.minutes,
         resume: args.resume,
+        force: args.force,
         device: dev,
     };
     // The bar counts steps towards --steps, or else seconds towards --minutes, so its ETA

@@ -48,6 +48,10 @@ pub struct RunOptions {
     pub minutes: Option<f64>,
     /// Continue from `out/checkpoint.safetensors`.
     pub resume: bool,
+    /// A fresh run (not `resume`) into a folder that holds another run's files: remove them
+    /// first. Without it such a folder is refused, so that an old checkpoint is never lost
+    /// by mistake and an old run's snapshots never mix with the new one's.
+    pub force: bool,
     /// Where tensors live.
     pub device: Device,
     /// A fresh run's starting maps (`[K][N][N][N]`, the mixture's components or, with one map,
@@ -87,6 +91,9 @@ pub fn run(
         |path: &Path, e: std::io::Error| TrainError::Invalid(format!("{}: {e}", path.display()));
     if opts.steps.is_none() && opts.minutes.is_none() {
         return Err(TrainError::Invalid("give --steps or --minutes".into()));
+    }
+    if !opts.resume {
+        clear_or_refuse(&opts.out, opts.force)?;
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| io(&opts.out, e))?;
     let config_path = opts.out.join("config.json");
@@ -230,6 +237,46 @@ pub fn run(
         seconds,
         seconds_per_step: seconds / steps as f64,
     })
+}
+
+/// The files a run writes in its folder.
+const RUN_FILES: [&str; 5] = [
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.safetensors",
+    "volumes",
+    "images",
+];
+
+/// Before a fresh run into `out`: refuses a folder holding another run's files, or with
+/// `force` removes them (and only them).
+fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
+    let present: Vec<&str> = RUN_FILES
+        .iter()
+        .copied()
+        .filter(|name| out.join(name).exists())
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(TrainError::Invalid(format!(
+            "{} already holds a run ({}): continue it with --resume, or start over with \
+             --force (which removes those files)",
+            out.display(),
+            present.join(", ")
+        )));
+    }
+    for name in present {
+        let path = out.join(name);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Keeps the lines of a metrics file up to `step` (rewriting it when some are dropped) and

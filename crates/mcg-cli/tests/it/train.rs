@@ -406,6 +406,59 @@ fn a_non_finite_loss_stops_training_without_a_checkpoint() {
     assert!(!run.join("checkpoint.safetensors").exists());
 }
 
+/// A fresh run into a folder that holds another run is refused (its checkpoint would be lost
+/// and its snapshots mixed with the new ones); `--force` clears the old run's files first.
+#[test]
+fn a_fresh_run_refuses_a_folder_holding_another_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let run = dir.path().join("run");
+    let train = |steps: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--particles",
+            s(&star),
+            "--config",
+            s(&file),
+            "--out",
+            s(&run),
+            "--steps",
+            steps,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "-q",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let first = train("3", &[]);
+    ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let checkpoint = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    assert!(run.join("volumes/step_0000003").is_dir());
+    let again = train("2", &[]);
+    let err = fails(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--resume") && err.contains("--force"), "{err}");
+    assert_eq!(
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
+        checkpoint
+    );
+    let forced = train("2", &["--force"]);
+    ok(&forced.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(metrics(&run).len(), 2);
+    assert!(
+        !run.join("volumes/step_0000003").exists(),
+        "the old run's snapshot stayed"
+    );
+    assert!(run.join("volumes/step_0000002").is_dir());
+}
+
 fn metrics_lines(run: &Path) -> usize {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .map(|t| t.lines().count())
