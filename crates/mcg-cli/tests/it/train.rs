@@ -306,28 +306,13 @@ fn sigterm_saves_the_checkpoint_and_the_run_resumes() {
     let file = dir.path().join("settings.json");
     std::fs::write(&file, SMALL_DEFAULT).unwrap();
     let run = dir.path().join("run");
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "train",
-            "--particles",
-            s(&star),
-            "--config",
-            s(&file),
-            "--out",
-            s(&run),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--checkpoint-seconds",
-            "100000",
-            "-q",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        v.extend(extra.iter().map(|a| a.to_string()));
-        v
+    let args = |extra: &[&str]| {
+        train_command(
+            &star,
+            &file,
+            &run,
+            &[&["--checkpoint-seconds", "100000"], extra].concat(),
+        )
     };
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
         .args(args(&["--steps", "1000000"]))
@@ -415,28 +400,8 @@ fn a_fresh_run_refuses_a_folder_holding_another_unless_forced() {
     let file = dir.path().join("settings.json");
     std::fs::write(&file, SMALL_DEFAULT).unwrap();
     let run = dir.path().join("run");
-    let train = |steps: &str, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "train",
-            "--particles",
-            s(&star),
-            "--config",
-            s(&file),
-            "--out",
-            s(&run),
-            "--steps",
-            steps,
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "-q",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        v.extend(extra.iter().map(|a| a.to_string()));
-        v
+    let train = |steps: &str, extra: &[&str]| {
+        train_command(&star, &file, &run, &[&["--steps", steps], extra].concat())
     };
     let first = train("3", &[]);
     ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
@@ -457,6 +422,30 @@ fn a_fresh_run_refuses_a_folder_holding_another_unless_forced() {
         "the old run's snapshot stayed"
     );
     assert!(run.join("volumes/step_0000002").is_dir());
+}
+
+/// `train` on `star` with the settings `file` into `run`, on one CPU thread, quietly, then
+/// `extra`.
+fn train_command(star: &Path, file: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train",
+        "--particles",
+        s(star),
+        "--config",
+        s(file),
+        "--out",
+        s(run),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    v.extend(extra.iter().map(|a| a.to_string()));
+    v
 }
 
 fn metrics_lines(run: &Path) -> usize {
