@@ -247,6 +247,16 @@ pub fn read_volume(path: &Path, apix_override: Option<f64>) -> Result<Volume> {
     }
     let data = to_xyz_order(data, &header, path);
     let (nz, ny, nx) = data.dim();
+    // A NaN or infinite voxel would make every projection, FSC or training step of the map
+    // non-finite: refuse it, naming the first.
+    if let Some((index, v)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        let (z, y, x) = (index / (ny * nx), index / nx % ny, index % nx);
+        return Err(FormatError::invalid(
+            path,
+            "voxel values",
+            format!("found {v} at voxel (x {x}, y {y}, z {z}), expected finite numbers"),
+        ));
+    }
     if nz != ny || ny != nx || nx % 2 != 0 {
         return Err(FormatError::invalid(
             path,
@@ -1297,6 +1307,29 @@ mod tests {
             "{v} is not a half"
         );
         sign | ((exponent as u16) << 10) | mantissa
+    }
+
+    #[test]
+    fn a_map_with_a_non_finite_voxel_is_refused_naming_the_voxel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.mrc");
+        let n = 4;
+        let volume = Volume::new(ndarray::Array3::<f32>::ones((n, n, n)), 2.0).unwrap();
+        write_volume(&path, &volume).unwrap();
+        assert!(read_volume(&path, None).is_ok());
+        // Voxel (x 1, y 2, z 3): index (3·4 + 2)·4 + 1 = 57 of the float32 data after the header.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let extended = u32::from_le_bytes(bytes[92..96].try_into().unwrap()) as usize;
+        let at = HEADER_LEN + extended + 57 * 4;
+        for bad in [f32::NAN, f32::INFINITY] {
+            bytes[at..at + 4].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(&path, &bytes).unwrap();
+            let err = read_volume(&path, None).unwrap_err().to_string();
+            assert!(
+                err.contains("map.mrc") && err.contains("(x 1, y 2, z 3)"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
