@@ -110,6 +110,11 @@ fn resumes_exactly(dir: &Path, star: &Path, config: &str) -> (Vec<Value>, Vec<Va
     (m, resumed)
 }
 
+/// A run folder's `config.json`.
+fn run_config(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap()
+}
+
 /// The default recipe, small: the mixture generator with its warm start ending after step 1,
 /// the blur falling to 0 within the four steps, packs of two images.
 pub const SMALL_DEFAULT: &str = r#"{
@@ -124,10 +129,7 @@ fn the_default_recipe_resumes_exactly_across_its_warm_start_and_blur() {
     let dir = tempfile::tempdir().unwrap();
     let star = tiny_set(dir.path());
     let (m, _) = resumes_exactly(dir.path(), &star, SMALL_DEFAULT);
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("straight/config.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = run_config(&dir.path().join("straight"));
     assert_eq!(doc["train"]["model"]["generator"], "mixture");
     assert_eq!(doc["train"]["step"], "fast");
     // The probabilities are logged, start uniform during the warm start and then move.
@@ -164,10 +166,7 @@ fn the_conditional_critic_resumes_exactly_and_logs_its_classifier() {
     let dir = tempfile::tempdir().unwrap();
     let star = tiny_set(dir.path());
     let (m, _) = resumes_exactly(dir.path(), &star, SMALL_CONDITIONAL);
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("straight/config.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = run_config(&dir.path().join("straight"));
     assert_eq!(doc["train"]["model"]["conditional"], true);
     // No classifier during the warm start; then its accuracy on each step's simulated images.
     // (That π follows the classifier is the unit test
@@ -228,10 +227,7 @@ fn pi_from_the_invariant_features_resumes_exactly() {
             .sum();
         assert!((p - 1.0).abs() < 1e-5, "{line}");
     }
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("straight/config.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = run_config(&dir.path().join("straight"));
     assert_eq!(doc["train"]["pi_estimator"], "invariant");
     assert_eq!(doc["train"]["pi_feedback"], false);
 }
@@ -259,10 +255,7 @@ fn the_unconditional_mixtures_options_resume_exactly_and_are_logged() {
         let a = line["classifier_accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a), "{line}");
     }
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("straight/config.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = run_config(&dir.path().join("straight"));
     assert_eq!(doc["train"]["split_dilation"], 0.05);
     assert_eq!(doc["train"]["invariant_weight"], 1.0);
     assert_eq!(doc["train"]["pi_classifier"], true);
@@ -460,9 +453,7 @@ fn train_writes_the_run_folder_and_resumes_exactly() {
     let star = tiny_set(dir.path());
     let (m, resumed) = resumes_exactly(dir.path(), &star, SMALL);
     let straight = dir.path().join("straight");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap())
-            .unwrap();
+    let doc = run_config(&straight);
     assert_eq!(doc["train"]["model"]["box_size"], 16);
     // σ came from the synthetic set's manifest.
     assert!(
@@ -729,8 +720,7 @@ fn train_takes_noise_from_a_stack_of_background_patches() {
         "cpu",
         "-q",
     ]);
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let doc = run_config(&run);
     assert!(
         doc["data"]["noise_stack"]
             .as_str()
