@@ -60,10 +60,7 @@ pub fn run_quiet(what: &str, program: &Path, args: &[&str]) -> Result<()> {
 /// Writes `bytes` to `path` through a temporary file beside it and a rename, so that `path` is
 /// never left half-written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    Ok(mcg_fsio::write_atomic(path, bytes)?)
 }
 
 /// Runs a command and returns its standard output, or `None` when it cannot run or fails.

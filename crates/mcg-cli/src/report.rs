@@ -275,8 +275,60 @@ fn slice_and_projection(v: &Volume) -> (Array2<f32>, Array2<f32>) {
     (slice, projection)
 }
 
+/// The files a report writes in its folder.
+const OUTPUTS: [&str; 10] = [
+    "training_wasserstein.png",
+    "training_losses.png",
+    "images.png",
+    "montage.png",
+    "fsc_ends.png",
+    "fsc_history.png",
+    "beta_alpha.png",
+    "fsccc.png",
+    "metrics.json",
+    "report.html",
+];
+
+/// The files directly in `dir`.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
     ensure!(args.l >= 2, "--l {}: expected at least 2", args.l);
+    // Every input is read and checked before anything is written, so that a wrong --run or
+    // --truth leaves no figure behind.
+    let lines = read_metrics(&args.run)?;
+    ensure!(
+        !lines.is_empty(),
+        "{}: no steps logged yet",
+        args.run.join("metrics.jsonl").display()
+    );
+    let dev = device::select(args.device)?;
+    let trained = load_run(&args.run, dev)
+        .with_context(|| format!("loading the run {}", args.run.display()))?;
+    let truth = match &args.truth {
+        Some(dir) => Some(Truth::load(dir, trained.apix)?),
+        None => None,
+    };
+    let inputs: Vec<PathBuf> = std::iter::once(&args.run)
+        .chain(&args.truth)
+        .flat_map(|dir| files_in(dir))
+        .collect();
+    let outputs: Vec<PathBuf> = OUTPUTS.iter().map(|n| args.out.join(n)).collect();
+    let labelled: Vec<(&str, &Path)> = outputs
+        .iter()
+        .map(|p| ("the report's", p.as_path()))
+        .collect();
+    util::refuse_overwriting_inputs(&inputs, &labelled)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let out = &args.out;
@@ -285,12 +337,6 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     metrics.insert("run".into(), json!(args.run.display().to_string()));
 
     // Training curves.
-    let lines = read_metrics(&args.run)?;
-    ensure!(
-        !lines.is_empty(),
-        "{}: no steps logged yet",
-        args.run.join("metrics.jsonl").display()
-    );
     let curve = |key: &str| -> Vec<(f64, f64)> {
         lines
             .iter()
@@ -383,17 +429,10 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     });
 
     // The model and its landscape.
-    let dev = device::select(args.device)?;
-    let trained = load_run(&args.run, dev)
-        .with_context(|| format!("loading the run {}", args.run.display()))?;
     let mode = trained.trainer.config.model.mode;
     let l = args.l;
     let positions = fsccc_positions(l);
     let cells = cell_midpoints(l);
-    let truth = match &args.truth {
-        Some(dir) => Some(Truth::load(dir, trained.apix)?),
-        None => None,
-    };
     let history = snapshots(&args.run, args.history);
     let bar = progress.bar(
         (positions.len() + cells.len() + 4 + 2 * history.len()) as u64,
@@ -932,6 +971,24 @@ fn write_html(path: &Path, run: &Path, sections: &[Section]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// Every file the report writes is in OUTPUTS, which the overwrite check is given.
+    #[test]
+    fn every_output_is_listed() {
+        let source = include_str!("report.rs");
+        let written: Vec<&str> = source
+            .split("out.join(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(written.len() >= 10, "{written:?}");
+        for name in written {
+            assert!(
+                super::OUTPUTS.contains(&name),
+                "{name} is written but not in OUTPUTS"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

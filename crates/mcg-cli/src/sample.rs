@@ -52,6 +52,18 @@ pub fn run(args: Args) -> Result<()> {
     let dev = device::select(args.device)?;
     let trained = mcg_train::run::load_run(&args.run, dev)
         .with_context(|| format!("loading the run {}", args.run.display()))?;
+    let inputs: Vec<PathBuf> = mcg_train::run::RUN_FILES
+        .iter()
+        .map(|n| args.run.join(n))
+        .collect();
+    let mut outputs: Vec<PathBuf> = (0..args.n).map(|m| args.out.join(sample_name(m))).collect();
+    outputs.push(args.out.join("landscape.cxc"));
+    outputs.push(args.out.join("samples.json"));
+    let labelled: Vec<(&str, &Path)> = outputs
+        .iter()
+        .map(|p| ("the output", p.as_path()))
+        .collect();
+    util::refuse_overwriting_inputs(&inputs, &labelled)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let last = (args.n - 1) as f64;

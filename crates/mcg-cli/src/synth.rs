@@ -51,6 +51,10 @@ pub enum Preset {
 /// OUT/particles.h5, OUT/ground_truth/*.mrc (maps along the landscape, e.g. beta_00 … beta_20),
 /// OUT/landscape.json and OUT/manifest.json (every setting, the seed, σ, the SNR definition).
 ///
+/// Interrupted or killed, it keeps only complete files (landscape.json, ground_truth/, finished
+/// shards); the same command run again removes what a killed run left and gives the files of an
+/// uninterrupted run, bit for bit.
+///
 /// The Hsp90 presets read 2cg9 chains A and B (2cg9_chainA_res12-677.pdb,
 /// 2cg9_chainB_res12-677.pdb) from --structures, else $MULTICRYOGAN_STRUCTURES, else
 /// ../shared/data/structures/hsp90; without them they use a built-in Hsp90-like phantom (logged
@@ -177,22 +181,30 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     ensure!(args.batch > 0, "--batch must be at least 1");
     ensure!(args.n > 0, "--n must be at least 1");
     let start = Instant::now();
+    // Every option is checked before anything is written.
+    let shard = args
+        .shard
+        .as_deref()
+        .map(|t| parse_shard(t, args.n))
+        .transpose()?;
+    if let Some(m) = args.shards {
+        ensure!(
+            (1..=args.n).contains(&m),
+            "--shards {m}: expected 1 to --n ({}) shards",
+            args.n
+        );
+    }
+    refuse_overwriting_inputs(&args)?;
     let plan = Plan::new(&args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output folder {}", args.out.display()))?;
     write_landscape_and_truth(&plan, &args.out, args.states)?;
-    let summary = match (&args.shard, args.shards) {
-        (Some(text), _) => {
-            let (k, m) = parse_shard(text, args.n)?;
+    let summary = match (shard, args.shards) {
+        (Some((k, m)), _) => {
             let s = run_shard(&plan, &args, k, m, progress)?;
             json!({"out": shard_dir(&args.out, k, m), "shard": [k, m], "images": s})
         }
         (None, Some(m)) => {
-            ensure!(
-                (1..=args.n).contains(&m),
-                "--shards {m}: expected 1 to --n ({}) shards",
-                args.n
-            );
             for k in 1..=m {
                 run_shard(&plan, &args, k, m, progress)?;
             }
@@ -211,6 +223,28 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         println!("{}", args.out.display());
     }
     Ok(())
+}
+
+/// The files synth writes in OUT (and each shard folder) must not be one of its inputs, such as
+/// `--landscape OUT/landscape.json`.
+fn refuse_overwriting_inputs(args: &Args) -> Result<()> {
+    let Some(landscape) = &args.landscape else {
+        return Ok(());
+    };
+    let names = [
+        "landscape.json",
+        "manifest.json",
+        "particles.star",
+        "particles.mrcs",
+        "particles.h5",
+    ];
+    let outputs: Vec<PathBuf> = names.iter().map(|n| args.out.join(n)).collect();
+    let labelled: Vec<(&str, &Path)> = outputs
+        .iter()
+        .map(|p| ("the output", p.as_path()))
+        .collect();
+    util::refuse_overwriting_inputs(std::slice::from_ref(landscape), &labelled)
+        .with_hint("write the data set to another folder than the one holding its landscape file, or rename the landscape file")
 }
 
 pub fn run_merge(args: MergeArgs, progress: &Progress) -> Result<()> {
@@ -402,10 +436,32 @@ fn write_landscape_and_truth(plan: &Plan, out: &Path, count: usize) -> Result<Ve
     let names: Vec<String> = states.iter().map(|(n, _)| n.clone()).collect();
     let record = json!({"settings": plan.settings, "states": names});
     let record_path = dir.join("states.json");
-    if read_json(&record_path).is_some_and(|r| r == record)
+    let old = read_json(&record_path);
+    if old.as_ref().is_some_and(|r| *r == record)
         && names.iter().all(|n| dir.join(format!("{n}.mrc")).is_file())
     {
         return Ok(names);
+    }
+    // The maps of an earlier run with other settings (fewer --states, say) that this run does
+    // not make go, so that the folder holds one run's truth; only maps that run listed.
+    let old_names = old
+        .as_ref()
+        .and_then(|r| r["states"].as_array().cloned())
+        .unwrap_or_default();
+    std::fs::remove_file(&record_path).ok();
+    for stale in old_names.iter().filter_map(Value::as_str) {
+        if !names.iter().any(|n| n == stale) {
+            let map = dir.join(format!("{stale}.mrc"));
+            std::fs::remove_file(&map)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .with_context(|| format!("removing the earlier run's map {}", map.display()))?;
+        }
     }
     for (name, c) in &states {
         util::check_interrupted()?;
@@ -712,7 +768,10 @@ fn merge(out: &Path, h5: bool, batch: usize, progress: &Progress) -> Result<Valu
     let mut merged: Option<ParticleSet> = None;
     for k in 1..=m {
         let dir = shard_dir(out, k, m);
-        let mut set = star::read_particles(&dir.join("particles.star"), &Default::default())?;
+        // Opening the images checks each shard's stack (a truncated one is refused) before
+        // anything is written.
+        let (mut set, _) =
+            crate::input::particles(&dir.join("particles.star"), &Default::default())?;
         let rel = PathBuf::from("shards")
             .join(format!("{k}-of-{m}"))
             .join("particles.mrcs");
@@ -743,12 +802,14 @@ fn merge(out: &Path, h5: bool, batch: usize, progress: &Progress) -> Result<Valu
         .map(|l| l[2..].to_string())
         .collect::<Vec<_>>();
     let star_path = out.join("particles.star");
-    star::write_particles_with_notes(&star_path, &set, &notes)?;
     let n = set.len();
     let mut outputs = json!({"star": "particles.star", "stacks": "shards/K-of-M/particles.mrcs",
         "ground_truth": "ground_truth", "landscape": "landscape.json"});
+    // The container first, then the STAR file, then the manifest: a merge that fails leaves
+    // none of the three new.
     if h5 {
-        let (set, images) = crate::input::particles(&star_path, &crate::input::Locate::default())?;
+        let images: Box<dyn mcg_formats::ImageSource> =
+            Box::new(mcg_formats::stack_source::StackImages::open(&set)?);
         let path = out.join("particles.h5");
         let mut writer = H5Writer::create(&path, images.box_size(), images.pixel_size(), n)?;
         add_ground_truth(&mut writer, out)?;
@@ -763,6 +824,7 @@ fn merge(out: &Path, h5: bool, batch: usize, progress: &Progress) -> Result<Valu
         writer.finish(&set)?;
         outputs["h5"] = json!("particles.h5");
     }
+    star::write_particles_with_notes(&star_path, &set, &notes)?;
     let mut manifest = manifests[0].clone();
     manifest["shard"] = Value::Null;
     manifest["shards"] = json!(m);

@@ -229,6 +229,22 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "{}: no particles",
         args.particles.display()
     );
+    if !args.resume {
+        // A fresh run writes (and with --force clears) the run files: none may be an input.
+        let mut inputs = vec![args.particles.clone()];
+        inputs.extend(util::stacks_of(&set));
+        inputs.extend(args.init.iter().cloned());
+        inputs.extend(args.config.iter().cloned());
+        inputs.extend(args.noise_stack.iter().cloned());
+        let outputs: Vec<PathBuf> = mcg_train::run::RUN_FILES
+            .iter()
+            .map(|n| args.out.join(n))
+            .collect();
+        let labelled: Vec<(&str, &Path)> =
+            outputs.iter().map(|p| ("the run's", p.as_path())).collect();
+        util::refuse_overwriting_inputs(&inputs, &labelled)
+            .with_hint("copy the file out of the run folder first, or train into another folder")?;
+    }
     let n = images.box_size();
     if n < 8 || !n.is_multiple_of(8) {
         return Err(anyhow::anyhow!(

@@ -134,20 +134,9 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` atomically ([`mcg_fsio::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_name(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
-}
-
-/// A temporary name beside `path`: `.NAME.tmp-PID`.
-pub fn tmp_name(path: &Path) -> std::path::PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    Ok(mcg_fsio::write_atomic(path, bytes)?)
 }
 
 /// Peak resident memory of this process in MiB (Linux), for reports.
@@ -224,12 +213,13 @@ fn resolved(path: &Path) -> PathBuf {
 
 /// Refuses, before anything is written, to write any of `outputs` over one of `inputs` (the
 /// files the command reads, including the image stacks a metadata file points at): an output
-/// must never destroy an input. The error names both.
+/// must never destroy an input. An output may be a folder the command fills or clears, which
+/// must hold no input. The error names both.
 pub fn refuse_overwriting_inputs(inputs: &[PathBuf], outputs: &[(&str, &Path)]) -> Result<()> {
     let inputs: Vec<(PathBuf, &PathBuf)> = inputs.iter().map(|p| (resolved(p), p)).collect();
     for (what, out) in outputs {
         let target = resolved(out);
-        if let Some((_, input)) = inputs.iter().find(|(r, _)| *r == target) {
+        if let Some((_, input)) = inputs.iter().find(|(r, _)| r.starts_with(&target)) {
             anyhow::bail!(
                 "{what} {} would overwrite the input {}; choose another output name",
                 out.display(),

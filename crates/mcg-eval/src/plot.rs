@@ -34,17 +34,16 @@ fn err(path: &Path, e: impl std::fmt::Display) -> EvalError {
     }
 }
 
-/// `dir/.name.tmp.png`: the image encoder picks the format from the extension.
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp.png"))
+/// A temporary name for `path` that keeps its extension, from which the image encoder picks
+/// the format; dropped unfinished (a drawing error), it is removed.
+fn stage(path: &Path) -> Result<(mcg_fsio::Staged, PathBuf), EvalError> {
+    let staged = mcg_fsio::Staged::new(path).map_err(|e| err(path, e))?;
+    let tmp = staged.path().to_path_buf();
+    Ok((staged, tmp))
 }
 
-fn finish(tmp: &Path, path: &Path) -> Result<(), EvalError> {
-    std::fs::rename(tmp, path).map_err(|e| err(path, e))
+fn finish(staged: mcg_fsio::Staged, path: &Path) -> Result<(), EvalError> {
+    staged.commit().map_err(|e| err(path, e))
 }
 
 /// One curve of a line plot.
@@ -122,7 +121,7 @@ pub fn line_plot(path: &Path, plot: &LinePlot<'_>, series: &[Series]) -> Result<
         let pad = 0.05 * (hi - lo);
         (lo - pad, hi + pad)
     });
-    let tmp = tmp_path(path);
+    let (staged, tmp) = stage(path)?;
     {
         let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -188,7 +187,7 @@ pub fn line_plot(path: &Path, plot: &LinePlot<'_>, series: &[Series]) -> Result<
         }
         root.present().map_err(|x| e(&x))?;
     }
-    finish(&tmp, path)
+    finish(staged, path)
 }
 
 /// FSC curves against frequency as a fraction of Nyquist, with the 0.5 and 0.143 thresholds.
@@ -267,7 +266,7 @@ pub fn heatmaps(
     let panel = 420u32;
     let bar = 110u32;
     let width = panel * panels.len() as u32 + bar;
-    let tmp = tmp_path(path);
+    let (staged, tmp) = stage(path)?;
     {
         let root = BitMapBackend::new(&tmp, (width, panel + 40)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -330,7 +329,7 @@ pub fn heatmaps(
             .map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
     }
-    finish(&tmp, path)
+    finish(staged, path)
 }
 
 /// A grid of grayscale images (each scaled to its own range, enlarged `zoom` times), with a
@@ -353,7 +352,7 @@ pub fn image_grid(
     let cell = n * zoom + 4;
     let (left, top) = (130u32, 28u32);
     let (w, h) = (left + cols * cell + 4, top + rows.len() as u32 * cell + 4);
-    let tmp = tmp_path(path);
+    let (staged, tmp) = stage(path)?;
     {
         let root = BitMapBackend::new(&tmp, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -385,7 +384,7 @@ pub fn image_grid(
         }
         root.present().map_err(|x| e(&x))?;
     }
-    finish(&tmp, path)
+    finish(staged, path)
 }
 
 #[cfg(test)]

@@ -49,3 +49,9 @@ impl FormatError {
 
 /// Result with [`FormatError`].
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;
+
+impl From<mcg_fsio::FsError> for FormatError {
+    fn from(e: mcg_fsio::FsError) -> Self {
+        Self::io(e.path, e.action, e.source)
+    }
+}

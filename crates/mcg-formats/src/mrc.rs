@@ -16,7 +16,6 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use mcg_physics::Volume;
 use ndarray::{Array3, ArrayView3, ArrayViewMut2, ArrayViewMut3};
@@ -403,7 +402,7 @@ pub fn write_array(path: &Path, data: ArrayView3<'_, f32>, apix: f64, kind: MrcK
 
 /// Streams images into a float32 MRC2014 stack (ISPG 0, MZ = 1) without holding them all.
 ///
-/// The images go to a temporary file `.<name>.tmp-<pid>-<n>` in the destination folder;
+/// The images go to a temporary file in the destination folder (named by [`mcg_fsio::Staged`]);
 /// [`MrcStackWriter::finish`] writes the final header (NZ and statistics) and renames it.
 /// Dropping the writer without finishing removes the temporary file.
 #[derive(Debug)]
@@ -914,15 +913,13 @@ impl Stats {
     }
 }
 
-/// Gives each temporary file of this process a distinct name.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// A float32 MRC file being written under a temporary name; see [`MrcStackWriter`].
 #[derive(Debug)]
 struct AtomicWriter {
     dest: PathBuf,
-    tmp: PathBuf,
     out: Option<BufWriter<File>>,
+    /// Declared after `out`, so that the file is closed before an unfinished one is removed.
+    staged: Option<mcg_fsio::Staged>,
     ny: usize,
     nx: usize,
     apix: f64,
@@ -930,7 +927,6 @@ struct AtomicWriter {
     sections: usize,
     stats: Stats,
     scratch: Vec<u8>,
-    done: bool,
 }
 
 impl AtomicWriter {
@@ -951,28 +947,19 @@ impl AtomicWriter {
                 ));
             }
         }
-        let name = dest.file_name().ok_or_else(|| {
-            FormatError::invalid(dest, "path", "found no file name, expected a file path")
-        })?;
-        let folder = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = folder.join(format!(
-            ".{}.tmp-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| FormatError::io(&tmp, "create", e))?;
+        if dest.file_name().is_none() {
+            return Err(FormatError::invalid(
+                dest,
+                "path",
+                "found no file name, expected a file path",
+            ));
+        }
+        let staged = mcg_fsio::Staged::new(dest)?;
+        let file = staged.create()?;
         let mut writer = Self {
             dest: dest.to_path_buf(),
-            tmp,
             out: Some(BufWriter::with_capacity(CHUNK_BYTES, file)),
+            staged: Some(staged),
             ny,
             nx,
             apix,
@@ -980,13 +967,12 @@ impl AtomicWriter {
             sections: 0,
             stats: Stats::new(),
             scratch: Vec::new(),
-            done: false,
         };
         // A placeholder header, overwritten by `finish`. On failure the writer's drop closes
         // the file, then removes it.
         if let Some(out) = writer.out.as_mut() {
             out.write_all(&[0u8; HEADER_LEN])
-                .map_err(|e| FormatError::io(&writer.tmp, "write header", e))?;
+                .map_err(|e| FormatError::io(writer.tmp(), "write header", e))?;
         }
         Ok(writer)
     }
@@ -1021,8 +1007,13 @@ impl AtomicWriter {
             for (w, v) in words.iter_mut().zip(chunk) {
                 *w = v.to_le_bytes();
             }
-            out.write_all(&self.scratch)
-                .map_err(|e| FormatError::io(&self.tmp, "write voxels", e))?;
+            out.write_all(&self.scratch).map_err(|e| {
+                let tmp = self
+                    .staged
+                    .as_ref()
+                    .map_or(self.dest.as_path(), |s| s.path());
+                FormatError::io(tmp, "write voxels", e)
+            })?;
         }
         self.sections += n;
         Ok(())
@@ -1050,27 +1041,24 @@ impl AtomicWriter {
             .ok_or_else(|| FormatError::invalid(&self.dest, "writer", "already failed"))?;
         let mut file = out
             .into_inner()
-            .map_err(|e| FormatError::io(&self.tmp, "write voxels", e.into_error()))?;
+            .map_err(|e| FormatError::io(self.tmp(), "write voxels", e.into_error()))?;
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&encode_header(&header)))
-            .map_err(|e| FormatError::io(&self.tmp, "write header", e))?;
-        file.sync_all()
-            .map_err(|e| FormatError::io(&self.tmp, "sync", e))?;
+            .map_err(|e| FormatError::io(self.tmp(), "write header", e))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| FormatError::io(&self.dest, "rename into place", e))?;
-        self.done = true;
+        let staged = self
+            .staged
+            .take()
+            .ok_or_else(|| FormatError::invalid(&self.dest, "writer", "already failed"))?;
+        staged.commit()?;
         Ok(())
     }
-}
 
-impl Drop for AtomicWriter {
-    fn drop(&mut self) {
-        if !self.done {
-            drop(self.out.take());
-            // Best effort: the file is ours and unfinished; nothing useful to do on failure.
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+    /// The temporary file, for errors.
+    fn tmp(&self) -> &Path {
+        self.staged
+            .as_ref()
+            .map_or(self.dest.as_path(), |s| s.path())
     }
 }
 

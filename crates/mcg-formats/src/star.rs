@@ -39,7 +39,6 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 use mcg_physics::{CtfParams, Pose, Shift};
@@ -707,28 +706,7 @@ fn quote(v: &str) -> std::result::Result<std::borrow::Cow<'_, str>, String> {
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| FormatError::invalid(path, "path", "the output path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| FormatError::io(&tmp, "create", e))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| FormatError::io(&tmp, "write", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| FormatError::io(path, "rename into place", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    Ok(mcg_fsio::write_atomic(path, bytes)?)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -130,3 +130,13 @@ impl<T> Context<T> for hdf5::Result<T> {
         })
     }
 }
+
+impl From<mcg_fsio::FsError> for H5Error {
+    fn from(e: mcg_fsio::FsError) -> Self {
+        Self::Io {
+            path: e.path,
+            op: e.action,
+            source: e.source,
+        }
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdf5::{Dataset, File, Group, H5Type};
 use mcg_formats::{ImageSource, ParticleSet};
@@ -23,8 +22,6 @@ use crate::layout::*;
 pub struct H5Writer {
     /// The target path, named in every error.
     path: PathBuf,
-    /// The temporary file the data goes to until `finish` renames it.
-    tmp: PathBuf,
     file: Option<File>,
     images: Option<Dataset>,
     box_size: usize,
@@ -33,8 +30,9 @@ pub struct H5Writer {
     written: Vec<u64>,
     /// Names of the ground-truth volumes, in the order written.
     ground_truth: Vec<String>,
-    /// Set once the temporary file has been renamed into place.
-    done: bool,
+    /// The temporary file the data goes to until `finish` renames it; `None` once renamed.
+    /// Declared after `file`, so that the file is closed before an unfinished one is removed.
+    staged: Option<mcg_fsio::Staged>,
 }
 
 impl H5Writer {
@@ -156,13 +154,9 @@ impl H5Writer {
         if let Some(file) = self.file.take() {
             file.close().at(&self.path, "/", "close file")?;
         }
-        std::fs::File::open(&self.tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| H5Error::io(&self.path, "flush the temporary file to disk", e))?;
-        std::fs::rename(&self.tmp, &self.path)
-            .map_err(|e| H5Error::io(&self.path, "rename the temporary file into place", e))?;
-        self.done = true;
-        sync_folder(&self.path);
+        if let Some(staged) = self.staged.take() {
+            staged.commit()?;
+        }
         tracing::debug!(path = %self.path.display(), count = self.count, "wrote particle file");
         Ok(())
     }
@@ -250,19 +244,18 @@ impl H5Writer {
                 format!("the pixel size is {pixel_size} Å, expected a finite number above 0"),
             ));
         }
-        let tmp = temporary_path(path)?;
-        let file = File::create_excl(&tmp).at(path, "/", "create the temporary file")?;
+        let staged = mcg_fsio::Staged::new(path)?;
+        let file = File::create_excl(staged.path()).at(path, "/", "create the temporary file")?;
         // From here on, dropping `writer` (on an error below) removes the temporary file.
         let mut writer = Self {
             path: path.to_path_buf(),
-            tmp,
             file: Some(file),
             images: None,
             box_size,
             count,
             written: vec![0; count.div_ceil(64)],
             ground_truth: Vec::new(),
-            done: false,
+            staged: Some(staged),
         };
         let file = writer.file();
         let p = path;
@@ -303,9 +296,8 @@ impl Drop for H5Writer {
         if let Some(file) = self.file.take() {
             let _ = file.close();
         }
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        // Dropping `staged` unfinished removes the temporary file.
+        self.staged = None;
     }
 }
 
@@ -313,40 +305,12 @@ impl fmt::Debug for H5Writer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("H5Writer")
             .field("path", &self.path)
-            .field("tmp", &self.tmp)
+            .field("staged", &self.staged)
             .field("box_size", &self.box_size)
             .field("count", &self.count)
             .field("ground_truth", &self.ground_truth)
             .finish_non_exhaustive()
     }
-}
-
-/// `.<name>.<pid>-<k>.tmp` beside `path`: hidden, and unique within and across processes.
-fn temporary_path(path: &Path) -> Result<PathBuf> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let Some(name) = path.file_name() else {
-        return Err(H5Error::invalid(path, "/", "the path names no file"));
-    };
-    let k = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = format!(".{}.{}-{k}.tmp", name.to_string_lossy(), std::process::id());
-    Ok(path.with_file_name(tmp))
-}
-
-/// Makes the rename durable where the platform allows it; failure only weakens durability.
-fn sync_folder(path: &Path) {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 /// Checks that `set` fits a file of `count` images before anything is written.

@@ -240,7 +240,7 @@ pub fn run(
 }
 
 /// The files a run writes in its folder.
-const RUN_FILES: [&str; 5] = [
+pub const RUN_FILES: [&str; 5] = [
     "config.json",
     "metrics.jsonl",
     "checkpoint.safetensors",
@@ -440,8 +440,8 @@ pub fn write_grid(
             }
         }
     }
-    let tmp = path.with_extension("png.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+    let staged = mcg_fsio::Staged::new(path).map_err(crate::train::fs_error)?;
+    let file = staged.create().map_err(crate::train::fs_error)?;
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
     encoder.set_color(png::ColorType::Grayscale);
     encoder.set_depth(png::BitDepth::Eight);
@@ -450,14 +450,11 @@ pub fn write_grid(
         .write_image_data(&pixels)
         .map_err(|e| err(e.to_string()))?;
     writer.finish().map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    staged.commit().map_err(crate::train::fs_error)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+    mcg_fsio::write_atomic(path, bytes).map_err(crate::train::fs_error)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! needs only the weights, the optimiser state and the step to continue exactly.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
@@ -1454,12 +1454,10 @@ impl Trainer {
         let config = serde_json::to_string(&self.config).expect("config serialises");
         let config_bytes: Vec<u8> = config.into_bytes();
         named.push(("trainer.config".into(), Tensor::from_slice(&config_bytes)));
-        let tmp = tmp_path(path);
+        let staged = mcg_fsio::Staged::new(path).map_err(fs_error)?;
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, t)| (k.as_str(), t)).collect();
-        Tensor::write_safetensors(&refs, &tmp)?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-        Ok(())
+        Tensor::write_safetensors(&refs, staged.path())?;
+        staged.commit().map_err(fs_error)
     }
 
     /// Restores a checkpoint written by [`Trainer::save`] into this trainer; fails when it was
@@ -1794,12 +1792,9 @@ fn to_tensor(a: &Array3<f32>, device: Device) -> Tensor {
     )
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+/// A failure to write a run's file, as a training error.
+pub(crate) fn fs_error(e: mcg_fsio::FsError) -> TrainError {
+    TrainError::Invalid(e.to_string())
 }
 
 #[cfg(test)]

@@ -226,7 +226,42 @@ fn an_output_never_overwrites_an_input() {
         .collect();
     // The same file by another way of writing its path.
     let roundabout = data.join("./../data/particles.star");
-    let cases: [&[&str]; 6] = [
+    // A run's config and a starting map inside the run folder that a fresh run would clear.
+    let config = data.join("config.json");
+    std::fs::write(&config, "{}").unwrap();
+    std::fs::create_dir(data.join("volumes")).unwrap();
+    let start = data.join("volumes/start.mrc");
+    std::fs::copy(&closed, &start).unwrap();
+    let cases: [&[&str]; 9] = [
+        &[
+            "project",
+            "--volume",
+            s(&closed),
+            "--star",
+            s(&star),
+            "--out",
+            s(&data),
+        ],
+        &[
+            "train",
+            "--particles",
+            s(&star),
+            "--config",
+            s(&config),
+            "--out",
+            s(&data),
+            "--force",
+        ],
+        &[
+            "train",
+            "--particles",
+            s(&star),
+            "--init",
+            s(&start),
+            "--out",
+            s(&data),
+            "--force",
+        ],
         &["ctf", "--star", s(&star), "--out", s(&stack)],
         &["fsc", s(&closed), s(&open), "--plot", s(&closed)],
         &["align", s(&closed), s(&open), "--out", s(&closed)],
@@ -238,6 +273,7 @@ fn an_output_never_overwrites_an_input() {
         let err = fails(args);
         assert!(err.contains("would overwrite the input"), "{args:?}: {err}");
     }
+    assert!(config.exists() && start.exists());
     for (path, bytes) in [&star, &stack, &h5, &closed].iter().zip(&before) {
         assert_eq!(
             &std::fs::read(path).unwrap(),

@@ -4,6 +4,7 @@
 mod commands;
 mod errors;
 mod eval;
+mod recovery;
 mod report;
 mod synth;
 mod train;

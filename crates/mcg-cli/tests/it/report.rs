@@ -29,6 +29,24 @@ fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
         "cpu",
         "-q",
     ]);
+    // A wrong --truth is found before anything is written (issue 13, class 2).
+    let wrong = dir.path().join("wrong-report");
+    let msg = crate::fails(&[
+        "report",
+        "--run",
+        s(&run),
+        "--truth",
+        s(dir.path()),
+        "--out",
+        s(&wrong),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        msg.contains("ground_truth") || msg.contains("landscape"),
+        "{msg}"
+    );
+    assert!(!wrong.exists(), "a failed report wrote {}", wrong.display());
     let out = dir.path().join("report");
     let printed = ok(&[
         "report",

@@ -17,7 +17,7 @@ fn nothing_at_the_target_before_finish() {
     let during = files_in(dir.path());
     assert_eq!(during.len(), 1, "{during:?}");
     assert!(
-        during[0].starts_with(".out.h5.") && during[0].ends_with(".tmp"),
+        mcg_fsio::is_temporary(&during[0]) && during[0].ends_with(".out.h5"),
         "{during:?}"
     );
     w.finish(&full_set(n, 2)).unwrap();
