@@ -165,6 +165,7 @@ pub fn run(
     // A resumed run's clock goes on from the checkpoint's, and lines logged after the checkpoint
     // (by a run killed before its next one) are dropped: they are about to be run again.
     let time_offset = if opts.resume {
+        forget_after(&opts.out, trainer.step())?;
         metrics_up_to(&metrics_path, trainer.step())?
     } else {
         0.0
@@ -310,8 +311,9 @@ fn metrics_up_to(path: &Path, step: u64) -> Result<f64, TrainError> {
 }
 
 /// The checkpoint, the volume snapshots and an image grid.
+/// Writes the snapshots of this step, then the checkpoint: a process killed part-way keeps the
+/// previous checkpoint, and `--resume` drops the snapshots made after it ([`forget_after`]).
 fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), TrainError> {
-    trainer.save(&checkpoint_path(out))?;
     let volumes_dir = out.join("volumes");
     std::fs::create_dir_all(&volumes_dir)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", volumes_dir.display())))?;
@@ -355,6 +357,43 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
         &rows,
         4,
     )?;
+    trainer.save(&checkpoint_path(out))
+}
+
+/// Before a resumed run goes on from the checkpoint of `step`: removes the snapshots of later
+/// steps (`volumes/step_N`, `images/step_N.png`, written by a run killed before its next
+/// checkpoint, possibly in part; they would be made again, maybe at other steps) and the
+/// temporary files a killed process left in the run's folders.
+fn forget_after(out: &Path, step: u64) -> Result<(), TrainError> {
+    let later = |path: &Path| {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step_"))
+            .map(|n| n.trim_end_matches(".png"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|s| s > step)
+    };
+    for dir in [out.join("volumes"), out.join("images")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                mcg_fsio::remove_stale(&path);
+            }
+            if !later(&path) {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        mcg_fsio::remove_stale(&dir);
+    }
+    mcg_fsio::remove_stale(out);
     Ok(())
 }
 

@@ -307,22 +307,7 @@ fn sigterm_saves_the_checkpoint_and_the_run_resumes() {
             &[&["--checkpoint-seconds", "100000"], extra].concat(),
         )
     };
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
-        .args(args(&["--steps", "1000000"]))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for a few steps (lines of metrics.jsonl), then send SIGTERM.
-    let start = std::time::Instant::now();
-    while metrics_lines(&run) < 3 && start.elapsed() < std::time::Duration::from_secs(120) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = child.wait_with_output().unwrap();
+    let output = signal_after_lines(&args(&["--steps", "1000000"]), &run, 3, "TERM");
     assert_eq!(output.status.code(), Some(130));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--resume"), "{stderr}");
@@ -439,6 +424,31 @@ fn train_command(star: &Path, file: &Path, run: &Path, extra: &[&str]) -> Vec<St
     .collect();
     v.extend(extra.iter().map(|a| a.to_string()));
     v
+}
+
+/// Starts `train ARGS`, waits until `run`'s metrics.jsonl holds `lines` lines, then sends it
+/// `signal`; returns its output.
+fn signal_after_lines(
+    args: &[String],
+    run: &Path,
+    lines: usize,
+    signal: &str,
+) -> std::process::Output {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while metrics_lines(run) < lines && start.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait_with_output().unwrap()
 }
 
 fn metrics_lines(run: &Path) -> usize {
@@ -831,4 +841,86 @@ fn multi_mode_separates_two_states() {
          at α = 0 and 1: {ends:?} (closed vs open: {:.3})",
         l1(&closed, &open)
     );
+}
+
+/// SIGKILL in the middle of training (no chance to save or clean up): `--resume` from the last
+/// checkpoint drops the lines logged after it, removes what the killed process left, and ends
+/// with the numbers, maps and checkpoint of an uninterrupted run, bit for bit.
+#[test]
+fn sigkill_then_resume_gives_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let steps = "40";
+    let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
+    let every_step = ["--checkpoint-seconds", "0"];
+    ok(&train_command(
+        &star,
+        &file,
+        &straight,
+        &[&every_step[..], &["--steps", steps]].concat(),
+    )
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    let long = train_command(
+        &star,
+        &file,
+        &killed,
+        &[&every_step[..], &["--steps", "1000000"]].concat(),
+    );
+    let output = signal_after_lines(&long, &killed, 5, "KILL");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+        Some(9)
+    );
+    let reached = metrics(&killed).len();
+    assert!((5..40).contains(&reached), "killed at {reached} steps");
+    ok(&train_command(
+        &star,
+        &file,
+        &killed,
+        &[&every_step[..], &["--steps", steps, "--resume"]].concat(),
+    )
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    assert_eq!(
+        crate::recovery::temporaries(&killed),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let (a, b) = (metrics(&straight), metrics(&killed));
+    assert_eq!(a.len(), 40);
+    assert_eq!(b.len(), 40);
+    for (x, y) in a.iter().zip(&b) {
+        for key in [
+            "step",
+            "d_loss",
+            "g_loss",
+            "wasserstein",
+            "gradient_penalty",
+        ] {
+            assert_eq!(x[key], y[key], "step {}: {key}", x["step"]);
+        }
+    }
+    // Every file of the run folder but the log (whose clock differs): the checkpoint, the
+    // latest maps, every snapshot and image grid, the recorded settings.
+    let files = |run: &std::path::Path| {
+        let mut t = crate::recovery::tree(run);
+        t.retain(|(p, _)| p != std::path::Path::new("metrics.jsonl"));
+        t
+    };
+    let (want, got) = (files(&straight), files(&killed));
+    let names =
+        |t: &[(std::path::PathBuf, Vec<u8>)]| t.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&got), names(&want));
+    assert!(want.len() > 40 * 4, "{} files", want.len());
+    for ((path, a), (_, b)) in got.iter().zip(&want) {
+        assert!(
+            a == b,
+            "{} differs from the uninterrupted run's",
+            path.display()
+        );
+    }
 }
