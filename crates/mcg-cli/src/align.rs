@@ -66,6 +66,14 @@ pub fn run(args: Args) -> Result<()> {
         allow_flip: !args.no_flip,
         ..AlignConfig::default()
     };
+    // (A step outside (0°, 90°] is refused by the alignment itself, naming it.)
+    if args.angular_step > 0.0 && args.angular_step <= 90.0 {
+        util::need_memory(
+            &format!("--angular-step {}", args.angular_step),
+            "the global search's grid of rotations",
+            mcg_eval::align::search_bytes(&config),
+        )?;
+    }
     let found = align(&volume, &reference, &config).with_context(|| {
         format!(
             "aligning {} to {}",

@@ -44,6 +44,18 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         ),
     };
     ensure!(n >= 2 && n % 2 == 0, "--box must be even, got {n}");
+    let option = match args.box_size {
+        Some(n) => format!("--box {n}"),
+        None => format!("{}: _rlnImageSize {n}", args.star.display()),
+    };
+    util::need_memory(&option, "one CTF image", batch_size_bytes(n))?;
+    let folder = args.out.parent().unwrap_or(std::path::Path::new("."));
+    util::need_disk(
+        &option,
+        "the CTF stack",
+        util::stack_bytes(set.len(), n),
+        folder,
+    )?;
     let apix = first.pixel_size;
     let mut writer = MrcStackWriter::create(&args.out, n, n, apix)?;
     let bar = progress.bar(set.len() as u64, "CTFs");
@@ -67,4 +79,9 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     bar.finish_and_clear();
     println!("{}", args.out.display());
     Ok(())
+}
+
+/// Bytes that forming one CTF image of `n`² pixels takes (the image and its frequencies).
+fn batch_size_bytes(n: usize) -> f64 {
+    (n as f64).powi(2) * 4.0 * 4.0
 }

@@ -106,6 +106,22 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     util::set_threads(args.threads)?;
     ensure!(args.batch > 0, "--batch must be at least 1");
     let start = Instant::now();
+    if args.volume.is_none() {
+        let b = args.box_size;
+        util::need_memory(
+            &format!("--box {b}"),
+            "the test volume, its oversampled 3D transform and a batch of images",
+            util::projector_bytes(b, args.oversampling) + util::batch_bytes(args.batch, b),
+        )?;
+    }
+    if args.star.is_none() {
+        util::need_memory(
+            &format!("--n {}", args.n),
+            "the particle table",
+            args.n as f64
+                * (std::mem::size_of::<ImagingParams>() + std::mem::size_of::<Particle>()) as f64,
+        )?;
+    }
     let volume = load_volume(&args)?;
     let (n_box, apix) = (volume.box_size(), f64::from(volume.apix()));
     let (mut set, params) = match &args.star {
@@ -116,6 +132,18 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     ensure!(n > 0, "nothing to simulate: the particle table is empty");
     info!(n, box_size = n_box, apix, "simulating");
 
+    util::need_memory(
+        &format!("--oversampling {} at a {n_box}³ box", args.oversampling),
+        "the oversampled 3D transform and a batch of images",
+        util::projector_bytes(n_box, args.oversampling) + util::batch_bytes(args.batch, n_box),
+    )?;
+    util::need_calibration(args.calibration_images, n_box)?;
+    util::need_disk(
+        &format!("{n} images of {n_box}²"),
+        "the particle stack",
+        util::stack_bytes(n, n_box),
+        &args.out,
+    )?;
     let simulator = Simulator::with_oversampling(&volume, args.projector, args.oversampling)
         .context("--oversampling")?;
     let calibration = calibration_params(&args, &params)?;

@@ -299,6 +299,23 @@ impl Plan {
             cfg.resolution = r;
         }
         let imaging = args.imaging.settings()?;
+        let (b, s) = (args.box_size, args.oversampling);
+        let volumes = molecule.projector_volume_count();
+        util::need_memory(
+            &format!("--box {b} (--oversampling {s})"),
+            &format!(
+                "the {volumes} oversampled 3D transforms of the molecule and a batch of images"
+            ),
+            volumes as f64 * util::projector_bytes(b, s) + util::batch_bytes(args.batch, b),
+        )?;
+        util::need_calibration(args.calibration_images, b)?;
+        let h5 = if args.no_h5 { 1.0 } else { 2.0 };
+        util::need_disk(
+            &format!("--n {} at --box {b}", args.n),
+            "the particle stack and container, and the ground-truth maps",
+            h5 * util::stack_bytes(args.n, b) + args.states as f64 * 4.0 * (b as f64).powi(3),
+            &args.out,
+        )?;
         let projector = molecule
             .projector(&cfg, args.oversampling)
             .context("--oversampling")?;

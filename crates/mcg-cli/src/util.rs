@@ -230,6 +230,49 @@ pub fn refuse_overwriting_inputs(inputs: &[PathBuf], outputs: &[(&str, &Path)]) 
     Ok(())
 }
 
+/// Refuses, before anything is allocated, `bytes` of memory for `purpose` that `option` (the
+/// flag and its value) implies when the machine does not have them.
+pub fn need_memory(option: &str, purpose: &str, bytes: f64) -> Result<()> {
+    mcg_fsio::budget::check_memory(option, purpose, bytes)
+        .map_err(anyhow::Error::msg)
+        .with_hint("choose a smaller value, or run on a machine with more memory")
+}
+
+/// Refuses, before anything is written, `bytes` of output in `folder` that `option` implies
+/// when its file system has less free.
+pub fn need_disk(option: &str, purpose: &str, bytes: f64, folder: &Path) -> Result<()> {
+    mcg_fsio::budget::check_disk(option, purpose, bytes, folder)
+        .map_err(anyhow::Error::msg)
+        .with_hint("free some space, write elsewhere, or choose a smaller value")
+}
+
+/// Bytes of an image stack of `count` images of `n`² float32 pixels.
+pub fn stack_bytes(count: usize, n: usize) -> f64 {
+    count as f64 * (n as f64).powi(2) * 4.0 + 1024.0
+}
+
+/// Bytes a Fourier projector of an `n`³ volume holds: the volume and its 3D transform,
+/// `oversampling` times finer (complex float32).
+pub fn projector_bytes(n: usize, oversampling: usize) -> f64 {
+    let n = n as f64;
+    4.0 * n.powi(3) + 8.0 * (oversampling as f64 * n).powi(3)
+}
+
+/// Bytes of `batch` images of `n`² pixels as the simulators form them (clean image, spectrum
+/// and noisy image per image, and the batch being written meanwhile).
+pub fn batch_bytes(batch: usize, n: usize) -> f64 {
+    batch as f64 * (n as f64).powi(2) * 4.0 * 6.0
+}
+
+/// Refuses a `--calibration-images K` whose clean images at an `n`² box do not fit in memory.
+pub fn need_calibration(k: usize, n: usize) -> Result<()> {
+    need_memory(
+        &format!("--calibration-images {k}"),
+        "the clean calibration images",
+        batch_bytes(k.max(1), n),
+    )
+}
+
 /// The image stacks a particle set reads, each once.
 pub fn stacks_of(set: &mcg_formats::ParticleSet) -> Vec<PathBuf> {
     let mut stacks: Vec<PathBuf> = set

@@ -217,13 +217,29 @@ pub fn correlation(a: &Volume, b: &Volume) -> f64 {
     correlation_with(a.data(), &centred(b.data()))
 }
 
+/// The number of directions and of in-plane angles of [`rotation_grid`]`(step_deg)`.
+fn grid_size(step_deg: f64) -> (usize, usize) {
+    let step = step_deg.to_radians();
+    let directions = ((4.0 * std::f64::consts::PI / (step * step)).round() as usize).max(1);
+    let psis = ((360.0 / step_deg).round() as usize).max(1);
+    (directions, psis)
+}
+
+/// Bytes the global search of [`align`] holds with `config`: each rotation of the grid and
+/// its score, for each hand.
+pub fn search_bytes(config: &AlignConfig) -> f64 {
+    let (d, p) = grid_size(config.angular_step_deg);
+    let hands = if config.allow_flip { 2.0 } else { 1.0 };
+    d as f64
+        * p as f64
+        * (std::mem::size_of::<Mat3>() as f64 + hands * std::mem::size_of::<Candidate>() as f64)
+}
+
 /// A near-uniform grid of rotations on SO(3) with spacing about `step_deg`: `round(4π/step²)`
 /// directions on a Fibonacci sphere (the third row of RELION's matrix, i.e. the direction that
 /// the rotation brings onto z) times `round(360/step)` in-plane angles psi.
 pub fn rotation_grid(step_deg: f64) -> Vec<Mat3> {
-    let step = step_deg.to_radians();
-    let directions = ((4.0 * std::f64::consts::PI / (step * step)).round() as usize).max(1);
-    let psis = ((360.0 / step_deg).round() as usize).max(1);
+    let (directions, psis) = grid_size(step_deg);
     let golden = std::f64::consts::PI * (3.0 - 5f64.sqrt());
     let mut grid = Vec::with_capacity(directions * psis);
     for i in 0..directions {

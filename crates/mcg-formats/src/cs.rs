@@ -46,7 +46,7 @@ use crate::{FormatError, Result};
 /// Relative image paths are resolved against `opts.data_dir` when given (first as written,
 /// then by file name alone), else against the `.cs` file's folder.
 pub fn read_cs(path: &Path, opts: &StarOptions) -> Result<ParticleSet> {
-    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, "read", e))?;
+    let bytes = mcg_fsio::budget::read_whole(path)?;
     particles_from_cs(&bytes, path, opts)
 }
 

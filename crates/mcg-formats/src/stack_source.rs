@@ -172,7 +172,7 @@ impl ImageSource for StackImages {
 /// The stack paths listed in a cryoDRGN `.txt` file, one per line, relative paths resolved
 /// against the file's folder. Blank lines and lines starting with `#` are skipped.
 pub fn read_stack_list(path: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, "read", e))?;
+    let text = mcg_fsio::budget::read_whole_text(path)?;
     let folder = path.parent().unwrap_or(Path::new(""));
     let stacks: Vec<PathBuf> = text
         .lines()

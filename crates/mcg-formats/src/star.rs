@@ -202,7 +202,7 @@ impl PartialEq for StarTable {
 
 /// Reads and parses a STAR file.
 pub fn read_star(path: &Path) -> Result<StarFile> {
-    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, "read", e))?;
+    let bytes = mcg_fsio::budget::read_whole(path)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         FormatError::invalid(
             path,

@@ -1,4 +1,5 @@
-//! Atomic file writing, the one scheme every writer of the workspace uses.
+//! Atomic file writing, the one scheme every writer of the workspace uses, and the resources a
+//! write or a computation needs ([`budget`]: memory and disk, checked before they are spent).
 //!
 //! A file is written under a hidden temporary name in its destination folder and renamed over
 //! the destination once complete ([`Staged::commit`]), so a reader sees either the old file or
@@ -17,6 +18,8 @@
 //! goes through [`Staged`] or [`write_atomic`].
 
 #![forbid(unsafe_code)]
+
+pub mod budget;
 
 use std::fmt;
 use std::fs::File;

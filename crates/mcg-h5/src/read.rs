@@ -73,6 +73,7 @@ impl H5Particles {
         let box_size = required_attr::<u64>(path, &file, ATTR_BOX_SIZE)? as usize;
         let count = required_attr::<u64>(path, &file, ATTR_COUNT)? as usize;
         let pixel_size: f64 = required_attr(path, &file, ATTR_PIXEL_SIZE)?;
+        check_count_fits(path, count)?;
 
         let images = open_dataset(path, &file, "/", IMAGES)?;
         let shape = images.shape();
@@ -593,6 +594,37 @@ fn open_dataset(path: &Path, parent: &Group, owner: &str, name: &str) -> Result<
         return Err(H5Error::invalid(path, object, "missing dataset"));
     }
     parent.dataset(name).at(path, &object, "open dataset")
+}
+
+/// The most a column can be compressed: a count that would need more than this many times the
+/// file's size in metadata alone is a count the file cannot hold.
+const MAX_COMPRESSION: u64 = 64;
+
+/// Refuses a root `count` whose particle table alone (an optics group and the floating-point
+/// columns per particle) is more than the file could hold, before any column is read: a small
+/// file declaring 10⁹ particles would otherwise make every column a multi-gigabyte allocation.
+fn check_count_fits(path: &Path, count: usize) -> Result<()> {
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| H5Error::io(path, "read the file size", e))?
+        .len();
+    let per_particle = 4 + 8 * PARTICLE_F64.len() as u64;
+    let needed = (count as u64).saturating_mul(per_particle);
+    if needed
+        > file_len
+            .saturating_mul(MAX_COMPRESSION)
+            .saturating_add(1 << 20)
+    {
+        return Err(H5Error::invalid(
+            path,
+            attr_object("/", ATTR_COUNT),
+            format!(
+                "is {count}, whose particle table alone takes {} bytes, more than a file of \
+                 {file_len} bytes can hold",
+                needed
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Fails unless `ds` is 1-D of length `len`.

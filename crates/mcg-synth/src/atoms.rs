@@ -291,9 +291,9 @@ fn is_standard_residue(residue: &str) -> bool {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, SynthError> {
-    std::fs::read(path).map_err(|source| SynthError::Io {
-        path: path.to_path_buf(),
-        source,
+    mcg_fsio::budget::read_whole(path).map_err(|e| SynthError::Io {
+        path: e.path,
+        source: e.source,
     })
 }
 

@@ -403,9 +403,9 @@ fn check_weights(weights: impl Iterator<Item = f64>, what: &str) -> Result<(), S
 impl Landscape {
     /// Reads and validates a landscape JSON file. Errors name the file and the field.
     pub fn from_json_file(path: &Path) -> Result<Self, LandscapeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LandscapeError::Io {
-            path: path.to_path_buf(),
-            source,
+        let text = mcg_fsio::budget::read_whole_text(path).map_err(|e| LandscapeError::Io {
+            path: e.path,
+            source: e.source,
         })?;
         let landscape: Self =
             serde_json::from_str(&text).map_err(|source| LandscapeError::Json {

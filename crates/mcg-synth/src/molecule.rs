@@ -308,6 +308,14 @@ impl Molecule {
             .collect()
     }
 
+    /// How many maps [`Molecule::projector`] transforms: one per rigid body, or one per model.
+    pub fn projector_volume_count(&self) -> usize {
+        match &self.kind {
+            Kind::Bodies(bodies) => bodies.len(),
+            Kind::Discrete(models) => models.len(),
+        }
+    }
+
     /// The projector of particle images on the grid of `cfg` (body maps or model maps, their
     /// 3D spectra oversampled `oversampling` times).
     pub fn projector(

@@ -283,3 +283,88 @@ fn an_output_never_overwrites_an_input() {
         );
     }
 }
+
+/// Options whose memory (or disk) the machine does not have are refused before anything is
+/// allocated or written, naming the option, the size it implies and what there is; never an
+/// allocation abort (issue 13, class 3).
+#[test]
+fn oversized_options_are_refused_naming_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = crate::train::tiny_set_of(dir.path(), "hsp90-discrete");
+    let star = data.to_str().unwrap();
+    let truth = data.parent().unwrap().join("ground_truth");
+    let (a, b) = (truth.join("beta_00.mrc"), truth.join("beta_20.mrc"));
+    let out = dir.path().join("o");
+    let o = s(&out);
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["align", s(&a), s(&b), "--angular-step", "0.2", "--out", o],
+            "--angular-step 0.2",
+        ),
+        (&["project", "--box", "100000", "--out", o], "--box 100000"),
+        (
+            &["project", "--n", "1000000000000", "--out", o],
+            "--n 1000000000000",
+        ),
+        (
+            &[
+                "synth",
+                "--preset",
+                "hsp90-continuous",
+                "--box",
+                "2048",
+                "--out",
+                o,
+            ],
+            "--box 2048",
+        ),
+        (
+            &[
+                "synth",
+                "--preset",
+                "hsp90-continuous",
+                "--calibration-images",
+                "1000000000",
+                "--out",
+                o,
+            ],
+            "--calibration-images 1000000000",
+        ),
+        (
+            &["ctf", "--star", star, "--box", "1000000", "--out", o],
+            "--box 1000000",
+        ),
+        (
+            &[
+                "project",
+                "--n",
+                "10",
+                "--calibration-images",
+                "1000000000",
+                "--out",
+                o,
+            ],
+            "--calibration-images 1000000000",
+        ),
+    ];
+    for (args, option) in cases {
+        let output = crate::run(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: not an error exit");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            err.contains(option) && err.contains("needs about") && err.contains("available"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    // Disk: 64 CTFs of 20,000² pixels are 102 GB; refused up front where the disk has less.
+    let needed = 64.0 * 20_000f64.powi(2) * 4.0;
+    let free = mcg_fsio::budget::free_disk(dir.path()).unwrap_or(u64::MAX) as f64;
+    if free < needed {
+        let stack = dir.path().join("ctf.mrcs");
+        let err = fails(&["ctf", "--star", star, "--box", "20000", "--out", s(&stack)]);
+        assert!(err.contains("--box 20000") && err.contains("free"), "{err}");
+        assert!(crate::recovery::temporaries(dir.path()).is_empty());
+        assert!(!stack.exists());
+    }
+}

@@ -140,6 +140,30 @@ fn image_shape_mismatch() {
     );
 }
 
+/// A count the file cannot hold (10⁹ particles in a few kilobytes) is refused before any
+/// column is read, naming the attribute; nothing is allocated for it.
+#[test]
+fn a_count_beyond_the_file_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = valid_file(dir.path(), "huge.h5", 3);
+    let f = hdf5::File::open_rw(&path).unwrap();
+    f.delete_attr("count").unwrap();
+    f.new_attr::<u64>()
+        .create("count")
+        .unwrap()
+        .write_scalar(&1_000_000_000u64)
+        .unwrap();
+    drop(f);
+    let e = open_error(&path);
+    assert!(
+        e.contains("huge.h5")
+            && e.contains("count")
+            && e.contains("1000000000")
+            && e.contains("can hold"),
+        "{e}"
+    );
+}
+
 #[test]
 fn column_length_mismatch() {
     let dir = tempfile::tempdir().unwrap();
