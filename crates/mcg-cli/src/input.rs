@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::util::WithHint;
+use mcg_formats::finite::FiniteImages;
 use mcg_formats::stack_source::{StackImages, particle_set_from_stacks, read_stack_list};
 use mcg_formats::star::StarOptions;
-use mcg_formats::{ImageSource, ParticleSet, cs, star};
+use mcg_formats::{ParticleSet, cs, star};
 use mcg_h5::H5Particles;
 
 /// The kinds of particle-set files, by extension.
@@ -75,16 +76,17 @@ pub fn metadata(path: &Path, locate: &Locate) -> Result<ParticleSet> {
     })
 }
 
-/// Reads the metadata of a particle set and opens its images for batch reading.
-pub fn particles(path: &Path, locate: &Locate) -> Result<(ParticleSet, Box<dyn ImageSource>)> {
+/// Reads the metadata of a particle set and opens its images for batch reading. Reading an
+/// image with a non-finite pixel is an error naming the file, the particle and the pixel.
+pub fn particles(path: &Path, locate: &Locate) -> Result<(ParticleSet, Box<FiniteImages>)> {
     if kind_of(path)? == Kind::H5 {
         let h5 = H5Particles::open(path)?;
         let set = h5.particle_set()?;
-        return Ok((set, Box::new(h5)));
+        return Ok((set, Box::new(FiniteImages::new(Box::new(h5), path))));
     }
     let set = metadata(path, locate)?;
     let images = StackImages::open(&set)
         .with_context(|| format!("opening the images of {}", path.display()))
         .with_hint("if the image stacks live in another folder, pass it with --data-dir")?;
-    Ok((set, Box::new(images)))
+    Ok((set, Box::new(FiniteImages::new(Box::new(images), path))))
 }

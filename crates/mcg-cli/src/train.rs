@@ -4,12 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
+use mcg_formats::ImageSource;
+use mcg_formats::finite::{FiniteImages, Subset, non_finite_particles};
 use mcg_train::models::{GeneratorKind, Mode};
 use mcg_train::run::{RunData, RunOptions};
 use mcg_train::train::{DataPhysics, TrainConfig, estimate_noise_sigma};
 use mcg_train::{DeviceChoice, device};
 use serde_json::{Value, json};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::input::{self, Locate};
 use crate::progress::Progress;
@@ -206,6 +208,10 @@ pub struct Args {
     /// Seconds between checkpoints.
     #[arg(long, value_parser = crate::util::finite_f64)]
     checkpoint_seconds: Option<f64>,
+    /// Train without the particles whose images hold a NaN or infinite pixel. Without it, such
+    /// particles are an error that counts them and names the first.
+    #[arg(long)]
+    skip_non_finite: bool,
     #[command(flatten)]
     locate: Locate,
     /// Print a JSON summary on stdout.
@@ -223,12 +229,13 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let mut config = base_config(&args)?;
     apply_flags(&mut config, &args);
 
-    let (set, images) = input::particles(&args.particles, &args.locate)?;
+    let (mut set, images) = input::particles(&args.particles, &args.locate)?;
     ensure!(
         !set.is_empty(),
         "{}: no particles",
         args.particles.display()
     );
+    let (images, skipped) = without_non_finite(&args, &mut set, images, progress)?;
     if !args.resume {
         // A fresh run writes (and with --force clears) the run files: none may be an input.
         let mut inputs = vec![args.particles.clone()];
@@ -286,6 +293,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             "noise_sigma": sigma,
             "noise_sigma_source": sigma_source,
             "noise_stack": args.noise_stack.as_ref().map(|p| p.display().to_string()),
+            "skipped_non_finite": skipped,
         }),
     };
     let init_volumes = args
@@ -341,8 +349,56 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
 }
 
 /// The patches of a noise stack, checked against the image size, on the training device.
+/// Reads every image once and finds those with a non-finite pixel: an error counting them and
+/// naming the first, or with --skip-non-finite the set and images without them. Returns the
+/// images to train on and how many particles were left out.
+fn without_non_finite(
+    args: &Args,
+    set: &mut mcg_formats::ParticleSet,
+    images: Box<FiniteImages>,
+    progress: &Progress,
+) -> Result<(Box<dyn ImageSource>, usize)> {
+    let bar = progress.bar(set.len() as u64, "checking pixels");
+    let bad = non_finite_particles(images.unchecked(), 512, &mut |k| bar.set_position(k as u64))?;
+    bar.finish_and_clear();
+    let Some(&first) = bad.first() else {
+        return Ok((images, 0));
+    };
+    let what = format!(
+        "{}: {} of {} particles have a NaN or infinite pixel (the first: particle {})",
+        args.particles.display(),
+        bad.len(),
+        set.len(),
+        first + 1
+    );
+    if !args.skip_non_finite {
+        return Err(anyhow::anyhow!(what))
+            .with_hint("--skip-non-finite trains without them; or fix or remove those images");
+    }
+    let keep: Vec<usize> = (0..set.len())
+        .filter(|i| bad.binary_search(i).is_err())
+        .collect();
+    ensure!(!keep.is_empty(), "{what}: none is left to train on");
+    warn!("{what}: training without them (--skip-non-finite)");
+    set.particles = keep.iter().map(|&i| set.particles[i].clone()).collect();
+    for (_, values) in &mut set.extra {
+        *values = keep.iter().map(|&i| values[i].clone()).collect();
+    }
+    let images: Box<dyn ImageSource> = images;
+    Ok((Box::new(Subset::new(images, keep)), bad.len()))
+}
+
 fn noise_patches(path: &Path, n: usize, dev: tch::Device) -> Result<tch::Tensor> {
     let data = mcg_formats::mrc::read(path)?.data;
+    for (k, patch) in data.axis_iter(ndarray::Axis(0)).enumerate() {
+        if let Some((y, x, v)) = mcg_formats::finite::first_non_finite(patch) {
+            bail!(
+                "{}: patch {}: found {v} at pixel (x {x}, y {y}), expected finite numbers",
+                path.display(),
+                k + 1
+            );
+        }
+    }
     let (k, ny, nx) = data.dim();
     ensure!(
         ny == n && nx == n,

@@ -89,6 +89,17 @@ pub fn read_map_pair(
         )
     };
     let (a, b) = (read(first)?, read(second)?);
+    for (map, path) in [(&a, first), (&b, second)] {
+        let data = map.data();
+        let v0 = data.iter().next().copied().unwrap_or(0.0);
+        if data.iter().all(|&v| v == v0) {
+            return Err(anyhow::anyhow!(
+                "{}: every voxel is {v0}, expected a map with some signal (a constant map has \
+                 no Fourier shell correlation)",
+                path.display()
+            ));
+        }
+    }
     if a.box_size() != b.box_size() {
         return Err(anyhow::anyhow!(
             "{}: box: {}³ voxels, expected the {}³ box of {}",

@@ -47,7 +47,9 @@ use crate::{FormatError, Result};
 /// then by file name alone), else against the `.cs` file's folder.
 pub fn read_cs(path: &Path, opts: &StarOptions) -> Result<ParticleSet> {
     let bytes = mcg_fsio::budget::read_whole(path)?;
-    particles_from_cs(&bytes, path, opts)
+    let set = particles_from_cs(&bytes, path, opts)?;
+    set.validate(path)?;
+    Ok(set)
 }
 
 /// RELION's pose for a cryoSPARC rotation vector `alignments3D/pose` (axis × angle, radians).

@@ -5,6 +5,7 @@
 
 pub mod cs;
 pub mod error;
+pub mod finite;
 pub mod mrc;
 pub mod particles;
 pub mod stack_source;

@@ -152,6 +152,102 @@ pub fn resolve_path(base: &Path, path: &Path) -> PathBuf {
     }
 }
 
+impl ParticleSet {
+    /// The one check of a particle set's values, whatever the file it came from (every reader
+    /// calls it, so a STAR, `.cs` and HDF5 file with the same content pass or fail alike):
+    /// optics groups with a finite pixel size above 0, a voltage above 0, finite Cs and an
+    /// amplitude contrast in [0, 1]; particles in an existing optics group with finite
+    /// defocus, astigmatism angle, phase shift, B-factor, scale, shift and angles; extra columns
+    /// of one value per particle. Errors name `path`, the group or particle (1-based) and the
+    /// field.
+    pub fn validate(&self, path: &Path) -> crate::Result<()> {
+        let bad =
+            |what: String, problem: String| Err(crate::FormatError::invalid(path, what, problem));
+        for g in &self.optics {
+            let name = |field: &str| format!("optics group {}: {field}", g.name);
+            if !(g.pixel_size.is_finite() && g.pixel_size > 0.0) {
+                return bad(
+                    name("pixel size"),
+                    format!("found {} Å, expected a finite number above 0", g.pixel_size),
+                );
+            }
+            if !(g.voltage.is_finite() && g.voltage > 0.0) {
+                return bad(
+                    name("voltage"),
+                    format!("found {} kV, expected a finite number above 0", g.voltage),
+                );
+            }
+            if !g.cs.is_finite() {
+                return bad(
+                    name("spherical aberration"),
+                    format!("found {} mm, expected a finite number", g.cs),
+                );
+            }
+            if !(0.0..=1.0).contains(&g.amplitude_contrast) {
+                return bad(
+                    name("amplitude contrast"),
+                    format!(
+                        "found {}, expected a fraction in [0, 1]",
+                        g.amplitude_contrast
+                    ),
+                );
+            }
+            if g.image_size == Some(0) {
+                return bad(
+                    name("image size"),
+                    "found 0 pixels, expected at least 1".into(),
+                );
+            }
+        }
+        for (i, p) in self.particles.iter().enumerate() {
+            let what = |field: &str| format!("particle {}: {field}", i + 1);
+            if p.optics_group >= self.optics.len() {
+                return bad(
+                    what("optics group"),
+                    format!(
+                        "found group index {}, expected one of the {} groups",
+                        p.optics_group,
+                        self.optics.len()
+                    ),
+                );
+            }
+            let c = &p.ctf;
+            let mut values = vec![
+                ("defocus U", c.defocus_u),
+                ("defocus V", c.defocus_v),
+                ("defocus angle", c.defocus_angle),
+                ("phase shift", c.phase_shift),
+                ("B-factor", c.bfactor),
+                ("CTF scale", c.scale),
+                ("voltage", c.voltage),
+                ("spherical aberration", c.cs),
+                ("amplitude contrast", c.amplitude_contrast),
+                ("shift x", p.shift.x),
+                ("shift y", p.shift.y),
+            ];
+            if let Some(pose) = &p.pose {
+                values.extend([("rot", pose.rot), ("tilt", pose.tilt), ("psi", pose.psi)]);
+            }
+            if let Some((field, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
+                return bad(what(field), format!("found {v}, expected a finite number"));
+            }
+        }
+        for (label, values) in &self.extra {
+            if values.len() != self.particles.len() {
+                return bad(
+                    format!("column {label}"),
+                    format!(
+                        "found {} values, expected one per particle ({})",
+                        values.len(),
+                        self.particles.len()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Random batch access to particle images, whatever holds them (MRC stacks, HDF5).
 pub trait ImageSource: Send + Sync {
     /// Number of images.
@@ -170,4 +266,59 @@ pub trait ImageSource: Send + Sync {
 
     /// Reads the images `indices` (0-based particle numbers) into `out`, `[indices.len()][N][N]`.
     fn read_batch(&self, indices: &[usize], out: ArrayViewMut3<'_, f32>) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> ParticleSet {
+        let ctf = CtfParams::default();
+        ParticleSet {
+            optics: vec![OpticsGroup::single(1.5, Some(64), &ctf)],
+            particles: (0..3)
+                .map(|_| Particle {
+                    image: None,
+                    optics_group: 0,
+                    pose: Some(Pose::new(10.0, 20.0, 30.0)),
+                    shift: Shift::default(),
+                    ctf,
+                    class: None,
+                })
+                .collect(),
+            extra: vec![("_mcgBeta".into(), vec!["1".into(), "2".into(), "3".into()])],
+            base_dir: PathBuf::new(),
+        }
+    }
+
+    fn error(set: &ParticleSet) -> String {
+        set.validate(Path::new("p.star")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_sound_set_passes_and_each_bad_value_is_named() {
+        set().validate(Path::new("p.star")).unwrap();
+        let mut s = set();
+        s.particles[1].ctf.defocus_u = f64::NAN;
+        let e = error(&s);
+        assert!(
+            e.contains("p.star") && e.contains("particle 2: defocus U") && e.contains("NaN"),
+            "{e}"
+        );
+        let mut s = set();
+        s.optics[0].pixel_size = 0.0;
+        assert!(error(&s).contains("pixel size"), "{}", error(&s));
+        let mut s = set();
+        s.particles[2].pose = Some(Pose::new(0.0, f64::INFINITY, 0.0));
+        assert!(error(&s).contains("particle 3: tilt"), "{}", error(&s));
+        let mut s = set();
+        s.particles[0].optics_group = 4;
+        assert!(error(&s).contains("optics group"), "{}", error(&s));
+        let mut s = set();
+        s.extra[0].1.pop();
+        assert!(error(&s).contains("_mcgBeta"), "{}", error(&s));
+        let mut s = set();
+        s.optics[0].amplitude_contrast = 1.5;
+        assert!(error(&s).contains("amplitude contrast"), "{}", error(&s));
+    }
 }

@@ -85,6 +85,23 @@ impl StackImages {
                 }
             };
             let stack = &stacks[k];
+            let declared = set.optics_of(i).image_size;
+            if let Some(size) = declared
+                && (size, size) != stack.shape
+            {
+                return Err(FormatError::invalid(
+                    &stack.path,
+                    format!("optics group {} image size", set.optics_of(i).name),
+                    format!(
+                        "the particle table declares {size}×{size}-pixel images \
+                         (_rlnImageSize, or .cs blob/shape), but the stack holds {}×{} \
+                         (particle {})",
+                        stack.shape.1,
+                        stack.shape.0,
+                        i + 1
+                    ),
+                ));
+            }
             if image.index >= stack.len {
                 return Err(FormatError::invalid(
                     &stack.path,

@@ -244,7 +244,9 @@ pub struct StarOptions {
 /// labels used, the defaults and the pixel-size search).
 pub fn read_particles(path: &Path, opts: &StarOptions) -> Result<ParticleSet> {
     let file = read_star(path)?;
-    particles_from_star(&file, path, opts)
+    let set = particles_from_star(&file, path, opts)?;
+    set.validate(path)?;
+    Ok(set)
 }
 
 /// Writes `set` as a RELION 3.1 particle file (`# version 30001`, `data_optics` then
@@ -407,6 +409,9 @@ impl<'a> Parser<'a> {
                 self.state = State::Header;
             }
             (State::Block, Some(Keyword::Label)) => {
+                if self.current_block().pairs.iter().any(|(l, _)| l == word) {
+                    return Err(self.error(format!("`{word}` appears twice in one block")));
+                }
                 if tokens.len() != 2 {
                     return Err(self.error(format!(
                         "`{word}` outside a table needs exactly one value, found {}",
@@ -424,6 +429,14 @@ impl<'a> Parser<'a> {
             }
             (State::Header, Some(Keyword::Label)) => {
                 self.expect_alone(tokens, "label")?;
+                // A repeated column would leave which copy counts to chance.
+                if let Some(k) = self.labels.iter().position(|l| l == word) {
+                    return Err(self.error(format!(
+                        "column `{word}` appears twice in one table (columns {} and {})",
+                        k + 1,
+                        self.labels.len() + 1
+                    )));
+                }
                 self.labels.push(word.to_owned());
             }
             (State::Header, Some(Keyword::Loop)) => {
@@ -1804,6 +1817,22 @@ _rlnRandomSubset #12
         // Only the output is left in the folder: the temporary file was renamed.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    /// A column (or a pair) given twice is refused, naming it and both places: which copy
+    /// would count is otherwise left to chance (issue 13, class 5).
+    #[test]
+    fn a_repeated_label_is_refused_naming_both_columns() {
+        let text = RELION31.replace("_rlnClassNumber #11", "_rlnDefocusU #11");
+        let e = parse_star(&text, p()).unwrap_err().to_string();
+        assert!(
+            e.contains("_rlnDefocusU") && e.contains("columns 3 and 11"),
+            "{e}"
+        );
+        let e = parse_star("data_\n_rlnA 1\n_rlnA 2\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("_rlnA") && e.contains("twice"), "{e}");
     }
 
     fn write_tmp(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hdf5::types::{FloatSize, TypeDescriptor, VarLenAscii, VarLenUnicode};
 use hdf5::{Dataset, File, Group, H5Type};
-use mcg_formats::{ImageRef, ImageSource, OpticsGroup, Particle, ParticleSet};
+use mcg_formats::{FormatError, ImageRef, ImageSource, OpticsGroup, Particle, ParticleSet};
 use mcg_physics::{Pose, Volume};
 use ndarray::{Array3, ArrayViewMut3, Axis, s};
 
@@ -74,6 +74,13 @@ impl H5Particles {
         let count = required_attr::<u64>(path, &file, ATTR_COUNT)? as usize;
         let pixel_size: f64 = required_attr(path, &file, ATTR_PIXEL_SIZE)?;
         check_count_fits(path, count)?;
+        if !(pixel_size.is_finite() && pixel_size > 0.0) {
+            return Err(H5Error::invalid(
+                path,
+                attr_object("/", ATTR_PIXEL_SIZE),
+                format!("is {pixel_size} Å, expected a finite number above 0"),
+            ));
+        }
 
         let images = open_dataset(path, &file, "/", IMAGES)?;
         let shape = images.shape();
@@ -197,7 +204,7 @@ impl H5Particles {
             extra.push((label, strings(p, &ds, &object, n)?));
         }
 
-        Ok(ParticleSet {
+        let set = ParticleSet {
             optics,
             particles,
             extra,
@@ -206,7 +213,17 @@ impl H5Particles {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
-        })
+        };
+        set.validate(p).map_err(|e| match e {
+            FormatError::Invalid { field, problem, .. } => {
+                H5Error::invalid(p, format!("/particles or /optics: {field}"), problem)
+            }
+            other => H5Error::Source {
+                path: p.clone(),
+                source: other,
+            },
+        })?;
+        Ok(set)
     }
 
     /// The image references of the table the file was written from, `None` when it named no

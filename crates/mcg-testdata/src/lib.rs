@@ -4,6 +4,8 @@
 //! They sit beside the repository in `../shared/data` and are never copied into it. CI has
 //! them; a user's fresh clone does not, so tests that need them skip with a message there.
 
+pub mod alloc;
+
 use std::path::PathBuf;
 
 /// The path of `rel` under `../shared/data/`, or `None` when that folder is absent (a user's

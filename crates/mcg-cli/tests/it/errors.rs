@@ -368,3 +368,24 @@ fn oversized_options_are_refused_naming_the_size() {
         assert!(!stack.exists());
     }
 }
+
+/// A declared image size (`_rlnImageSize`, or .cs `blob/shape`) that disagrees with the stack
+/// is refused when the images are opened, naming both, instead of passing into converted files
+/// (issue 13, class 5).
+#[test]
+fn a_declared_image_size_that_disagrees_with_the_stack_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = crate::train::tiny_set_of(dir.path(), "hsp90-discrete");
+    let mut set =
+        mcg_formats::star::read_particles(&star, &Default::default()).expect("the tiny set");
+    set.optics[0].image_size = Some(32);
+    let wrong = star.with_file_name("wrong.star");
+    mcg_formats::star::write_particles(&wrong, &set).unwrap();
+    let out = dir.path().join("x.h5");
+    let err = fails(&["convert", s(&wrong), s(&out)]);
+    assert!(
+        err.contains("particles.mrcs") && err.contains("32×32") && err.contains("16×16"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

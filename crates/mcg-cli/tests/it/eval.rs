@@ -172,4 +172,21 @@ fn maps_that_cannot_be_compared_are_refused_naming_the_file() {
     assert!(err.contains("/nonexistent/map.mrc"), "{err}");
     let err = fails(&["fsc", s(&a), s(&a), "--mask", s(&b)]);
     assert!(err.contains("other_box.mrc"), "{err}");
+    // A constant (all-zero) map has no FSC: refused, not a resolution (issue 13, class 4).
+    let zero = dir.path().join("zero.mrc");
+    mcg_formats::mrc::write_volume(
+        &zero,
+        &Volume::new(Array3::zeros((16, 16, 16)), 4.0).unwrap(),
+    )
+    .unwrap();
+    for args in [
+        &["fsc", s(&a), s(&zero)][..],
+        &["fsc", s(&zero), s(&a), "--json"],
+    ] {
+        let err = fails(args);
+        assert!(
+            err.contains("zero.mrc") && err.contains("every voxel is 0"),
+            "{err}"
+        );
+    }
 }

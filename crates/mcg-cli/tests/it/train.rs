@@ -325,48 +325,59 @@ fn sigterm_saves_the_checkpoint_and_the_run_resumes() {
     assert_eq!(m.last().unwrap()["step"], reached + 2);
 }
 
-/// Images with a NaN pixel make the losses non-finite: `train` stops at that step with an error
-/// naming the loss, and writes no checkpoint from it.
+/// Images with a NaN pixel are found before training: an error counting them and naming the
+/// first, or with --skip-non-finite a run on the others. Non-finite losses (here from noise
+/// of σ = 10³⁸, whose square overflows) stop training at that step with an error naming the
+/// loss, and no checkpoint is written from it.
 #[test]
-fn a_non_finite_loss_stops_training_without_a_checkpoint() {
+fn non_finite_pixels_and_losses_stop_training_without_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let star = tiny_set(dir.path());
-    // A NaN as the first pixel of every 16² image of the stack.
-    let stack = star.with_file_name("particles.mrcs");
-    let mut bytes = std::fs::read(&stack).unwrap();
-    let extended = u32::from_le_bytes(bytes[92..96].try_into().unwrap()) as usize;
-    let start = 1024 + extended;
-    let image = 16 * 16 * 4;
-    let mut at = start;
-    while at + 4 <= bytes.len() {
-        bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-        at += image;
-    }
-    std::fs::write(&stack, bytes).unwrap();
     let file = dir.path().join("settings.json");
     std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let train = |run: &Path, extra: &[&str]| -> Vec<String> {
+        train_command(&star, &file, run, &[&["--steps", "3"], extra].concat())
+    };
     let run = dir.path().join("run");
-    let err = fails(&[
-        "train",
-        "--particles",
-        s(&star),
-        "--config",
-        s(&file),
-        "--out",
-        s(&run),
-        "--steps",
-        "3",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "-q",
-    ]);
+    let err = fails(&as_strs(&train(&run, &["--noise-sigma", "1e38"])));
     assert!(
         err.contains("step 1") && err.contains("not a finite number"),
         "{err}"
     );
     assert!(!run.join("checkpoint.safetensors").exists());
+
+    // A NaN as the first pixel of images 3 and 5 (1-based) of the 64 of 16² pixels.
+    let stack = star.with_file_name("particles.mrcs");
+    let mut bytes = std::fs::read(&stack).unwrap();
+    let extended = u32::from_le_bytes(bytes[92..96].try_into().unwrap()) as usize;
+    let image = 16 * 16 * 4;
+    for k in [2, 4] {
+        let at = 1024 + extended + k * image;
+        bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&stack, bytes).unwrap();
+    let bad = dir.path().join("bad");
+    let err = fails(&as_strs(&train(&bad, &[])));
+    assert!(
+        err.contains("2 of 64 particles")
+            && err.contains("particle 3")
+            && err.contains("--skip-non-finite"),
+        "{err}"
+    );
+    assert!(!bad.join("config.json").exists(), "a run was started");
+    let skipped = dir.path().join("skipped");
+    ok(&as_strs(&train(&skipped, &["--skip-non-finite"])));
+    let config = run_config(&skipped);
+    assert_eq!(config["data"]["skipped_non_finite"], 2);
+    assert_eq!(config["data"]["images"], 62);
+    assert!(
+        metrics(&skipped)
+            .iter()
+            .all(|m| m["d_loss"].as_f64().is_some_and(f64::is_finite))
+    );
+    // Other commands refuse to read such an image, naming the particle and the pixel.
+    let err = fails(&["convert", s(&star), s(&dir.path().join("c.h5"))]);
+    assert!(err.contains("particle 3") && err.contains("NaN"), "{err}");
 }
 
 /// A fresh run into a folder that holds another run is refused (its checkpoint would be lost
@@ -449,6 +460,11 @@ fn signal_after_lines(
         .unwrap();
     assert!(sent.success());
     child.wait_with_output().unwrap()
+}
+
+/// `args` as the `&str`s the CLI helpers take.
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn metrics_lines(run: &Path) -> usize {

@@ -284,3 +284,42 @@ fn errors_convert_to_format_errors_naming_the_file() {
         "{e}"
     );
 }
+
+/// The container is held to the same checks of its values as STAR and `.cs` files (one
+/// validation of a particle set, whatever the format): a NaN defocus and a pixel size of 0 are
+/// refused, naming the particle or the attribute.
+#[test]
+fn non_finite_defocus_and_zero_pixel_size_are_refused_like_in_star_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = valid_file(dir.path(), "nan.h5", 3);
+    let f = hdf5::File::open_rw(&path).unwrap();
+    let ds = f.dataset("particles/defocus_u").unwrap();
+    let mut v: Vec<f64> = ds.read_raw().unwrap();
+    v[1] = f64::NAN;
+    ds.write_raw(&v).unwrap();
+    drop((ds, f));
+    let e = H5Particles::open(&path)
+        .unwrap()
+        .particle_set()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nan.h5") && e.contains("particle 2: defocus U") && e.contains("NaN"),
+        "{e}"
+    );
+
+    let path = valid_file(dir.path(), "zero.h5", 3);
+    let f = hdf5::File::open_rw(&path).unwrap();
+    f.delete_attr("pixel_size").unwrap();
+    f.new_attr::<f64>()
+        .create("pixel_size")
+        .unwrap()
+        .write_scalar(&0.0f64)
+        .unwrap();
+    drop(f);
+    let e = open_error(&path);
+    assert!(
+        e.contains("zero.h5") && e.contains("pixel_size") && e.contains("above 0"),
+        "{e}"
+    );
+}
