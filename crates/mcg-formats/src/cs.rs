@@ -1153,6 +1153,34 @@ mod tests {
         );
     }
 
+    /// A header that declares 10¹² rows in a file of two is an error naming the file, and
+    /// nothing is allocated for the rows it does not hold.
+    #[test]
+    fn a_declared_shape_beyond_the_file_allocates_nothing_for_it() {
+        let b = sample(1);
+        let text = String::from_utf8_lossy(&b).into_owned();
+        let at = text.find("'shape': (2,)").expect("the sample's shape");
+        let mut huge = b[..at].to_vec();
+        huge.extend_from_slice(b"'shape': (1000000000000,)");
+        huge.extend_from_slice(&b[at + "'shape': (2,)".len()..]);
+        // Keep the header's length a multiple of 64, as NumPy's is: trim the padding.
+        let grown = "'shape': (1000000000000,)".len() - "'shape': (2,)".len();
+        let pad_end = huge
+            .iter()
+            .position(|&c| c == b'\n')
+            .expect("the header's end");
+        huge.drain(pad_end - grown..pad_end);
+        let (result, largest) = mcg_testdata::alloc::measured(|| {
+            particles_from_cs(&huge, p(), &StarOptions::default())
+        });
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains(&p().display().to_string()), "{e}");
+        assert!(
+            largest <= mcg_testdata::alloc::bound(huge.len()),
+            "{largest} bytes"
+        );
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_truncated_or_mutated_files(
@@ -1166,7 +1194,10 @@ mod tests {
                 b[at] = v;
             }
             b.truncate(cut.min(b.len()));
-            let _ = particles_from_cs(&b, p(), &StarOptions::default());
+            let (_, largest) = mcg_testdata::alloc::measured(|| {
+                particles_from_cs(&b, p(), &StarOptions::default())
+            });
+            prop_assert!(largest <= mcg_testdata::alloc::bound(b.len()), "{largest} bytes");
         }
 
         #[test]
@@ -1179,7 +1210,12 @@ mod tests {
                 let at = 10 + at % 600;
                 b[at] = v;
             }
-            let _ = particles_from_cs(&b, p(), &StarOptions::default());
+            // A mutated header may declare any shape: the reader must not allocate for rows
+            // the file does not hold.
+            let (_, largest) = mcg_testdata::alloc::measured(|| {
+                particles_from_cs(&b, p(), &StarOptions::default())
+            });
+            prop_assert!(largest <= mcg_testdata::alloc::bound(b.len()), "{largest} bytes");
         }
     }
 }

@@ -1663,7 +1663,12 @@ mod tests {
         #[test]
         fn reading_any_bytes_never_panics(bytes in mutated_file()) {
             let path = Path::new("fuzz.mrc");
-            match read_from(&bytes[..], bytes.len() as u64, path) {
+            let (result, largest) = mcg_testdata::alloc::measured(|| {
+                read_from(&bytes[..], bytes.len() as u64, path)
+            });
+            // Never a buffer sized by a header that the file does not back.
+            prop_assert!(largest <= mcg_testdata::alloc::bound(bytes.len()), "{largest} bytes");
+            match result {
                 Ok(got) => {
                     // Whatever is accepted is consistent with its header and the file length.
                     let h = &got.header;
@@ -1691,7 +1696,9 @@ mod tests {
         fn opening_mutated_stacks_never_panics(bytes in mutated_file(), index in 0usize..6) {
             let dir = tempfile::tempdir().unwrap();
             let path = write_file(dir.path(), "fuzz.mrcs", &bytes);
-            if let Ok(stack) = MrcStack::open(&path) {
+            let (opened, largest) = mcg_testdata::alloc::measured(|| MrcStack::open(&path));
+            prop_assert!(largest <= mcg_testdata::alloc::bound(bytes.len()), "{largest} bytes");
+            if let Ok(stack) = opened {
                 let (ny, nx) = stack.image_shape();
                 let result = stack.read_into(index, Array2::zeros((ny, nx)).view_mut());
                 prop_assert_eq!(result.is_ok(), index < stack.len());

@@ -2140,17 +2140,23 @@ _rlnRandomSubset #12
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_text(s in ".{0,400}") {
-            if let Ok(f) = parse_star(&s, p()) {
-                let _ = particles_from_star(&f, p(), &StarOptions::default());
-            }
+            let ((), largest) = mcg_testdata::alloc::measured(|| {
+                if let Ok(f) = parse_star(&s, p()) {
+                    let _ = particles_from_star(&f, p(), &StarOptions::default());
+                }
+            });
+            prop_assert!(largest <= mcg_testdata::alloc::bound(s.len()), "{largest} bytes");
         }
 
         #[test]
         fn never_panics_on_star_like_text(s in structural_chars()) {
-            if let Ok(f) = parse_star(&s, p()) {
-                let opts = StarOptions { apix: Some(1.0), ..Default::default() };
-                let _ = particles_from_star(&f, p(), &opts);
-            }
+            let ((), largest) = mcg_testdata::alloc::measured(|| {
+                if let Ok(f) = parse_star(&s, p()) {
+                    let opts = StarOptions { apix: Some(1.0), ..Default::default() };
+                    let _ = particles_from_star(&f, p(), &opts);
+                }
+            });
+            prop_assert!(largest <= mcg_testdata::alloc::bound(s.len()), "{largest} bytes");
         }
 
         #[test]

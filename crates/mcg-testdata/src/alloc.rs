@@ -62,3 +62,10 @@ pub fn measured<T>(f: impl FnOnce() -> T) -> (T, usize) {
     MEASURING.with(|m| m.set(false));
     (out, LARGEST.with(Cell::get))
 }
+
+/// The most a reader may allocate at once for an input of `len` bytes: a small multiple of the
+/// input (parsed tables, decoded pixels) plus a fixed allowance for buffers and tables of
+/// constant size.
+pub fn bound(len: usize) -> usize {
+    16 * len + (4 << 20)
+}

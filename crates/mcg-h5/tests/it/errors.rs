@@ -9,7 +9,7 @@ use ndarray::Array3;
 use crate::common::*;
 
 /// A valid file of `n` images of 4² pixels.
-fn valid_file(dir: &Path, name: &str, n: usize) -> std::path::PathBuf {
+pub fn valid_file(dir: &Path, name: &str, n: usize) -> std::path::PathBuf {
     let path = dir.join(name);
     write_particle_set(
         &path,

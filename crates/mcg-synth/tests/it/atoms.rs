@@ -309,7 +309,11 @@ fn check_model(result: Result<AtomicModel, SynthError>, source: &str) -> Result<
 proptest! {
     #[test]
     fn pdb_reader_never_panics(text in mutated_text()) {
-        check_model(AtomicModel::parse_pdb(&text, Path::new("fuzz.pdb")), "fuzz.pdb")?;
+        let (model, largest) = mcg_testdata::alloc::measured(|| {
+            AtomicModel::parse_pdb(&text, Path::new("fuzz.pdb"))
+        });
+        prop_assert!(largest <= mcg_testdata::alloc::bound(text.len()), "{largest} bytes");
+        check_model(model, "fuzz.pdb")?;
     }
 
     #[test]
@@ -324,6 +328,10 @@ proptest! {
             text.extend_from_slice(format!("_atom_site.{tag}\n").as_bytes());
         }
         text.extend_from_slice(&body);
-        check_model(AtomicModel::parse_mmcif(&text, Path::new("fuzz.cif")), "fuzz.cif")?;
+        let (model, largest) = mcg_testdata::alloc::measured(|| {
+            AtomicModel::parse_mmcif(&text, Path::new("fuzz.cif"))
+        });
+        prop_assert!(largest <= mcg_testdata::alloc::bound(text.len()), "{largest} bytes");
+        check_model(model, "fuzz.cif")?;
     }
 }
