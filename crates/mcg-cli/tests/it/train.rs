@@ -728,6 +728,24 @@ fn train_takes_noise_from_a_stack_of_background_patches() {
         "cpu",
     ]);
     assert!(msg.contains("wrong.mrcs") && msg.contains("8×8"), "{msg}");
+    // A non-finite pixel in a patch is refused naming the patch (issue 13, class 4).
+    let nan = dir.path().join("nan.mrcs");
+    let mut data = ndarray::Array3::<f32>::ones((3, 16, 16));
+    data[[1, 4, 5]] = f32::NAN;
+    mcg_formats::mrc::write_array(&nan, data.view(), 10.0, mcg_formats::mrc::MrcKind::Stack)
+        .unwrap();
+    let nan_run = dir.path().join("r-nan");
+    let msg = fails(&as_strs(&train_command(
+        &star,
+        &config,
+        &nan_run,
+        &["--steps", "1", "--noise-stack", s(&nan)],
+    )));
+    assert!(
+        msg.contains("nan.mrcs") && msg.contains("patch 2") && msg.contains("NaN"),
+        "{msg}"
+    );
+    assert!(!nan_run.join("checkpoint.safetensors").exists());
     let good = write("noise.mrcs", 16);
     let run = dir.path().join("r1");
     ok(&[
