@@ -195,6 +195,16 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         );
     }
     refuse_overwriting_inputs(&args)?;
+    // What a killed run left is removed before the disk is measured: its space is ours.
+    for dir in std::iter::once(args.out.clone()).chain(
+        std::fs::read_dir(args.out.join("shards"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    ) {
+        mcg_fsio::remove_stale(&dir);
+    }
     let plan = Plan::new(&args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output folder {}", args.out.display()))?;
@@ -465,9 +475,11 @@ fn write_landscape_and_truth(plan: &Plan, out: &Path, count: usize) -> Result<Ve
         .as_ref()
         .and_then(|r| r["states"].as_array().cloned())
         .unwrap_or_default();
-    std::fs::remove_file(&record_path).ok();
+    // Maps first, the record last: a kill between them leaves a record that the next run
+    // reads again. Only plain names (no path) are ever removed.
     for stale in old_names.iter().filter_map(Value::as_str) {
-        if !names.iter().any(|n| n == stale) {
+        let plain = Path::new(stale).file_name() == Some(std::ffi::OsStr::new(stale));
+        if plain && !names.iter().any(|n| n == stale) {
             let map = dir.join(format!("{stale}.mrc"));
             std::fs::remove_file(&map)
                 .or_else(|e| {
@@ -480,6 +492,7 @@ fn write_landscape_and_truth(plan: &Plan, out: &Path, count: usize) -> Result<Ve
                 .with_context(|| format!("removing the earlier run's map {}", map.display()))?;
         }
     }
+    std::fs::remove_file(&record_path).ok();
     for (name, c) in &states {
         util::check_interrupted()?;
         let volume = plan.molecule.density(c, &plan.cfg)?;

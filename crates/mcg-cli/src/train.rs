@@ -235,8 +235,8 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "{}: no particles",
         args.particles.display()
     );
-    let (images, skipped) = without_non_finite(&args, &mut set, images, progress)?;
     if !args.resume {
+        mcg_train::run::check_fresh_run_folder(&args.out, args.force)?;
         // A fresh run writes (and with --force clears) the run files: none may be an input.
         let mut inputs = vec![args.particles.clone()];
         inputs.extend(util::stacks_of(&set));
@@ -252,6 +252,8 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         util::refuse_overwriting_inputs(&inputs, &labelled)
             .with_hint("copy the file out of the run folder first, or train into another folder")?;
     }
+    // Reading every image comes after the cheap refusals.
+    let (images, skipped) = without_non_finite(&args, &mut set, images, progress)?;
     let n = images.box_size();
     if n < 8 || !n.is_multiple_of(8) {
         return Err(anyhow::anyhow!(

@@ -71,7 +71,7 @@ impl ImageSource for FiniteImages {
                     format!("particle {}", i + 1),
                     format!(
                         "found {v} at pixel (x {x}, y {y}) of its image, expected finite \
-                         numbers (`multicryogan info` counts such particles; `train \
+                         numbers (`train` counts such particles, and `train \
                          --skip-non-finite` trains without them)"
                     ),
                 ));

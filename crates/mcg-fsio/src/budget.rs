@@ -5,7 +5,8 @@
 use std::path::Path;
 
 /// Bytes of memory this process can still use: the kernel's `MemAvailable`, lowered to the
-/// room left under a cgroup (v2) memory limit where there is one. `None` where neither can be
+/// room left under the cgroup v2 memory limit of `/sys/fs/cgroup` where there is one (its
+/// working set: use less reclaimable file cache). cgroup v1 and nested limits are not read. `None` where neither can be
 /// read (not Linux).
 pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -24,8 +25,20 @@ pub fn available_memory() -> Option<u64> {
             .parse()
             .ok()
     };
+    // The cgroup's use counts its file cache, which the kernel reclaims under pressure: the
+    // working set is the use less the inactive file pages (as container runtimes reckon it).
+    let inactive_file = std::fs::read_to_string("/sys/fs/cgroup/memory.stat")
+        .ok()
+        .and_then(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix("inactive_file "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
     let cgroup_room = match (read("memory.max"), read("memory.current")) {
-        (Some(max), Some(current)) => Some(max.saturating_sub(current)),
+        (Some(max), Some(current)) => {
+            Some(max.saturating_sub(current.saturating_sub(inactive_file)))
+        }
         _ => None,
     };
     Some(cgroup_room.map_or(available, |room| room.min(available)))

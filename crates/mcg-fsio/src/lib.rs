@@ -177,19 +177,23 @@ fn sync_folder(folder: &Path) {
     let _ = folder;
 }
 
-/// A short tag of this machine's host name, so that folders shared between machines (a cluster
-/// file system, where shards of one data set are written at once) never lose a live process's
-/// file to another machine's sweep.
+/// A tag of this machine and process-id namespace (host name and the namespace's identity), so
+/// that folders shared between machines (a cluster file system, where shards of one data set
+/// are written at once) or between containers with their own process ids never lose a live
+/// process's file to another's sweep: only files of our own tag are ever swept.
 fn host_tag() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .unwrap_or_default();
-    // FNV-1a, 32 bits: stable across runs and builds.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in host.trim().bytes() {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // FNV-1a, 64 bits: stable across runs and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.trim().bytes().chain([0]).chain(namespace.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:08x}")
+    format!("{h:016x}")
 }
 
 /// The process id recorded in a temporary name of this host, or `None` when `name` is not one
@@ -208,18 +212,37 @@ pub fn is_temporary(name: &str) -> bool {
     name.starts_with(PREFIX)
 }
 
-/// Whether process `pid` is alive, or `None` where this cannot be told (no `/proc`).
+/// Whether process `pid` is alive, or `None` where this cannot be told. Asked of the kernel
+/// (signal 0), so that a `/proc` that hides other users' processes cannot make a live one look
+/// dead; a process we may not signal exists.
 fn alive(pid: u32) -> Option<bool> {
-    if !Path::new("/proc/self").exists() {
-        return None;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => Some(true),
+        Err(rustix::io::Errno::SRCH) => Some(false),
+        Err(rustix::io::Errno::PERM) => Some(true),
+        Err(_) => None,
     }
-    Some(Path::new("/proc").join(pid.to_string()).exists())
 }
 
-/// Removes, in `folder` (not below it), the temporary files left by processes of this host
-/// that no longer run, and returns their paths. Each removal is reported on stderr. Files of
-/// live processes, of other hosts and of other programs are kept; so is everything where
-/// liveness cannot be told.
+/// Whether the file is owned by this process's user: only those are ever swept.
+fn ours(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.uid() == rustix::process::getuid().as_raw()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
+    }
+}
+
+/// Removes, in `folder` (not below it), the temporary files left by processes of this host (and
+/// process-id namespace) and user that no longer run, and returns their paths. Each removal is
+/// reported on stderr. Files of live processes, of other hosts, containers or users, and of
+/// other programs are kept; so is everything where liveness cannot be told.
 pub fn remove_stale(folder: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(folder) else {
         return Vec::new();
@@ -231,6 +254,9 @@ pub fn remove_stale(folder: &Path) -> Vec<PathBuf> {
             continue;
         };
         if pid == std::process::id() || alive(pid) != Some(false) {
+            continue;
+        }
+        if !entry.metadata().is_ok_and(|m| ours(&m)) {
             continue;
         }
         let path = entry.path();

@@ -249,18 +249,12 @@ pub const RUN_FILES: [&str; 5] = [
     "images",
 ];
 
-/// Before a fresh run into `out`: refuses a folder holding another run's files, or with
-/// `force` removes them (and only them).
-fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
-    let present: Vec<&str> = RUN_FILES
-        .iter()
-        .copied()
-        .filter(|name| out.join(name).exists())
-        .collect();
-    if present.is_empty() {
-        return Ok(());
-    }
-    if !force {
+/// Checks, changing nothing, that a fresh run may go into `out`: refused when the folder
+/// holds another run's files, unless `force`. A caller can run it before costly preparations;
+/// [`run`] runs it again.
+pub fn check_fresh_run_folder(out: &Path, force: bool) -> Result<(), TrainError> {
+    let present = run_files_in(out);
+    if !present.is_empty() && !force {
         return Err(TrainError::Invalid(format!(
             "{} already holds a run ({}): continue it with --resume, or start over with \
              --force (which removes those files)",
@@ -268,6 +262,23 @@ fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
             present.join(", ")
         )));
     }
+    Ok(())
+}
+
+/// The run files present in `out`.
+fn run_files_in(out: &Path) -> Vec<&'static str> {
+    RUN_FILES
+        .iter()
+        .copied()
+        .filter(|name| out.join(name).exists())
+        .collect()
+}
+
+/// Before a fresh run into `out`: refuses a folder holding another run's files, or with
+/// `force` removes them (and only them).
+fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
+    check_fresh_run_folder(out, force)?;
+    let present = run_files_in(out);
     for name in present {
         let path = out.join(name);
         let removed = if path.is_dir() {
@@ -498,7 +509,46 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
-    use super::metrics_up_to;
+    use super::{forget_after, metrics_up_to};
+
+    /// `--resume` from the checkpoint of step 5 drops later snapshots (maps and image grids)
+    /// and a killed process's temporary files, and keeps everything else.
+    #[test]
+    fn a_resume_forgets_the_snapshots_after_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        for step in [3u64, 5, 6, 12] {
+            let d = out.join(format!("volumes/step_{step:07}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("alpha_0.00.mrc"), "x").unwrap();
+            std::fs::create_dir_all(out.join("images")).unwrap();
+            std::fs::write(out.join(format!("images/step_{step:07}.png")), "x").unwrap();
+        }
+        std::fs::write(out.join("volumes/alpha_0.00.mrc"), "latest").unwrap();
+        // A temporary file of a process that cannot run (Linux ids stop at 2^22).
+        let stale = out.join("volumes/step_0000005").join(format!(
+            ".mcgtmp-999999999-0-{}.alpha_1.00.mrc",
+            "0".repeat(16)
+        ));
+        std::fs::write(&stale, "half").unwrap();
+        forget_after(out, 5).unwrap();
+        let names = |sub: &str| {
+            let mut v: Vec<String> = std::fs::read_dir(out.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names("volumes"),
+            ["alpha_0.00.mrc", "step_0000003", "step_0000005"]
+        );
+        assert_eq!(names("images"), ["step_0000003.png", "step_0000005.png"]);
+        // (The stale file here carries another host tag than this machine's, so it is kept:
+        // sweeping is tested in mcg-fsio.)
+        assert!(stale.exists());
+    }
 
     #[test]
     fn a_resumed_metrics_file_keeps_the_lines_up_to_the_checkpoint_and_its_clock() {

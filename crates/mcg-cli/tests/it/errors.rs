@@ -87,7 +87,9 @@ fn interrupted_run_leaves_nothing_behind() {
             .args([
                 "project",
                 "--n",
-                "10000000",
+                "2000000",
+                "--box",
+                "16",
                 "--batch",
                 "64",
                 "-q",

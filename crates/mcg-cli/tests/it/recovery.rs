@@ -93,17 +93,19 @@ pub fn signal_while_writing(
     suffix: &str,
     signal: &str,
 ) -> Output {
-    let child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let start = Instant::now();
     while !temporaries(watch)
         .iter()
         .any(|p| p.to_string_lossy().ends_with(suffix))
     {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no temporary {suffix} appeared in {}",
-            watch.display()
-        );
+        if start.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "no temporary {suffix} appeared in {} while the command ran",
+                watch.display()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(50));
