@@ -1,6 +1,8 @@
 //! `cargo xtask …`: the project's own automation. Everything CI checks runs locally with the same
 //! command, and every command installs what it needs first.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod libtorch;
 mod quality;

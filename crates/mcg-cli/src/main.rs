@@ -1,6 +1,9 @@
 //! `multicryogan`: the command-line program. Thin: each subcommand parses its flags into the
 //! library crates' settings and calls them. Results go to stdout, logs and progress to stderr.
 
+// `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
+#![deny(unsafe_code)]
+
 mod align;
 mod builtin;
 mod convert;

@@ -9,6 +9,9 @@
 //! [`mcg_physics::Volume`]s (`[z][y][x]`, centre at voxel `N/2`); vectors are `[x, y, z]`.
 //! No I/O: reading and writing maps is the caller's job.
 
+// `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
+#![deny(unsafe_code)]
+
 pub mod align;
 pub mod fft3;
 pub mod fsc;

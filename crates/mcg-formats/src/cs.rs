@@ -489,7 +489,7 @@ impl<'a> Npy<'a> {
     fn element(&self, field: &Field, r: usize, e: usize) -> f64 {
         let raw = self.raw(field, r, e);
         match (field.dtype.kind, field.dtype.size) {
-            (b'f', 2) => f16_to_f64(raw as u16),
+            (b'f', 2) => f64::from(crate::half::f16_to_f32(raw as u16)),
             (b'f', 4) => f64::from(f32::from_bits(raw as u32)),
             (b'f', 8) => f64::from_bits(raw),
             _ => self.integer_of(field, raw) as f64,
@@ -623,19 +623,6 @@ fn decode_string(d: &Dtype, b: &[u8]) -> String {
     } else {
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         String::from_utf8_lossy(&b[..end]).into_owned()
-    }
-}
-
-/// IEEE 754 half precision to f64.
-fn f16_to_f64(h: u16) -> f64 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::from((h >> 10) & 0x1f);
-    let frac = f64::from(h & 0x3ff);
-    sign * match exp {
-        0 => frac * 2f64.powi(-24),
-        31 if frac == 0.0 => f64::INFINITY,
-        31 => f64::NAN,
-        _ => (1.0 + frac / 1024.0) * 2f64.powi(exp - 15),
     }
 }
 

@@ -3,9 +3,13 @@
 //!
 //! Every reader names the file and the field in its errors and never panics on bad input.
 
+// `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
+#![deny(unsafe_code)]
+
 pub mod cs;
 pub mod error;
 pub mod finite;
+mod half;
 pub mod mrc;
 pub mod particles;
 pub mod stack_source;

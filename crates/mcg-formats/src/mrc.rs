@@ -13,6 +13,7 @@
 //! **Invariant:** writers write to a temporary name in the destination folder and rename it when
 //! the file is complete, so nothing half-written ever appears under the final name.
 
+use crate::half::f16_to_f32;
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -590,22 +591,6 @@ fn map_words<const N: usize>(bytes: &[u8], out: &mut [f32], f: impl Fn([u8; N]) 
     let (words, _) = bytes.as_chunks::<N>();
     for (o, &w) in out.iter_mut().zip(words) {
         *o = f(w);
-    }
-}
-
-/// IEEE 754 half → single precision, exact (every half is a single).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h & 0x8000) << 16;
-    let exponent = u32::from((h >> 10) & 0x1f);
-    let mantissa = u32::from(h & 0x3ff);
-    match exponent {
-        0 => {
-            // Zero or subnormal: mantissa · 2⁻²⁴, exact in f32.
-            let magnitude = mantissa as f32 * f32::from_bits(0x3380_0000);
-            if sign == 0 { magnitude } else { -magnitude }
-        }
-        0x1f => f32::from_bits(sign | 0x7f80_0000 | (mantissa << 13)),
-        _ => f32::from_bits(sign | ((exponent + 127 - 15) << 23) | (mantissa << 13)),
     }
 }
 

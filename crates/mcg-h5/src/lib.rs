@@ -99,6 +99,9 @@
 //!     columns = {extra[k].attrs["label"]: extra[k].asstr()[:] for k in extra.attrs["order"]}
 //! ```
 
+// `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
+#![deny(unsafe_code)]
+
 mod error;
 mod layout;
 mod read;

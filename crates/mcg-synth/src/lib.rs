@@ -14,6 +14,9 @@
 //! Units: lengths in Å, angles in degrees at the API surface, densities in Z per Å³.
 //! Never panics on file input: every error names the file, the line and the field.
 
+// `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
+#![deny(unsafe_code)]
+
 pub mod atoms;
 pub mod bodies;
 pub mod density;
