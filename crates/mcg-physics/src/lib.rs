@@ -19,7 +19,7 @@ pub mod volume;
 pub use ctf::CtfParams;
 pub use pose::{Mat3, Pose};
 pub use shift::Shift;
-pub use volume::{ImageStack, Volume};
+pub use volume::{Blob, ImageStack, Volume};
 
 /// Errors raised when physics inputs break a precondition.
 #[derive(Debug, thiserror::Error)]

@@ -605,21 +605,15 @@ mod tests {
 
     /// Isotropic Gaussian blobs `(centre relative to voxel N/2, σ, weight)`, sampled on voxels.
     fn blob_volume(n: usize, blobs: &[([f64; 3], f64, f64)]) -> Volume {
-        let c = (n / 2) as f64;
-        Volume::new(
-            Array3::from_shape_fn((n, n, n), |(z, y, x)| {
-                let r = [x as f64 - c, y as f64 - c, z as f64 - c];
-                blobs
-                    .iter()
-                    .map(|(b, sigma, w)| {
-                        let d2: f64 = (0..3).map(|j| (r[j] - b[j]).powi(2)).sum();
-                        w * (-d2 / (2.0 * sigma * sigma)).exp()
-                    })
-                    .sum::<f64>() as f32
-            }),
-            1.0,
-        )
-        .unwrap()
+        let blobs: Vec<crate::Blob> = blobs
+            .iter()
+            .map(|&(centre, sigma, amplitude)| crate::Blob {
+                centre,
+                amplitude,
+                sigma,
+            })
+            .collect();
+        Volume::gaussian_blobs(n, 1.0, &blobs).unwrap()
     }
 
     /// Seeded blobs: centres within `radius` voxels of the box centre, σ uniform in `sigma`

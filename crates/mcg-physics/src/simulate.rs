@@ -494,18 +494,15 @@ mod tests {
 
     /// Gaussian blobs `(centre relative to voxel N/2, amplitude, σ)` in voxel units.
     fn blob_volume(n: usize, apix: f32, blobs: &[([f64; 3], f64, f64)]) -> Volume {
-        let c = (n / 2) as f64;
-        let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
-            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
-            blobs
-                .iter()
-                .map(|(p, a, s)| {
-                    let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
-                    a * (-d2 / (2.0 * s * s)).exp()
-                })
-                .sum::<f64>() as f32
-        });
-        Volume::new(data, apix).unwrap()
+        let blobs: Vec<crate::Blob> = blobs
+            .iter()
+            .map(|&(centre, amplitude, sigma)| crate::Blob {
+                centre,
+                amplitude,
+                sigma,
+            })
+            .collect();
+        Volume::gaussian_blobs(n, apix, &blobs).unwrap()
     }
 
     fn params(count: usize, seed: u64, max_shift_a: f64) -> Vec<ImagingParams> {

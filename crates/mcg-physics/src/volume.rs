@@ -61,6 +61,36 @@ impl Volume {
     pub fn into_data(self) -> Array3<f32> {
         self.data
     }
+
+    /// A sum of isotropic Gaussian blobs sampled on the voxels of an `n`³ box of `apix` Å:
+    /// the test volume of the projector, simulator and trainer tests (smooth, band-limited when
+    /// σ is a few voxels, asymmetric when the blobs are).
+    pub fn gaussian_blobs(n: usize, apix: f32, blobs: &[Blob]) -> Result<Self, PhysicsError> {
+        let c = (n / 2) as f64;
+        let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
+            blobs
+                .iter()
+                .map(|b| {
+                    let d2: f64 = (0..3).map(|j| (r[j] - b.centre[j]).powi(2)).sum();
+                    b.amplitude * (-d2 / (2.0 * b.sigma * b.sigma)).exp()
+                })
+                .sum::<f64>() as f32
+        });
+        Self::new(data, apix)
+    }
+}
+
+/// One blob of [`Volume::gaussian_blobs`]: its centre (voxels, relative to voxel `N/2` on each
+/// axis, in x y z order), its peak value and its width σ (voxels).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Blob {
+    /// Centre, voxels from the box centre, x y z.
+    pub centre: [f64; 3],
+    /// Peak value.
+    pub amplitude: f64,
+    /// Standard deviation, voxels.
+    pub sigma: f64,
 }
 
 /// A stack of square images `[n][y][x]` with pixel size `apix` Å.

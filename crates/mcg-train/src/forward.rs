@@ -294,24 +294,18 @@ mod tests {
 
     /// Band-limited blobs inside the sphere of radius N/2.
     fn blobs(n: usize) -> Volume {
-        let c = (n / 2) as f64;
         let spots = [
             ([0.0, 0.0, 0.0], 1.0, 2.5),
             ([5.0, 1.0, -2.0], 0.8, 2.0),
             ([-3.0, 4.0, 2.0], 0.6, 1.8),
             ([-1.0, -5.0, 3.0], 0.9, 1.6),
-        ];
-        let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
-            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
-            spots
-                .iter()
-                .map(|(p, a, s)| {
-                    let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
-                    a * (-d2 / (2.0 * s * s)).exp()
-                })
-                .sum::<f64>() as f32
+        ]
+        .map(|(centre, amplitude, sigma)| mcg_physics::Blob {
+            centre,
+            amplitude,
+            sigma,
         });
-        Volume::new(data, 5.0).unwrap()
+        Volume::gaussian_blobs(n, 5.0, &spots).unwrap()
     }
 
     fn to_tensor(v: &Volume) -> Tensor {

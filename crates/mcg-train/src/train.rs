@@ -1832,19 +1832,15 @@ mod tests {
 
     /// Gaussian blobs (centre about the box's centre, σ, weight) in an `n`³ box.
     fn blobs(n: usize, blobs: &[([f64; 3], f64, f64)]) -> Volume {
-        let c = (n / 2) as f64;
-        let data = ndarray::Array3::from_shape_fn((n, n, n), |(z, y, x)| {
-            let r = [x as f64 - c, y as f64 - c, z as f64 - c];
-            let density: f64 = blobs
-                .iter()
-                .map(|&(p, s, w)| {
-                    let d2: f64 = (0..3).map(|i| (r[i] - p[i]).powi(2)).sum();
-                    w * (-d2 / (2.0 * s * s)).exp()
-                })
-                .sum();
-            density as f32
-        });
-        Volume::new(data, 5.0).unwrap()
+        let blobs: Vec<mcg_physics::Blob> = blobs
+            .iter()
+            .map(|&(centre, sigma, amplitude)| mcg_physics::Blob {
+                centre,
+                amplitude,
+                sigma,
+            })
+            .collect();
+        Volume::gaussian_blobs(n, 5.0, &blobs).unwrap()
     }
 
     /// An asymmetric pair of blobs in a 16³ box.

@@ -11,24 +11,18 @@ use crate::{fails, ok, s};
 
 /// An asymmetric map of Gaussian blobs, `n³` voxels of `apix` Å, written to `path`.
 fn write_blobs(path: &Path, n: usize, apix: f32) -> Volume {
-    let c = (n / 2) as f64;
     let blobs = [
         ([3.0, 0.0, 0.0], 1.0, 1.5),
         ([-2.0, 3.0, 1.0], 0.7, 1.2),
         ([0.0, -2.0, 3.5], 1.3, 1.6),
         ([-3.0, -2.5, -2.0], 0.5, 1.1),
-    ];
-    let data = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
-        let p = [x as f64 - c, y as f64 - c, z as f64 - c];
-        blobs
-            .iter()
-            .map(|(q, w, sigma): &([f64; 3], f64, f64)| {
-                let d2: f64 = (0..3).map(|i| (p[i] - q[i]).powi(2)).sum();
-                w * (-d2 / (2.0 * sigma * sigma)).exp()
-            })
-            .sum::<f64>() as f32
+    ]
+    .map(|(centre, amplitude, sigma)| mcg_physics::Blob {
+        centre,
+        amplitude,
+        sigma,
     });
-    let volume = Volume::new(data, apix).unwrap();
+    let volume = Volume::gaussian_blobs(n, apix, &blobs).unwrap();
     mcg_formats::mrc::write_volume(path, &volume).unwrap();
     volume
 }
