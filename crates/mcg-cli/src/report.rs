@@ -199,10 +199,10 @@ fn particle_values(star: &Path, parameter: &str) -> Vec<f64> {
     let Ok(set) = mcg_formats::star::read_particles(star, &Default::default()) else {
         return Vec::new();
     };
-    let want = format!("_mcg{parameter}").to_lowercase();
+    let want = mcg_synth::landscape::star_column(parameter);
     set.extra
         .iter()
-        .find(|(label, _)| label.to_lowercase() == want)
+        .find(|(label, _)| *label == want)
         .map(|(_, values)| values.iter().filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_default()
 }

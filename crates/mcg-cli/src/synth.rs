@@ -636,7 +636,7 @@ fn simulate_range(
         particles,
         extra: parameters
             .iter()
-            .map(|p| parameter_label(&p.name))
+            .map(|p| landscape::star_column(&p.name))
             .zip(values)
             .collect(),
         base_dir: dir.to_path_buf(),
@@ -658,14 +658,6 @@ fn simulate_range(
 
 /// The STAR column of a motion parameter: `_mcg` and the name with its first letter in
 /// capitals (`beta` → `_mcgBeta`).
-fn parameter_label(name: &str) -> String {
-    let mut chars = name.chars();
-    let head: String = chars
-        .next()
-        .map(|c| c.to_uppercase().collect())
-        .unwrap_or_default();
-    format!("_mcg{head}{}", chars.as_str())
-}
 
 /// Header comments of the particle STAR: the columns this program adds.
 fn star_notes(plan: &Plan) -> Vec<String> {
@@ -678,7 +670,7 @@ fn star_notes(plan: &Plan) -> Vec<String> {
     for p in &plan.molecule.landscape().parameters {
         notes.push(format!(
             "{}: the true value of motion parameter {:?} (degrees for hinge angles) of each particle",
-            parameter_label(&p.name),
+            landscape::star_column(&p.name),
             p.name
         ));
     }

@@ -561,7 +561,18 @@ fn noise_sigma(
     if let Some((path, doc)) = manifest
         && doc["noise"].is_object()
     {
-        let s = doc["noise"]["sigma"].as_f64().unwrap_or(0.0);
+        // null is a clean set (synth --clean); anything else must be a σ ≥ 0.
+        let field = &doc["noise"]["sigma"];
+        let s = match field {
+            Value::Null => 0.0,
+            v => match v.as_f64() {
+                Some(s) if s.is_finite() && s >= 0.0 => s,
+                _ => bail!(
+                    "{}: noise.sigma: found {v}, expected a number ≥ 0 (or null for a clean set)",
+                    path.display()
+                ),
+            },
+        };
         return Ok((s, format!("{}", path.display())));
     }
     let s = estimate_noise_sigma(images, 1000).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -400,6 +400,18 @@ fn check_weights(weights: impl Iterator<Item = f64>, what: &str) -> Result<(), S
     }
 }
 
+/// The STAR column holding the true value of the motion parameter `name` in a synthetic set:
+/// `_mcg` and the name with its first letter capitalised (`beta` → `_mcgBeta`). The one
+/// spelling, written by `synth` and read by `report`.
+pub fn star_column(name: &str) -> String {
+    let mut chars = name.chars();
+    let head: String = chars
+        .next()
+        .map(|c| c.to_uppercase().collect())
+        .unwrap_or_default();
+    format!("_mcg{head}{}", chars.as_str())
+}
+
 impl Landscape {
     /// Reads and validates a landscape JSON file. Errors name the file and the field.
     pub fn from_json_file(path: &Path) -> Result<Self, LandscapeError> {
@@ -699,6 +711,14 @@ pub fn hsp90_discrete() -> Landscape {
 
 #[cfg(test)]
 mod tests {
+    /// The one spelling of the true-parameter column.
+    #[test]
+    fn the_star_column_of_a_parameter_capitalises_its_first_letter() {
+        assert_eq!(star_column("beta"), "_mcgBeta");
+        assert_eq!(star_column("openAngle"), "_mcgOpenAngle");
+        assert_eq!(star_column("état"), "_mcgÉtat");
+    }
+
     use super::*;
 
     const N: u64 = 100_000;

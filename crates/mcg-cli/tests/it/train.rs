@@ -958,3 +958,26 @@ fn sigkill_then_resume_gives_the_uninterrupted_run() {
         );
     }
 }
+
+/// A manifest whose noise σ is not a number is an error naming the file and the field, not a
+/// silent σ of 0 (issue 14, point 3); null (a clean set) still means no noise.
+#[test]
+fn a_malformed_manifest_noise_sigma_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let manifest = star.with_file_name("manifest.json");
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    doc["noise"]["sigma"] = Value::String("loud".into());
+    std::fs::write(&manifest, doc.to_string()).unwrap();
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL).unwrap();
+    let run = dir.path().join("run");
+    // SMALL sets no σ, so the manifest beside the particles is read.
+    let args = train_command(&star, &file, &run, &["--steps", "1"]);
+    let err = fails(&as_strs(&args));
+    assert!(
+        err.contains("manifest.json") && err.contains("noise.sigma") && err.contains("loud"),
+        "{err}"
+    );
+}
