@@ -656,9 +656,6 @@ fn simulate_range(
     })
 }
 
-/// The STAR column of a motion parameter: `_mcg` and the name with its first letter in
-/// capitals (`beta` → `_mcgBeta`).
-
 /// Header comments of the particle STAR: the columns this program adds.
 fn star_notes(plan: &Plan) -> Vec<String> {
     let mut notes = vec![format!(
