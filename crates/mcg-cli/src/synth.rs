@@ -274,10 +274,10 @@ impl Plan {
             }
             (None, Some(preset)) => {
                 let l = match preset {
-                    Preset::Hsp90Continuous => landscape::hsp90_continuous(),
-                    Preset::Hsp90Discrete => landscape::hsp90_discrete(),
-                    Preset::Hsp90Closed => landscape::hsp90_fixed(0.0),
-                    Preset::Hsp90Open => landscape::hsp90_fixed(20.0),
+                    Preset::Hsp90Continuous => mcg_synth::presets::hsp90_continuous(),
+                    Preset::Hsp90Discrete => mcg_synth::presets::hsp90_discrete(),
+                    Preset::Hsp90Closed => mcg_synth::presets::hsp90_fixed(0.0),
+                    Preset::Hsp90Open => mcg_synth::presets::hsp90_fixed(20.0),
                 };
                 (l, PathBuf::new())
             }

@@ -17,7 +17,7 @@ use mcg_eval::fsc::{FscConfig, fsc, fsccc};
 use mcg_physics::pose::transpose;
 use mcg_physics::rng::{Purpose, bulk_stream};
 use mcg_physics::{Pose, Volume};
-use mcg_synth::landscape::hsp90_continuous;
+use mcg_synth::presets::hsp90_continuous;
 use mcg_synth::{DensityConfig, Molecule};
 use ndarray::Array3;
 use rand_distr::{Distribution, StandardNormal};

@@ -24,6 +24,7 @@ pub mod landscape;
 pub mod molecule;
 pub mod motion;
 pub mod phantom;
+pub mod presets;
 
 use std::path::PathBuf;
 

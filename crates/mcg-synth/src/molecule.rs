@@ -586,9 +586,8 @@ impl SliceSource for BatchSlices<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::landscape::{
-        Body, DiscreteModel, Distribution, Parameter, Selection, hsp90_continuous, hsp90_discrete,
-    };
+    use crate::landscape::{Body, DiscreteModel, Distribution, Parameter, Selection};
+    use crate::presets::{hsp90_continuous, hsp90_discrete};
     use mcg_physics::simulate::{ProjectorKind, Simulator, SlicePipeline};
     use ndarray::Array3;
 

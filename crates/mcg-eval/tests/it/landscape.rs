@@ -7,8 +7,8 @@ use mcg_eval::landscape::{
 use mcg_eval::{FscConfig, fsc, fsccc};
 use mcg_physics::Volume;
 use mcg_synth::density::DensityConfig;
-use mcg_synth::landscape::hsp90_continuous;
 use mcg_synth::molecule::Molecule;
+use mcg_synth::presets::hsp90_continuous;
 
 /// β = 0°, 1°, …, 20° maps at 32³ / 5 Å (the paper's grid).
 fn hsp90_series() -> Vec<Volume> {

@@ -1,14 +1,14 @@
 //! Landscape files, mutated: never a panic, never an allocation beyond the input's size, and
 //! every error names the file.
 
-use mcg_synth::landscape::{self, Landscape};
+use mcg_synth::landscape::Landscape;
 use proptest::prelude::*;
 
 /// The built-in landscapes' JSON with a few bytes replaced, removed or numbers enlarged.
 fn mutated_landscape() -> impl Strategy<Value = String> {
     let seeds = [
-        landscape::hsp90_continuous().to_json_string(),
-        landscape::hsp90_discrete().to_json_string(),
+        mcg_synth::presets::hsp90_continuous().to_json_string(),
+        mcg_synth::presets::hsp90_discrete().to_json_string(),
     ];
     (
         0..seeds.len(),
