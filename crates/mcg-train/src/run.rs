@@ -87,8 +87,10 @@ pub fn run(
     on_step: &mut dyn FnMut(u64, Option<u64>, &StepMetrics),
     interrupted: &dyn Fn() -> bool,
 ) -> Result<RunSummary, TrainError> {
-    let io =
-        |path: &Path, e: std::io::Error| TrainError::Invalid(format!("{}: {e}", path.display()));
+    let io = |path: &Path, e: std::io::Error| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
     if opts.steps.is_none() && opts.minutes.is_none() {
         return Err(TrainError::Invalid("give --steps or --minutes".into()));
     }
@@ -215,12 +217,12 @@ pub fn run(
             } else {
                 "no checkpoint was written"
             };
-            return Err(TrainError::Invalid(format!(
-                "step {}: {name} = {value}, not a finite number; training stopped and {kept}. \
-                 Non-finite pixels in the particle images or the noise stack, or a learning \
-                 rate too large, cause this",
-                m.step
-            )));
+            return Err(TrainError::NonFinite {
+                step: m.step,
+                loss: name,
+                value: *value,
+                kept,
+            });
         }
         on_step(m.step, opts.steps, &m);
         if last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_seconds {
@@ -286,7 +288,10 @@ fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
         } else {
             std::fs::remove_file(&path)
         };
-        removed.map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        removed.map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     }
     Ok(())
 }
@@ -326,33 +331,36 @@ fn metrics_up_to(path: &Path, step: u64) -> Result<f64, TrainError> {
 /// previous checkpoint, and `--resume` drops the snapshots made after it ([`forget_after`]).
 fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), TrainError> {
     let volumes_dir = out.join("volumes");
-    std::fs::create_dir_all(&volumes_dir)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", volumes_dir.display())))?;
+    std::fs::create_dir_all(&volumes_dir).map_err(|e| TrainError::Io {
+        path: volumes_dir.to_path_buf(),
+        source: e,
+    })?;
     // The latest snapshot, and a copy kept per checkpoint (for curves of quality against time).
     let history = volumes_dir.join(format!("step_{:07}", trainer.step()));
-    std::fs::create_dir_all(&history)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", history.display())))?;
+    std::fs::create_dir_all(&history).map_err(|e| TrainError::Io {
+        path: history.to_path_buf(),
+        source: e,
+    })?;
     let apix = data.physics.apix as f32;
     for alpha in [0.0f32, 0.5, 1.0] {
         let volume = volume_at(trainer, alpha, apix)?;
         for dir in [&volumes_dir, &history] {
             let path = dir.join(format!("alpha_{alpha:.2}.mrc"));
-            mcg_formats::mrc::write_volume(&path, &volume)
-                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            mcg_formats::mrc::write_volume(&path, &volume)?;
         }
     }
     let images_dir = out.join("images");
-    std::fs::create_dir_all(&images_dir)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", images_dir.display())))?;
+    std::fs::create_dir_all(&images_dir).map_err(|e| TrainError::Io {
+        path: images_dir.to_path_buf(),
+        source: e,
+    })?;
     // The first images of the set, not a batch of the prefetcher, whose order the training
     // steps own (taking one here would change the batches after a resume).
     let count = 8.min(data.images.len());
     let n = data.images.box_size();
     let mut real = Array3::zeros((count, n, n));
     let indices: Vec<usize> = (0..count).collect();
-    data.images
-        .read_batch(&indices, real.view_mut())
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    data.images.read_batch(&indices, real.view_mut())?;
     let fake = tch::no_grad(|| trainer.simulate(&data.physics, u64::MAX - trainer.step()));
     let fake = to_array3(&fake);
     let rows: Vec<Vec<ArrayView2<'_, f32>>> = [&real, &fake]
@@ -400,7 +408,10 @@ fn forget_after(out: &Path, step: u64) -> Result<(), TrainError> {
             } else {
                 std::fs::remove_file(&path)
             };
-            removed.map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+            removed.map_err(|e| TrainError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
         }
         mcg_fsio::remove_stale(&dir);
     }
@@ -415,7 +426,7 @@ pub fn volume_at(trainer: &Trainer, alpha: f32, apix: f32) -> Result<Volume, Tra
             .generator()
             .volumes(&Tensor::from_slice(&[alpha]).to_device(trainer.device()))
     });
-    Volume::new(to_array3(&v.get(0)), apix).map_err(|e| TrainError::Invalid(e.to_string()))
+    Ok(Volume::new(to_array3(&v.get(0)), apix)?)
 }
 
 /// A run folder's trained model, for sampling its landscape.

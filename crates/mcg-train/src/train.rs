@@ -553,9 +553,7 @@ pub fn estimate_noise_sigma(source: &dyn ImageSource, count: usize) -> Result<f6
     let count = count.min(source.len()).max(1);
     let mut images = Array3::<f32>::zeros((count, n, n));
     let indices: Vec<usize> = (0..count).collect();
-    source
-        .read_batch(&indices, images.view_mut())
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    source.read_batch(&indices, images.view_mut())?;
     let c = (n / 2) as f64;
     let r0 = 0.9 * c;
     let (mut sum, mut sum2, mut k) = (0.0, 0.0, 0usize);
@@ -1673,9 +1671,7 @@ pub(crate) fn read_chunks(
         let len = chunk.min(count - start);
         let mut images = Array3::<f32>::zeros((len, n, n));
         let indices: Vec<usize> = (start..start + len).collect();
-        source
-            .read_batch(&indices, images.view_mut())
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        source.read_batch(&indices, images.view_mut())?;
         f(&to_tensor(&images, Device::Cpu));
         start += len;
     }
@@ -1794,7 +1790,7 @@ fn to_tensor(a: &Array3<f32>, device: Device) -> Tensor {
 
 /// A failure to write a run's file, as a training error.
 pub(crate) fn fs_error(e: mcg_fsio::FsError) -> TrainError {
-    TrainError::Invalid(e.to_string())
+    TrainError::Fs(e)
 }
 
 #[cfg(test)]
