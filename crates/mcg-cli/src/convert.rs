@@ -86,6 +86,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
                 args.batch,
                 |batch, _| writer.append(batch.view()).map_err(Into::into),
                 &bar,
+                progress,
             )?;
             writer.finish()?;
             let name = PathBuf::from(stack.file_name().expect("has a name"));
@@ -106,6 +107,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
                 args.batch,
                 |batch, start| writer.write_images(start, batch.view()).map_err(Into::into),
                 &bar,
+                progress,
             )?;
             writer.finish(&set)?;
         }
@@ -125,12 +127,13 @@ pub(crate) fn copy_images(
     batch: usize,
     mut sink: impl FnMut(&Array3<f32>, usize) -> Result<()>,
     bar: &indicatif::ProgressBar,
+    progress: &crate::progress::Progress,
 ) -> Result<()> {
     let (n, b) = (images.len(), images.box_size());
     let mut buffer = Array3::<f32>::zeros((batch.min(n), b, b));
     let mut start = 0;
     while start < n {
-        crate::util::check_interrupted()?;
+        progress.check_cancelled()?;
         let count = batch.min(n - start);
         if buffer.dim().0 != count {
             buffer = Array3::zeros((count, b, b));

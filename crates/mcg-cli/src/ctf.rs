@@ -60,7 +60,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let mut writer = MrcStackWriter::create(&args.out, n, n, apix)?;
     let bar = progress.bar(set.len() as u64, "CTFs");
     for i in 0..set.len() {
-        crate::util::check_interrupted()?;
+        progress.check_cancelled()?;
         let group = set.optics_of(i);
         ensure!(
             (group.pixel_size - apix).abs() <= 1e-6 * apix,

@@ -70,8 +70,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::init_logging(cli.verbose, cli.quiet);
-    util::install_interrupt_handler();
-    let progress = progress::Progress::new(cli.quiet);
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    util::install_interrupt_handler(std::sync::Arc::clone(&cancel));
+    let progress = progress::Progress::new(cli.quiet, cancel);
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Convert(a) => convert::run(a, &progress),
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth::run(*a, &progress),
         Command::MergeShards(a) => synth::run_merge(a, &progress),
         Command::Train(a) => train::run(*a, &progress),
-        Command::Sample(a) => sample::run(a),
+        Command::Sample(a) => sample::run(a, &progress),
         Command::Report(a) => report::run(a, &progress),
         Command::Fsc(a) => fsc::run(a),
         Command::Align(a) => align::run(a),
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             util::print_error(&e);
-            if util::interrupted() {
+            if progress.cancelled() {
                 ExitCode::from(util::INTERRUPTED_STATUS)
             } else {
                 ExitCode::FAILURE

@@ -1,18 +1,43 @@
-//! Progress bars with ETA on stderr (hidden with `--quiet` or when stderr is not a terminal).
+//! What a long command reports to and hears from its user: progress bars with ETA on stderr
+//! (hidden with `--quiet` or when stderr is not a terminal), and the cancellation flag that the
+//! interrupt handler sets.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Makes progress bars for long work.
-#[derive(Debug, Clone, Copy)]
+/// Progress bars for long work, and the invocation's cancellation flag (owned here, set by
+/// [`crate::util::install_interrupt_handler`], read by long loops between batches).
+#[derive(Debug, Clone)]
 pub struct Progress {
     quiet: bool,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Progress {
-    pub fn new(quiet: bool) -> Self {
-        Self { quiet }
+    pub fn new(quiet: bool, cancel: Arc<AtomicBool>) -> Self {
+        Self { quiet, cancel }
+    }
+
+    /// The cancellation flag, for libraries that take one (the trainer).
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancel
+    }
+
+    /// Whether the user interrupted the command.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Fails once the user has interrupted the command: long loops call it between batches
+    /// and unwind, removing their unfinished files.
+    pub fn check_cancelled(&self) -> anyhow::Result<()> {
+        if self.cancelled() {
+            anyhow::bail!("interrupted; the unfinished output files were removed");
+        }
+        Ok(())
     }
 
     /// A bar over `len` items of `unit` (e.g. "images"), showing rate and ETA.

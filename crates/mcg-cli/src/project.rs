@@ -192,7 +192,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         mrc: writer,
         h5: None,
     };
-    let sinks = write_overlapped(sinks, n, args.batch, n_box, |first, out| {
+    let sinks = write_overlapped(sinks, n, args.batch, n_box, progress, |first, out| {
         let chunk = &params[first..first + out.dim().0];
         simulator.simulate(chunk, &config, first as u64, out);
         bar.inc(chunk.len() as u64);

@@ -43,7 +43,7 @@ pub fn sample_name(m: usize) -> String {
     format!("volume_{m:03}.mrc")
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, progress: &crate::progress::Progress) -> Result<()> {
     ensure!(
         (2..=1000).contains(&args.n),
         "--n {}: expected between 2 and 1000 volumes",
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut alphas = Vec::with_capacity(args.n);
     let mut middle = None;
     for m in 0..args.n {
-        util::check_interrupted()?;
+        progress.check_cancelled()?;
         let alpha = m as f64 / last;
         let volume =
             mcg_train::run::volume_at(&trained.trainer, alpha as f32, trained.apix as f32)?;

@@ -5,8 +5,6 @@ use mcg_formats::mrc::MrcStackWriter;
 use mcg_h5::H5Writer;
 use ndarray::{Array3, ArrayView3, ArrayViewMut3, s};
 
-use crate::util;
-
 /// Where finished images go, in order.
 pub struct Sinks {
     /// The MRC stack.
@@ -36,6 +34,7 @@ pub fn write_overlapped(
     count: usize,
     batch: usize,
     n_box: usize,
+    progress: &crate::progress::Progress,
     mut form: impl FnMut(usize, ArrayViewMut3<'_, f32>) -> Result<()>,
 ) -> Result<Sinks> {
     use std::sync::mpsc::sync_channel;
@@ -60,7 +59,7 @@ pub fn write_overlapped(
     let mut stopped = Ok(());
     let mut first = 0;
     while first < count {
-        if let Err(e) = util::check_interrupted() {
+        if let Err(e) = progress.check_cancelled() {
             stopped = Err(e);
             break;
         }

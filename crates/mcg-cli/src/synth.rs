@@ -208,7 +208,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let plan = Plan::new(&args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output folder {}", args.out.display()))?;
-    write_landscape_and_truth(&plan, &args.out, args.states)?;
+    write_landscape_and_truth(&plan, &args.out, args.states, progress)?;
     let summary = match (shard, args.shards) {
         (Some((k, m)), _) => {
             let s = run_shard(&plan, &args, k, m, progress)?;
@@ -454,7 +454,12 @@ fn draw(
 
 /// Writes OUT/landscape.json and the ground-truth maps OUT/ground_truth/NAME.mrc (skipped when
 /// they are all there already, as when shards share a folder). Returns the states' names.
-fn write_landscape_and_truth(plan: &Plan, out: &Path, count: usize) -> Result<Vec<String>> {
+fn write_landscape_and_truth(
+    plan: &Plan,
+    out: &Path,
+    count: usize,
+    progress: &Progress,
+) -> Result<Vec<String>> {
     let landscape: Value = serde_json::from_str(&plan.molecule.landscape().to_json_string())?;
     util::write_json_atomic(&out.join("landscape.json"), &landscape)?;
     let dir = out.join("ground_truth");
@@ -494,7 +499,7 @@ fn write_landscape_and_truth(plan: &Plan, out: &Path, count: usize) -> Result<Ve
     }
     std::fs::remove_file(&record_path).ok();
     for (name, c) in &states {
-        util::check_interrupted()?;
+        progress.check_cancelled()?;
         let volume = plan.molecule.density(c, &plan.cfg)?;
         mrc::write_volume(&dir.join(format!("{name}.mrc")), &volume)?;
     }
@@ -596,37 +601,44 @@ fn simulate_range(
     let mut particles = Vec::with_capacity(count);
     let mut values: Vec<Vec<String>> = vec![Vec::with_capacity(count); parameters.len()];
     let bar = progress.bar(count as u64, "synthesising");
-    let sinks = write_overlapped(Sinks { mrc, h5 }, count, batch, n_box, |first, out| {
-        let lo = range.start + first;
-        let (confs, params) = draw(
-            &plan.molecule,
-            &plan.imaging,
-            plan.seed,
-            lo..lo + out.dim().0,
-        );
-        plan.pipeline.simulate(
-            &plan.projector.batch(&confs),
-            &params,
-            &plan.config,
-            lo as u64,
-            out,
-        );
-        for (c, p) in confs.iter().zip(&params) {
-            particles.push(Particle {
-                image: None,
-                optics_group: 0,
-                pose: Some(p.pose),
-                shift: p.shift,
-                ctf: p.ctf,
-                class: plan.molecule.class_of(c),
-            });
-            for (column, v) in values.iter_mut().zip(&c.values) {
-                column.push(v.to_string());
+    let sinks = write_overlapped(
+        Sinks { mrc, h5 },
+        count,
+        batch,
+        n_box,
+        progress,
+        |first, out| {
+            let lo = range.start + first;
+            let (confs, params) = draw(
+                &plan.molecule,
+                &plan.imaging,
+                plan.seed,
+                lo..lo + out.dim().0,
+            );
+            plan.pipeline.simulate(
+                &plan.projector.batch(&confs),
+                &params,
+                &plan.config,
+                lo as u64,
+                out,
+            );
+            for (c, p) in confs.iter().zip(&params) {
+                particles.push(Particle {
+                    image: None,
+                    optics_group: 0,
+                    pose: Some(p.pose),
+                    shift: p.shift,
+                    ctf: p.ctf,
+                    class: plan.molecule.class_of(c),
+                });
+                for (column, v) in values.iter_mut().zip(&c.values) {
+                    column.push(v.to_string());
+                }
             }
-        }
-        bar.inc(params.len() as u64);
-        Ok(())
-    })?;
+            bar.inc(params.len() as u64);
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     sinks.mrc.finish()?;
 
@@ -838,6 +850,7 @@ fn merge(out: &Path, h5: bool, batch: usize, progress: &Progress) -> Result<Valu
             batch,
             |b, start| writer.write_images(start, b.view()).map_err(Into::into),
             &bar,
+            progress,
         )?;
         bar.finish_and_clear();
         writer.finish(&set)?;

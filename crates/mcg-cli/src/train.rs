@@ -327,12 +327,12 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         config,
         &data,
         &opts,
-        &mut |step, _, m| {
+        &mut |step: u64, _: Option<u64>, m: &mcg_train::train::StepMetrics| {
             let position = if unit == "steps" { step } else { m.time as u64 };
             bar.set_position(position.min(total));
             bar.set_message(format!("step {step}, W {:.3}", m.wasserstein));
         },
-        &|| util::check_interrupted().is_err(),
+        progress.cancel_flag(),
     )
     .with_context(|| format!("training into {}", args.out.display()))?;
     bar.finish_and_clear();

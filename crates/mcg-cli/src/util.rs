@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
@@ -171,19 +172,17 @@ pub fn print_json(value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 /// The exit status of a command stopped by an interrupt (Ctrl-C, SIGTERM or SIGHUP).
 pub const INTERRUPTED_STATUS: u8 = 130;
 
 /// On the first interrupt — Ctrl-C (SIGINT), or SIGTERM or SIGHUP as `timeout`, cluster
-/// schedulers and a closed terminal send — long loops stop at their next batch
-/// ([`check_interrupted`]) and unwind, removing their unfinished temporary files (`train`
-/// saves its checkpoint); the command then exits with [`INTERRUPTED_STATUS`]. A second
-/// interrupt exits at once.
-pub fn install_interrupt_handler() {
-    let result = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+/// schedulers and a closed terminal send — sets `cancel`, the invocation's flag (held by its
+/// [`crate::progress::Progress`]): long loops stop at their next batch and unwind, removing
+/// their unfinished temporary files (`train` saves its checkpoint), and the command exits with
+/// [`INTERRUPTED_STATUS`]. A second interrupt exits at once.
+pub fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
+    let result = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
             std::process::exit(INTERRUPTED_STATUS as i32);
         }
         eprintln!("\ninterrupted: stopping after the current batch (interrupt again to quit now)");
@@ -191,19 +190,6 @@ pub fn install_interrupt_handler() {
     if let Err(e) = result {
         tracing::debug!("no interrupt handler: {e}");
     }
-}
-
-/// Whether an interrupt has arrived.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-/// Fails once an interrupt has arrived.
-pub fn check_interrupted() -> Result<()> {
-    if interrupted() {
-        anyhow::bail!("interrupted; the unfinished output files were removed");
-    }
-    Ok(())
 }
 
 /// A path as it will be named once it exists: canonical when it exists, else its canonical

@@ -77,15 +77,29 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
-/// Trains (see the module notes). `on_step(step, target, metrics)` is called after each G step
-/// (for progress bars); `interrupted()` is polled between steps and stops the run after a
-/// checkpoint.
+/// What a run tells its caller as it goes (a progress bar, a log, a test's record).
+pub trait Reporter {
+    /// After each generator step: the step reached, the step to reach (`RunOptions::steps`)
+    /// and the step's metrics.
+    fn step(&mut self, step: u64, target: Option<u64>, metrics: &StepMetrics);
+}
+
+/// Any `FnMut(step, target, metrics)` reports.
+impl<F: FnMut(u64, Option<u64>, &StepMetrics)> Reporter for F {
+    fn step(&mut self, step: u64, target: Option<u64>, metrics: &StepMetrics) {
+        self(step, target, metrics)
+    }
+}
+
+/// Trains (see the module notes), telling `reporter` of each step. `cancel` is the caller's
+/// flag (set it from a signal handler or another thread): it is read between steps, and once
+/// set the run stops after a checkpoint, with [`RunSummary::interrupted`].
 pub fn run(
     config: TrainConfig,
     data: &RunData,
     opts: &RunOptions,
-    on_step: &mut dyn FnMut(u64, Option<u64>, &StepMetrics),
-    interrupted: &dyn Fn() -> bool,
+    reporter: &mut dyn Reporter,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<RunSummary, TrainError> {
     let io = |path: &Path, e: std::io::Error| TrainError::Io {
         path: path.to_path_buf(),
@@ -191,7 +205,7 @@ pub fn run(
         {
             break;
         }
-        if interrupted() {
+        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
             was_interrupted = true;
             break;
         }
@@ -224,7 +238,7 @@ pub fn run(
                 kept,
             });
         }
-        on_step(m.step, opts.steps, &m);
+        reporter.step(m.step, opts.steps, &m);
         if last_checkpoint.elapsed().as_secs_f64() >= config.checkpoint_seconds {
             checkpoint(&trainer, data, &opts.out)?;
             last_checkpoint = Instant::now();
