@@ -17,6 +17,7 @@ use mcg_physics::Volume;
 use mcg_train::device::{self, DeviceChoice};
 use mcg_train::models::Mode;
 use mcg_train::run::{load_run, volume_at};
+use mcg_train::train::StepMetrics;
 use ndarray::{Array2, Axis};
 use serde_json::{Map, Value, json};
 
@@ -207,26 +208,6 @@ fn particle_values(star: &Path, parameter: &str) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-/// The run's metrics.jsonl lines.
-fn read_metrics(run: &Path) -> Result<Vec<Value>> {
-    let path = run.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading {} (is {} a run folder?)",
-            path.display(),
-            run.display()
-        )
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}: line {} is not JSON", path.display(), i + 1))
-        })
-        .collect()
-}
-
 /// A running mean over `window` points, for noisy training curves.
 fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
     let w = window.max(1);
@@ -306,7 +287,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     ensure!(args.l >= 2, "--l {}: expected at least 2", args.l);
     // Every input is read and checked before anything is written, so that a wrong --run or
     // --truth leaves no figure behind.
-    let lines = read_metrics(&args.run)?;
+    let lines = mcg_train::run::read_metrics(&args.run)?;
     ensure!(
         !lines.is_empty(),
         "{}: no steps logged yet",
@@ -337,10 +318,12 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     metrics.insert("run".into(), json!(args.run.display().to_string()));
 
     // Training curves.
-    let curve = |key: &str| -> Vec<(f64, f64)> {
+    // A non-finite value (NaN, written as null) is left out of its curve.
+    let curve = |value: fn(&StepMetrics) -> f64| -> Vec<(f64, f64)> {
         lines
             .iter()
-            .filter_map(|l| Some((l["step"].as_f64()?, l[key].as_f64()?)))
+            .map(|l| (l.step as f64, value(l)))
+            .filter(|(_, v)| v.is_finite())
             .collect()
     };
     let window = (lines.len() / 50).max(1);
@@ -357,17 +340,17 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             vec![
                 Series {
                     name: "per step".into(),
-                    points: curve("wasserstein"),
+                    points: curve(|m| m.wasserstein),
                 },
                 Series {
                     name: format!("mean of {window} steps"),
-                    points: smooth(&curve("wasserstein"), window),
+                    points: smooth(&curve(|m| m.wasserstein), window),
                 },
             ]
         } else {
             vec![Series {
                 name: String::new(),
-                points: curve("wasserstein"),
+                points: curve(|m| m.wasserstein),
             }]
         },
     )?;
@@ -383,15 +366,15 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         &[
             Series {
                 name: "D loss".into(),
-                points: smooth(&curve("d_loss"), window),
+                points: smooth(&curve(|m| m.d_loss), window),
             },
             Series {
                 name: "G loss".into(),
-                points: smooth(&curve("g_loss"), window),
+                points: smooth(&curve(|m| m.g_loss), window),
             },
             Series {
                 name: "gradient penalty".into(),
-                points: smooth(&curve("gradient_penalty"), window),
+                points: smooth(&curve(|m| m.gradient_penalty), window),
             },
         ],
     )?;
@@ -399,15 +382,19 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     metrics.insert(
         "training".into(),
         json!({
-            "steps": last["step"], "seconds": last["time"],
-            "final_wasserstein_mean": smooth(&curve("wasserstein"), window).last().map(|p| p.1),
-            "images_per_second": last["images_per_second"],
+            "steps": last.step, "seconds": last.time,
+            "final_wasserstein_mean": smooth(&curve(|m| m.wasserstein), window).last().map(|p| p.1),
+            "images_per_second": last.images_per_second,
         }),
     );
     let mut html = format!(
         "<p>{} generator steps in {:.1} minutes (this invocation's clock).</p>{}{}",
-        last["step"],
-        last["time"].as_f64().unwrap_or(0.0) / 60.0,
+        last.step,
+        if last.time.is_finite() {
+            last.time
+        } else {
+            0.0
+        } / 60.0,
         img_tag(
             &out.join("training_wasserstein.png"),
             "Wasserstein estimate"
@@ -582,7 +569,8 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         if !history.is_empty() {
             let times: Vec<(u64, f64)> = lines
                 .iter()
-                .filter_map(|l| Some((l["step"].as_u64()?, l["time"].as_f64()?)))
+                .filter(|l| l.time.is_finite())
+                .map(|l| (l.step, l.time))
                 .collect();
             let mut points = Vec::new();
             let mut table = Vec::new();

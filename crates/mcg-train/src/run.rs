@@ -310,6 +310,32 @@ fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The lines of `RUN/metrics.jsonl`, typed (blank lines skipped). Errors name the file and the
+/// line.
+pub fn read_metrics(run: &Path) -> Result<Vec<StepMetrics>, TrainError> {
+    let path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        TrainError::Invalid(format!(
+            "reading {} (is {} a run folder?): {e}",
+            path.display(),
+            run.display()
+        ))
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                TrainError::Invalid(format!(
+                    "{}: line {} is not a metrics line ({e})",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Keeps the lines of a metrics file up to `step` (rewriting it when some are dropped) and
 /// returns the training time of the last one kept, 0 when there is none or no file.
 fn metrics_up_to(path: &Path, step: u64) -> Result<f64, TrainError> {
@@ -534,7 +560,51 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{forget_after, metrics_up_to};
+    use super::{forget_after, metrics_up_to, read_metrics};
+
+    /// metrics.jsonl reads back as typed lines: what the trainer writes, a non-finite value
+    /// (written as null) as NaN, absent optional fields as None; a bad line is named.
+    #[test]
+    fn metrics_lines_read_back_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = crate::train::StepMetrics {
+            step: 3,
+            time: 1.5,
+            d_loss: -0.25,
+            g_loss: f64::NAN,
+            wasserstein: 0.125,
+            gradient_penalty: 0.0,
+            images_per_second: 640.0,
+            moment_loss: None,
+            invariant_loss: None,
+            probabilities: Some(vec![0.25, 0.75]),
+            classifier_accuracy: None,
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(line.contains("\"g_loss\":null"), "{line}");
+        std::fs::write(
+            dir.path().join("metrics.jsonl"),
+            format!("{line}\n\n{line}\n"),
+        )
+        .unwrap();
+        let lines = read_metrics(dir.path()).unwrap();
+        assert_eq!(lines.len(), 2);
+        let r = &lines[1];
+        assert_eq!(
+            (r.step, r.time, r.d_loss, r.wasserstein),
+            (3, 1.5, -0.25, 0.125)
+        );
+        assert!(r.g_loss.is_nan());
+        assert_eq!(r.probabilities.as_deref(), Some(&[0.25, 0.75][..]));
+        assert_eq!(r.moment_loss, None);
+        std::fs::write(
+            dir.path().join("metrics.jsonl"),
+            format!("{line}\n{{\"step\": 1}}\n"),
+        )
+        .unwrap();
+        let e = read_metrics(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl") && e.contains("line 2"), "{e}");
+    }
 
     /// `--resume` from the checkpoint of step 5 drops later snapshots (maps and image grids)
     /// and a killed process's temporary files, and keeps everything else.
