@@ -16,7 +16,7 @@ use mcg_eval::{AlignConfig, FscConfig, FscCurve, Transform, align, fsc, fsccc};
 use mcg_physics::Volume;
 use mcg_train::device::{self, DeviceChoice};
 use mcg_train::models::Mode;
-use mcg_train::run::{load_run, volume_at};
+use mcg_train::run::{RunDir, load_run, volume_at};
 use mcg_train::train::StepMetrics;
 use ndarray::{Array2, Axis};
 use serde_json::{Map, Value, json};
@@ -291,7 +291,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     ensure!(
         !lines.is_empty(),
         "{}: no steps logged yet",
-        args.run.join("metrics.jsonl").display()
+        RunDir::new(&args.run).metrics().display()
     );
     let dev = device::select(args.device)?;
     let trained = load_run(&args.run, dev)
@@ -401,7 +401,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         )?,
         img_tag(&out.join("training_losses.png"), "losses")?
     );
-    if let Some(grid) = latest_image_grid(&args.run) {
+    if let Some(grid) = RunDir::new(&args.run).latest_image_grid() {
         std::fs::copy(&grid, out.join("images.png"))
             .with_context(|| format!("copying {}", grid.display()))?;
         html += &format!(
@@ -575,7 +575,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             let mut points = Vec::new();
             let mut table = Vec::new();
             for (step, dir) in &history {
-                let v = mcg_formats::mrc::read_volume(&dir.join("alpha_0.00.mrc"), None)?;
+                let v = mcg_formats::mrc::read_volume(&dir.join(RunDir::volume_name(0.0)), None)?;
                 let a = align(&v, &t.states[t0].1, &AlignConfig::default())?;
                 bar.inc(2);
                 let c = fsc(&a.aligned, &t.states[t0].1, &cfg)?;
@@ -895,35 +895,9 @@ fn matrix_json(m: &Array2<f64>) -> Value {
     Value::Array(m.rows().into_iter().map(|r| json!(r.to_vec())).collect())
 }
 
-/// The newest `images/step_*.png` of a run.
-fn latest_image_grid(run: &Path) -> Option<PathBuf> {
-    let mut grids: Vec<PathBuf> = std::fs::read_dir(run.join("images"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    grids.sort();
-    grids.pop()
-}
-
 /// Up to `count` checkpoint snapshot folders (`volumes/step_N`), evenly chosen, oldest first.
 fn snapshots(run: &Path, count: usize) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(run.join("volumes")) else {
-        return Vec::new();
-    };
-    let mut all: Vec<(u64, PathBuf)> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let step = p
-                .file_name()?
-                .to_str()?
-                .strip_prefix("step_")?
-                .parse()
-                .ok()?;
-            p.join("alpha_0.00.mrc").is_file().then_some((step, p))
-        })
-        .collect();
-    all.sort();
+    let all = RunDir::new(run).snapshots();
     if count == 0 || all.is_empty() {
         return Vec::new();
     }

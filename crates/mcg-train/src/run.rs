@@ -72,11 +72,6 @@ pub struct RunSummary {
     pub seconds_per_step: f64,
 }
 
-/// The checkpoint file of a run folder.
-pub fn checkpoint_path(out: &Path) -> PathBuf {
-    out.join("checkpoint.safetensors")
-}
-
 /// What a run tells its caller as it goes (a progress bar, a log, a test's record).
 pub trait Reporter {
     /// After each generator step: the step reached, the step to reach (`RunOptions::steps`)
@@ -112,7 +107,7 @@ pub fn run(
         clear_or_refuse(&opts.out, opts.force)?;
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| io(&opts.out, e))?;
-    let config_path = opts.out.join("config.json");
+    let config_path = RunDir::new(&opts.out).config();
     let mut trainer = Trainer::new(config.clone(), opts.device)?;
     if config.moment_weight > 0.0 {
         // The data's moments, from its first 20,000 images (deterministic, so a resume gets the
@@ -133,7 +128,7 @@ pub fn run(
         )?);
     }
     if opts.resume {
-        let ckpt = checkpoint_path(&opts.out);
+        let ckpt = RunDir::new(&opts.out).checkpoint();
         if !ckpt.is_file() {
             return Err(TrainError::Invalid(format!(
                 "--resume: no checkpoint at {}",
@@ -168,7 +163,7 @@ pub fn run(
             (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
         )?;
         // A new run starts a new metrics file.
-        let _ = std::fs::remove_file(opts.out.join("metrics.jsonl"));
+        let _ = std::fs::remove_file(RunDir::new(&opts.out).metrics());
     }
     let k = config.d_steps as u64;
     let feed = Prefetcher::start(
@@ -177,7 +172,7 @@ pub fn run(
         config.seed,
         trainer.step() * k,
     );
-    let metrics_path = opts.out.join("metrics.jsonl");
+    let metrics_path = RunDir::new(&opts.out).metrics();
     // A resumed run's clock goes on from the checkpoint's, and lines logged after the checkpoint
     // (by a run killed before its next one) are dropped: they are about to be run again.
     let time_offset = if opts.resume {
@@ -225,7 +220,7 @@ pub fn run(
         ];
         if let Some((name, value)) = losses.iter().find(|(_, v)| !v.is_finite()) {
             metrics.flush().map_err(|e| io(&metrics_path, e))?;
-            let kept = if checkpoint_path(&opts.out).is_file() {
+            let kept = if RunDir::new(&opts.out).checkpoint().is_file() {
                 "the last checkpoint written before it is kept (continue with --resume once the \
                  cause is fixed)"
             } else {
@@ -256,14 +251,118 @@ pub fn run(
     })
 }
 
-/// The files a run writes in its folder.
-pub const RUN_FILES: [&str; 5] = [
-    "config.json",
-    "metrics.jsonl",
-    "checkpoint.safetensors",
-    "volumes",
-    "images",
-];
+/// The files a run writes in its folder (see [`RunDir`]).
+pub const RUN_FILES: [&str; 5] = [CONFIG, METRICS, CHECKPOINT, VOLUMES, IMAGES];
+
+const CONFIG: &str = "config.json";
+const METRICS: &str = "metrics.jsonl";
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const VOLUMES: &str = "volumes";
+const IMAGES: &str = "images";
+
+/// The layout of a run folder, every path of it in one place: written by [`run`], read back by
+/// [`load_run`], [`read_metrics`], `sample` and `report`.
+///
+/// `config.json`, `metrics.jsonl`, `checkpoint.safetensors`; `volumes/alpha_A.mrc` (G at the
+/// latest checkpoint, α = 0.00, 0.50, 1.00) and a copy per checkpoint in `volumes/step_N/`;
+/// `images/step_N.png` (real above simulated images). N has seven digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The run folder `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every setting of the run, written first.
+    pub fn config(&self) -> PathBuf {
+        self.root.join(CONFIG)
+    }
+
+    /// One line per logged step ([`StepMetrics`]).
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join(METRICS)
+    }
+
+    /// G, D, the optimisers and the step.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join(CHECKPOINT)
+    }
+
+    /// The folder of the volume snapshots.
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join(VOLUMES)
+    }
+
+    /// The file name of G's volume at `alpha` in a snapshot folder: `alpha_0.50.mrc`.
+    pub fn volume_name(alpha: f32) -> String {
+        format!("alpha_{alpha:.2}.mrc")
+    }
+
+    /// G's volume at `alpha` at the latest checkpoint.
+    pub fn latest_volume(&self, alpha: f32) -> PathBuf {
+        self.volumes().join(Self::volume_name(alpha))
+    }
+
+    /// The snapshot folder of the checkpoint at `step`.
+    pub fn snapshot(&self, step: u64) -> PathBuf {
+        self.volumes().join(format!("step_{step:07}"))
+    }
+
+    /// The folder of the image grids.
+    pub fn images(&self) -> PathBuf {
+        self.root.join(IMAGES)
+    }
+
+    /// The image grid of the checkpoint at `step`.
+    pub fn image_grid(&self, step: u64) -> PathBuf {
+        self.images().join(format!("step_{step:07}.png"))
+    }
+
+    /// The step a snapshot folder or image grid is of, from its name (`step_N`, `step_N.png`).
+    pub fn step_of(path: &Path) -> Option<u64> {
+        let name = path.file_name()?.to_str()?.strip_prefix("step_")?;
+        name.strip_suffix(".png").unwrap_or(name).parse().ok()
+    }
+
+    /// The complete snapshot folders (those holding the α = 0 map), by step.
+    pub fn snapshots(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.volumes()) else {
+            return Vec::new();
+        };
+        let mut all: Vec<(u64, PathBuf)> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .filter_map(|p| {
+                let step = Self::step_of(&p)?;
+                p.join(Self::volume_name(0.0))
+                    .is_file()
+                    .then_some((step, p))
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The image grid of the latest checkpoint, if any.
+    pub fn latest_image_grid(&self) -> Option<PathBuf> {
+        let mut grids: Vec<PathBuf> = std::fs::read_dir(self.images())
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        grids.sort();
+        grids.pop()
+    }
+}
 
 /// Checks, changing nothing, that a fresh run may go into `out`: refused when the folder
 /// holds another run's files, unless `force`. A caller can run it before costly preparations;
@@ -313,7 +412,7 @@ fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
 /// The lines of `RUN/metrics.jsonl`, typed (blank lines skipped). Errors name the file and the
 /// line.
 pub fn read_metrics(run: &Path) -> Result<Vec<StepMetrics>, TrainError> {
-    let path = run.join("metrics.jsonl");
+    let path = RunDir::new(run).metrics();
     let text = std::fs::read_to_string(&path).map_err(|e| {
         TrainError::Invalid(format!(
             "reading {} (is {} a run folder?): {e}",
@@ -370,13 +469,14 @@ fn metrics_up_to(path: &Path, step: u64) -> Result<f64, TrainError> {
 /// Writes the snapshots of this step, then the checkpoint: a process killed part-way keeps the
 /// previous checkpoint, and `--resume` drops the snapshots made after it ([`forget_after`]).
 fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), TrainError> {
-    let volumes_dir = out.join("volumes");
+    let run = RunDir::new(out);
+    let volumes_dir = run.volumes();
     std::fs::create_dir_all(&volumes_dir).map_err(|e| TrainError::Io {
         path: volumes_dir.to_path_buf(),
         source: e,
     })?;
     // The latest snapshot, and a copy kept per checkpoint (for curves of quality against time).
-    let history = volumes_dir.join(format!("step_{:07}", trainer.step()));
+    let history = run.snapshot(trainer.step());
     std::fs::create_dir_all(&history).map_err(|e| TrainError::Io {
         path: history.to_path_buf(),
         source: e,
@@ -385,11 +485,11 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
     for alpha in [0.0f32, 0.5, 1.0] {
         let volume = volume_at(trainer, alpha, apix)?;
         for dir in [&volumes_dir, &history] {
-            let path = dir.join(format!("alpha_{alpha:.2}.mrc"));
+            let path = dir.join(RunDir::volume_name(alpha));
             mcg_formats::mrc::write_volume(&path, &volume)?;
         }
     }
-    let images_dir = out.join("images");
+    let images_dir = run.images();
     std::fs::create_dir_all(&images_dir).map_err(|e| TrainError::Io {
         path: images_dir.to_path_buf(),
         source: e,
@@ -411,12 +511,8 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
                 .collect()
         })
         .collect();
-    write_grid(
-        &images_dir.join(format!("step_{:07}.png", trainer.step())),
-        &rows,
-        4,
-    )?;
-    trainer.save(&checkpoint_path(out))
+    write_grid(&run.image_grid(trainer.step()), &rows, 4)?;
+    trainer.save(&RunDir::new(out).checkpoint())
 }
 
 /// Before a resumed run goes on from the checkpoint of `step`: removes the snapshots of later
@@ -424,15 +520,9 @@ fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), Train
 /// checkpoint, possibly in part; they would be made again, maybe at other steps) and the
 /// temporary files a killed process left in the run's folders.
 fn forget_after(out: &Path, step: u64) -> Result<(), TrainError> {
-    let later = |path: &Path| {
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("step_"))
-            .map(|n| n.trim_end_matches(".png"))
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|s| s > step)
-    };
-    for dir in [out.join("volumes"), out.join("images")] {
+    let later = |path: &Path| RunDir::step_of(path).is_some_and(|s| s > step);
+    let run = RunDir::new(out);
+    for dir in [run.volumes(), run.images()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -480,7 +570,7 @@ pub struct TrainedRun {
 
 /// Loads `out/config.json` and `out/checkpoint.safetensors` onto `device`.
 pub fn load_run(out: &Path, device: Device) -> Result<TrainedRun, TrainError> {
-    let config_path = out.join("config.json");
+    let config_path = RunDir::new(out).config();
     let bad = |what: String| TrainError::Invalid(format!("{}: {what}", config_path.display()));
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| bad(format!("{e} (is {} a run folder?)", out.display())))?;
@@ -491,7 +581,7 @@ pub fn load_run(out: &Path, device: Device) -> Result<TrainedRun, TrainError> {
         .as_f64()
         .filter(|a| a.is_finite() && *a > 0.0)
         .ok_or_else(|| bad("field data.pixel_size_A: expected a positive number".into()))?;
-    let ckpt = checkpoint_path(out);
+    let ckpt = RunDir::new(out).checkpoint();
     if !ckpt.is_file() {
         return Err(TrainError::Invalid(format!(
             "{}: no checkpoint (train first, or wait for the first checkpoint)",
@@ -560,7 +650,39 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{forget_after, metrics_up_to, read_metrics};
+    use super::{RunDir, forget_after, metrics_up_to, read_metrics};
+
+    /// The run folder's layout in one place: paths, steps from names, complete snapshots only.
+    #[test]
+    fn the_run_dir_names_every_file_and_lists_complete_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        assert_eq!(run.config(), dir.path().join("config.json"));
+        assert_eq!(run.checkpoint(), dir.path().join("checkpoint.safetensors"));
+        assert_eq!(
+            run.latest_volume(0.5),
+            dir.path().join("volumes/alpha_0.50.mrc")
+        );
+        assert_eq!(run.snapshot(42), dir.path().join("volumes/step_0000042"));
+        assert_eq!(
+            run.image_grid(7),
+            dir.path().join("images/step_0000007.png")
+        );
+        assert_eq!(RunDir::step_of(&run.snapshot(42)), Some(42));
+        assert_eq!(RunDir::step_of(&run.image_grid(7)), Some(7));
+        assert_eq!(RunDir::step_of(&run.latest_volume(0.0)), None);
+        for (step, complete) in [(20, true), (5, true), (9, false)] {
+            std::fs::create_dir_all(run.snapshot(step)).unwrap();
+            if complete {
+                std::fs::write(run.snapshot(step).join(RunDir::volume_name(0.0)), "x").unwrap();
+            }
+            std::fs::create_dir_all(run.images()).unwrap();
+            std::fs::write(run.image_grid(step), "x").unwrap();
+        }
+        let steps: Vec<u64> = run.snapshots().iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [5, 20]);
+        assert_eq!(run.latest_image_grid(), Some(run.image_grid(20)));
+    }
 
     /// metrics.jsonl reads back as typed lines: what the trainer writes, a non-finite value
     /// (written as null) as NaN, absent optional fields as None; a bad line is named.
