@@ -16,6 +16,29 @@
 //!
 //! **Invariant:** nothing in this workspace writes a final output file in place; every writer
 //! goes through [`Staged`] or [`write_atomic`].
+//!
+//! ```
+//! use std::io::Write;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let dest = dir.path().join("notes.txt");
+//! // Small files in one call.
+//! mcg_fsio::write_atomic(&dest, b"first")?;
+//! // Larger ones through a staged file: nothing appears at `dest` until `commit`.
+//! let staged = mcg_fsio::Staged::new(&dest)?;
+//! let mut file = staged.create()?;
+//! file.write_all(b"second")?;
+//! drop(file);
+//! assert_eq!(std::fs::read(&dest)?, b"first");
+//! staged.commit()?;
+//! assert_eq!(std::fs::read(&dest)?, b"second");
+//! // Dropped uncommitted, a staged file leaves nothing behind.
+//! let abandoned = mcg_fsio::Staged::new(&dest)?;
+//! abandoned.create()?;
+//! drop(abandoned);
+//! assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![forbid(unsafe_code)]
 
