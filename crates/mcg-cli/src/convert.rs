@@ -29,6 +29,10 @@ pub struct Args {
     /// Images copied per batch (memory is proportional to it).
     #[arg(long, default_value_t = 1024)]
     batch: usize,
+    /// Leave out the particles whose images hold a NaN or infinite pixel (every image is read
+    /// once first). Without it, such a particle is an error naming it.
+    #[arg(long)]
+    skip_non_finite: bool,
     #[command(flatten)]
     locate: Locate,
 }
@@ -51,6 +55,19 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         outputs.push(("the output's image stack", &written_stack));
     }
     util::refuse_overwriting_inputs(&inputs, &outputs)?;
+    let images: Box<dyn ImageSource> = if args.skip_non_finite {
+        input::without_non_finite(
+            &args.input,
+            &mut set,
+            images,
+            true,
+            "--skip-non-finite leaves them out",
+            progress,
+        )?
+        .0
+    } else {
+        images
+    };
     let n = set.len();
     ensure!(
         images.len() == n,

@@ -3,10 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
+use crate::progress::Progress;
 use crate::util::WithHint;
-use mcg_formats::finite::FiniteImages;
+use mcg_formats::ImageSource;
+use mcg_formats::finite::{FiniteImages, Subset, non_finite_particles};
 use mcg_formats::stack_source::{StackImages, particle_set_from_stacks, read_stack_list};
 use mcg_formats::star::StarOptions;
 use mcg_formats::{ParticleSet, cs, star};
@@ -89,4 +91,44 @@ pub fn particles(path: &Path, locate: &Locate) -> Result<(ParticleSet, Box<Finit
         .with_context(|| format!("opening the images of {}", path.display()))
         .with_hint("if the image stacks live in another folder, pass it with --data-dir")?;
     Ok((set, Box::new(FiniteImages::new(Box::new(images), path))))
+}
+
+/// Reads every image of the set `path` once and finds those with a non-finite pixel: an error
+/// counting them and naming the first (ending with `hint`), or with `skip` the set and images
+/// without them. Returns the images to go on with and how many particles were left out.
+pub fn without_non_finite(
+    path: &Path,
+    set: &mut ParticleSet,
+    images: Box<FiniteImages>,
+    skip: bool,
+    hint: &str,
+    progress: &Progress,
+) -> Result<(Box<dyn ImageSource>, usize)> {
+    let bar = progress.bar(set.len() as u64, "checking pixels");
+    let bad = non_finite_particles(images.unchecked(), 512, &mut |k| bar.set_position(k as u64))?;
+    bar.finish_and_clear();
+    let Some(&first) = bad.first() else {
+        return Ok((images, 0));
+    };
+    let what = format!(
+        "{}: {} of {} particles have a NaN or infinite pixel (the first: particle {})",
+        path.display(),
+        bad.len(),
+        set.len(),
+        first + 1
+    );
+    if !skip {
+        return Err(anyhow::anyhow!(what)).with_hint(hint);
+    }
+    let keep: Vec<usize> = (0..set.len())
+        .filter(|i| bad.binary_search(i).is_err())
+        .collect();
+    ensure!(!keep.is_empty(), "{what}: none is left");
+    tracing::warn!("{what}: going on without them (--skip-non-finite)");
+    set.particles = keep.iter().map(|&i| set.particles[i].clone()).collect();
+    for (_, values) in &mut set.extra {
+        *values = keep.iter().map(|&i| values[i].clone()).collect();
+    }
+    let images: Box<dyn ImageSource> = images;
+    Ok((Box::new(Subset::new(images, keep)), bad.len()))
 }

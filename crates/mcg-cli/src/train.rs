@@ -4,14 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
-use mcg_formats::ImageSource;
-use mcg_formats::finite::{FiniteImages, Subset, non_finite_particles};
 use mcg_train::models::{GeneratorKind, Mode};
 use mcg_train::run::{RunData, RunOptions};
 use mcg_train::train::{DataPhysics, TrainConfig, estimate_noise_sigma};
 use mcg_train::{DeviceChoice, device};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::input::{self, Locate};
 use crate::progress::Progress;
@@ -253,7 +251,14 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             .with_hint("copy the file out of the run folder first, or train into another folder")?;
     }
     // Reading every image comes after the cheap refusals.
-    let (images, skipped) = without_non_finite(&args, &mut set, images, progress)?;
+    let (images, skipped) = input::without_non_finite(
+        &args.particles,
+        &mut set,
+        images,
+        args.skip_non_finite,
+        "--skip-non-finite trains without them; or fix or remove those images",
+        progress,
+    )?;
     let n = images.box_size();
     if n < 8 || !n.is_multiple_of(8) {
         return Err(anyhow::anyhow!(
@@ -351,45 +356,6 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
 }
 
 /// The patches of a noise stack, checked against the image size, on the training device.
-/// Reads every image once and finds those with a non-finite pixel: an error counting them and
-/// naming the first, or with --skip-non-finite the set and images without them. Returns the
-/// images to train on and how many particles were left out.
-fn without_non_finite(
-    args: &Args,
-    set: &mut mcg_formats::ParticleSet,
-    images: Box<FiniteImages>,
-    progress: &Progress,
-) -> Result<(Box<dyn ImageSource>, usize)> {
-    let bar = progress.bar(set.len() as u64, "checking pixels");
-    let bad = non_finite_particles(images.unchecked(), 512, &mut |k| bar.set_position(k as u64))?;
-    bar.finish_and_clear();
-    let Some(&first) = bad.first() else {
-        return Ok((images, 0));
-    };
-    let what = format!(
-        "{}: {} of {} particles have a NaN or infinite pixel (the first: particle {})",
-        args.particles.display(),
-        bad.len(),
-        set.len(),
-        first + 1
-    );
-    if !args.skip_non_finite {
-        return Err(anyhow::anyhow!(what))
-            .with_hint("--skip-non-finite trains without them; or fix or remove those images");
-    }
-    let keep: Vec<usize> = (0..set.len())
-        .filter(|i| bad.binary_search(i).is_err())
-        .collect();
-    ensure!(!keep.is_empty(), "{what}: none is left to train on");
-    warn!("{what}: training without them (--skip-non-finite)");
-    set.particles = keep.iter().map(|&i| set.particles[i].clone()).collect();
-    for (_, values) in &mut set.extra {
-        *values = keep.iter().map(|&i| values[i].clone()).collect();
-    }
-    let images: Box<dyn ImageSource> = images;
-    Ok((Box::new(Subset::new(images, keep)), bad.len()))
-}
-
 fn noise_patches(path: &Path, n: usize, dev: tch::Device) -> Result<tch::Tensor> {
     let data = mcg_formats::mrc::read(path)?.data;
     for (k, patch) in data.axis_iter(ndarray::Axis(0)).enumerate() {

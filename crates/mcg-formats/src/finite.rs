@@ -71,8 +71,8 @@ impl ImageSource for FiniteImages {
                     format!("particle {}", i + 1),
                     format!(
                         "found {v} at pixel (x {x}, y {y}) of its image, expected finite \
-                         numbers (`train` counts such particles, and `train \
-                         --skip-non-finite` trains without them)"
+                         numbers (`train` counts such particles; `train` and `convert` \
+                         with --skip-non-finite go on without them)"
                     ),
                 ));
             }

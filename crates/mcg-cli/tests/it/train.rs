@@ -378,6 +378,26 @@ fn non_finite_pixels_and_losses_stop_training_without_a_checkpoint() {
     // Other commands refuse to read such an image, naming the particle and the pixel.
     let err = fails(&["convert", s(&star), s(&dir.path().join("c.h5"))]);
     assert!(err.contains("particle 3") && err.contains("NaN"), "{err}");
+    assert!(!dir.path().join("c.h5").exists());
+    // convert --skip-non-finite writes the other 62, images bit for bit and in order.
+    let clean = dir.path().join("clean.star");
+    ok(&["convert", "--skip-non-finite", "-q", s(&star), s(&clean)]);
+    let kept = crate::pixels(&clean.with_extension("mrcs"));
+    let all = crate::pixels(&star.with_file_name("particles.mrcs"));
+    assert_eq!(kept.dim().0, 62);
+    let want: Vec<usize> = (0..64).filter(|i| *i != 2 && *i != 4).collect();
+    for (k, &i) in want.iter().enumerate() {
+        let (a, b) = (
+            kept.index_axis(ndarray::Axis(0), k),
+            all.index_axis(ndarray::Axis(0), i),
+        );
+        assert!(
+            a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "image {i}"
+        );
+    }
 }
 
 /// A fresh run into a folder that holds another run is refused (its checkpoint would be lost
