@@ -173,15 +173,8 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     };
 
     let inputs: Vec<PathBuf> = args.volume.iter().chain(&args.star).cloned().collect();
-    let outputs: Vec<PathBuf> = ["particles.mrcs", "particles.star", "manifest.json"]
-        .iter()
-        .map(|n| args.out.join(n))
-        .collect();
-    let labelled: Vec<(&str, &Path)> = outputs
-        .iter()
-        .map(|p| ("the output", p.as_path()))
-        .collect();
-    util::refuse_overwriting_inputs(&inputs, &labelled)
+    let outputs = ["particles.mrcs", "particles.star", "manifest.json"];
+    util::refuse_writing_over_inputs(&inputs, &args.out, outputs, "the output")
         .with_hint("project into another --out folder")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output folder {}", args.out.display()))?;

@@ -304,12 +304,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         .chain(&args.truth)
         .flat_map(|dir| files_in(dir))
         .collect();
-    let outputs: Vec<PathBuf> = OUTPUTS.iter().map(|n| args.out.join(n)).collect();
-    let labelled: Vec<(&str, &Path)> = outputs
-        .iter()
-        .map(|p| ("the report's", p.as_path()))
-        .collect();
-    util::refuse_overwriting_inputs(&inputs, &labelled)?;
+    util::refuse_writing_over_inputs(&inputs, &args.out, OUTPUTS, "the report's")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let out = &args.out;

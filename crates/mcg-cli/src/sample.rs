@@ -56,14 +56,10 @@ pub fn run(args: Args, progress: &crate::progress::Progress) -> Result<()> {
         .iter()
         .map(|n| args.run.join(n))
         .collect();
-    let mut outputs: Vec<PathBuf> = (0..args.n).map(|m| args.out.join(sample_name(m))).collect();
-    outputs.push(args.out.join("landscape.cxc"));
-    outputs.push(args.out.join("samples.json"));
-    let labelled: Vec<(&str, &Path)> = outputs
-        .iter()
-        .map(|p| ("the output", p.as_path()))
-        .collect();
-    util::refuse_overwriting_inputs(&inputs, &labelled)?;
+    let outputs = (0..args.n)
+        .map(sample_name)
+        .chain(["landscape.cxc".into(), "samples.json".into()]);
+    util::refuse_writing_over_inputs(&inputs, &args.out, outputs, "the output")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let last = (args.n - 1) as f64;

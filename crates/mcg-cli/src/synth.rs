@@ -248,12 +248,12 @@ fn refuse_overwriting_inputs(args: &Args) -> Result<()> {
         "particles.mrcs",
         "particles.h5",
     ];
-    let outputs: Vec<PathBuf> = names.iter().map(|n| args.out.join(n)).collect();
-    let labelled: Vec<(&str, &Path)> = outputs
-        .iter()
-        .map(|p| ("the output", p.as_path()))
-        .collect();
-    util::refuse_overwriting_inputs(std::slice::from_ref(landscape), &labelled)
+    util::refuse_writing_over_inputs(
+        std::slice::from_ref(landscape),
+        &args.out,
+        names,
+        "the output",
+    )
         .with_hint("write the data set to another folder than the one holding its landscape file, or rename the landscape file")
 }
 

@@ -241,13 +241,8 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         inputs.extend(args.init.iter().cloned());
         inputs.extend(args.config.iter().cloned());
         inputs.extend(args.noise_stack.iter().cloned());
-        let outputs: Vec<PathBuf> = mcg_train::run::RUN_FILES
-            .iter()
-            .map(|n| args.out.join(n))
-            .collect();
-        let labelled: Vec<(&str, &Path)> =
-            outputs.iter().map(|p| ("the run's", p.as_path())).collect();
-        util::refuse_overwriting_inputs(&inputs, &labelled)
+        let run_files = mcg_train::run::RUN_FILES;
+        util::refuse_writing_over_inputs(&inputs, &args.out, run_files, "the run's")
             .with_hint("copy the file out of the run folder first, or train into another folder")?;
     }
     // Reading every image comes after the cheap refusals.

@@ -227,6 +227,19 @@ pub fn refuse_overwriting_inputs(inputs: &[PathBuf], outputs: &[(&str, &Path)]) 
     Ok(())
 }
 
+/// [`refuse_overwriting_inputs`] for the files `names` that a command writes in its folder
+/// `out`, each called `what` in the error ("the output", "the run's").
+pub fn refuse_writing_over_inputs<N: AsRef<Path>>(
+    inputs: &[PathBuf],
+    out: &Path,
+    names: impl IntoIterator<Item = N>,
+    what: &str,
+) -> Result<()> {
+    let outputs: Vec<PathBuf> = names.into_iter().map(|n| out.join(n)).collect();
+    let labelled: Vec<(&str, &Path)> = outputs.iter().map(|p| (what, p.as_path())).collect();
+    refuse_overwriting_inputs(inputs, &labelled)
+}
+
 /// Refuses, before anything is allocated, `bytes` of memory for `purpose` that `option` (the
 /// flag and its value) implies when the machine does not have them.
 pub fn need_memory(option: &str, purpose: &str, bytes: f64) -> Result<()> {

@@ -389,22 +389,26 @@ fn run_files_in(out: &Path) -> Vec<&'static str> {
         .collect()
 }
 
+/// Removes a run's file or folder (with what it holds).
+fn remove_path(path: &Path) -> Result<(), TrainError> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    removed.map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
 /// Before a fresh run into `out`: refuses a folder holding another run's files, or with
 /// `force` removes them (and only them).
 fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
     check_fresh_run_folder(out, force)?;
     let present = run_files_in(out);
     for name in present {
-        let path = out.join(name);
-        let removed = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        removed.map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        remove_path(&out.join(name))?;
     }
     Ok(())
 }
@@ -533,15 +537,7 @@ fn forget_after(out: &Path, step: u64) -> Result<(), TrainError> {
             if !later(&path) {
                 continue;
             }
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.map_err(|e| TrainError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            })?;
+            remove_path(&path)?;
         }
         mcg_fsio::remove_stale(&dir);
     }

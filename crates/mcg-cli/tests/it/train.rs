@@ -413,18 +413,18 @@ fn a_fresh_run_refuses_a_folder_holding_another_unless_forced() {
         train_command(&star, &file, &run, &[&["--steps", steps], extra].concat())
     };
     let first = train("3", &[]);
-    ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&as_strs(&first));
     let checkpoint = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
     assert!(run.join("volumes/step_0000003").is_dir());
     let again = train("2", &[]);
-    let err = fails(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = fails(&as_strs(&again));
     assert!(err.contains("--resume") && err.contains("--force"), "{err}");
     assert_eq!(
         std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
         checkpoint
     );
     let forced = train("2", &["--force"]);
-    ok(&forced.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&as_strs(&forced));
     assert_eq!(metrics(&run).len(), 2);
     assert!(
         !run.join("volumes/step_0000003").exists(),
@@ -909,15 +909,12 @@ fn sigkill_then_resume_gives_the_uninterrupted_run() {
     let steps = "40";
     let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
     let every_step = ["--checkpoint-seconds", "0"];
-    ok(&train_command(
+    ok(&as_strs(&train_command(
         &star,
         &file,
         &straight,
         &[&every_step[..], &["--steps", steps]].concat(),
-    )
-    .iter()
-    .map(String::as_str)
-    .collect::<Vec<_>>());
+    )));
     let long = train_command(
         &star,
         &file,
@@ -931,15 +928,12 @@ fn sigkill_then_resume_gives_the_uninterrupted_run() {
     );
     let reached = metrics(&killed).len();
     assert!((5..40).contains(&reached), "killed at {reached} steps");
-    ok(&train_command(
+    ok(&as_strs(&train_command(
         &star,
         &file,
         &killed,
         &[&every_step[..], &["--steps", steps, "--resume"]].concat(),
-    )
-    .iter()
-    .map(String::as_str)
-    .collect::<Vec<_>>());
+    )));
     assert_eq!(
         crate::recovery::temporaries(&killed),
         Vec::<std::path::PathBuf>::new()
