@@ -36,11 +36,12 @@ pub fn print_error(e: &anyhow::Error) {
         .chain()
         .map(|c| c.to_string())
         .filter(|m| !m.starts_with(HINT_PREFIX));
-    if let Some(first) = messages.next() {
-        let _ = writeln!(stderr, "error: {first}");
-    }
     // A source error is often repeated inside its parent's message; print each text once.
     let mut printed: Vec<String> = Vec::new();
+    if let Some(first) = messages.next() {
+        let _ = writeln!(stderr, "error: {first}");
+        printed.push(first);
+    }
     for cause in messages {
         if !printed.iter().any(|p| p.contains(&cause)) {
             let _ = writeln!(stderr, "  caused by: {cause}");
