@@ -304,11 +304,14 @@ impl SlicePipeline {
     ) -> f64 {
         let mut images = ndarray::Array3::zeros((params.len(), self.n, self.n));
         self.clean(source, params, ctf, images.view_mut());
-        let total: f64 = images
+        // Variances in parallel, summed in image order: a parallel sum's grouping follows the
+        // threads' work stealing, and its last bit would change σ from run to run.
+        let variances: Vec<f64> = images
             .axis_iter(Axis(0))
             .into_par_iter()
             .map(|im| noise::image_variance(im))
-            .sum();
+            .collect();
+        let total: f64 = variances.iter().sum();
         total / params.len().max(1) as f64
     }
 
@@ -724,6 +727,42 @@ mod tests {
         let mut different = Array3::zeros((ps.len(), n, n));
         sim.simulate(&ps, &other_seed, 0, different.view_mut());
         assert_ne!(reference, different, "the seed must matter");
+    }
+
+    /// σ comes from the signal variance; its last bit must not depend on the threads (a
+    /// parallel sum's grouping follows their work stealing).
+    #[test]
+    fn signal_variance_is_the_same_bits_whatever_the_threads() {
+        let (n, apix) = (16, 5.0);
+        let volume = blobs(n, apix);
+        let ps = params(300, 9, 5.0);
+        let sim = Simulator::new(&volume, ProjectorKind::Fourier);
+        let in_pool = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| sim.signal_variance(&ps, true))
+        };
+        let sequential: f64 = {
+            let mut images = Array3::zeros((ps.len(), n, n));
+            sim.pipeline
+                .clean(sim.source.as_dyn(), &ps, true, images.view_mut());
+            images
+                .axis_iter(Axis(0))
+                .map(|im| noise::image_variance(im))
+                .sum::<f64>()
+                / ps.len() as f64
+        };
+        for threads in [1, 2, 3, 8] {
+            for _ in 0..5 {
+                assert_eq!(
+                    in_pool(threads).to_bits(),
+                    sequential.to_bits(),
+                    "{threads} threads"
+                );
+            }
+        }
     }
 
     #[test]
