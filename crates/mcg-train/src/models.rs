@@ -146,10 +146,46 @@ impl Default for ModelConfig {
     }
 }
 
+/// What a [`ModelConfig`]'s generator is: its mode, multi mode's generator and the CNN's latent
+/// read together (see [`ModelConfig::architecture`]), each variant with what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Single mode: one learnable volume.
+    Single,
+    /// Multi mode's 3D CNN on this latent.
+    Cnn(Latent),
+    /// Multi mode's voxel generator.
+    Voxel,
+    /// Multi mode's mixture of voxel volumes.
+    Mixture,
+}
+
+/// The latent of multi mode's CNN generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latent {
+    /// The paper's cube z ∈ R^{L³} of this edge L ([`ModelConfig::latent_size`]).
+    Cube(usize),
+    /// z ∈ R^d, d = [`ModelConfig::latent_dims`], through a small decoder.
+    Dims(usize),
+}
+
 impl ModelConfig {
+    /// The generator these settings describe (single mode ignores `generator` and the latent).
+    pub fn architecture(&self) -> Architecture {
+        match (self.mode, self.generator) {
+            (Mode::Single, _) => Architecture::Single,
+            (Mode::Multi, GeneratorKind::Voxel) => Architecture::Voxel,
+            (Mode::Multi, GeneratorKind::Mixture) => Architecture::Mixture,
+            (Mode::Multi, GeneratorKind::Cnn) => Architecture::Cnn(match self.latent_dims {
+                Some(d) => Latent::Dims(d),
+                None => Latent::Cube(self.latent_size),
+            }),
+        }
+    }
+
     /// Whether D is conditional: [`ModelConfig::conditional`] with multi mode's mixture.
     pub fn is_conditional(&self) -> bool {
-        self.conditional && self.mode == Mode::Multi && self.generator == GeneratorKind::Mixture
+        self.conditional && self.architecture() == Architecture::Mixture
     }
 
     /// The paper's model: its 3D CNN generator, D's LeakyReLU slope of 0.01, one image per score.
@@ -168,19 +204,33 @@ impl ModelConfig {
 /// The generator: volumes `[k][N][N][N]` for latent positions α (`[k]`, in [0, 1]).
 #[derive(Debug)]
 pub struct Generator {
-    mode: Mode,
-    kind: GeneratorKind,
     n: i64,
-    /// Fixed latent end points `[2][1][L][L][L]` (multi mode); saved with the weights.
-    ends: Option<Tensor>,
-    net: Option<nn::Sequential>,
-    /// The single volume (single mode), or the base volume B₀ (voxel and mixture).
-    volume: Option<Tensor>,
-    /// The component volumes `[K][N][N][N]` (voxel: Bⱼ; mixture: Dₖ, Bₖ = B₀ + Dₖ).
-    parts: Option<Tensor>,
-    /// The mixture's logits `[K]` (π = softmax).
-    logits: Option<Tensor>,
+    /// What this generator is, with exactly the tensors and networks it needs.
+    body: Body,
     mask: Option<Tensor>,
+}
+
+/// The parts of each generator (see [`Architecture`]).
+#[derive(Debug)]
+enum Body {
+    /// Single mode: the one volume, kept ≥ 0 by projection.
+    Single { volume: Tensor },
+    /// Multi mode's CNN: fixed latent end points `[2][1][L][L][L]` (the paper's cube) or
+    /// `[2][d]`, saved with the weights, and the network from z to a volume.
+    Cnn { ends: Tensor, net: nn::Sequential },
+    /// The voxel generator: the base volume B₀, the components Bⱼ `[K][M][M][M]` and w(α).
+    Voxel {
+        base: Tensor,
+        parts: Tensor,
+        net: nn::Sequential,
+    },
+    /// The mixture: the base volume B₀, the components Dₖ `[K][M][M][M]` (Bₖ = B₀ + Dₖ about
+    /// their mean) and the logits `[K]` (π = softmax, see [`LOGIT_SCALE`]).
+    Mixture {
+        base: Tensor,
+        parts: Tensor,
+        logits: Tensor,
+    },
 }
 
 /// The mixture's logits are this times its stored parameters (see [`Generator::probabilities`]).
@@ -205,27 +255,17 @@ impl Generator {
         let n = cfg.box_size as i64;
         let device = path.device();
         let mask = cfg.spherical_mask.then(|| sphere_mask(n, device));
-        match cfg.mode {
-            Mode::Single => {
+        let body = match cfg.architecture() {
+            Architecture::Single => {
                 // Kept non-negative by projection after each update
                 // ([`Generator::project_constraints`]), not by a ReLU, which would stop the
                 // gradient of every voxel that once went below zero.
                 let volume = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
-                Self {
-                    mode: Mode::Single,
-                    kind: cfg.generator,
-                    n,
-                    ends: None,
-                    net: None,
-                    volume: Some(volume),
-                    parts: None,
-                    logits: None,
-                    mask,
-                }
+                Body::Single { volume }
             }
-            Mode::Multi if cfg.generator != GeneratorKind::Cnn => {
+            architecture @ (Architecture::Voxel | Architecture::Mixture) => {
                 let k = cfg.components.max(1) as i64;
-                let volume = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
+                let base = path.var("volume", &[n, n, n], nn::Init::Const(1e-3));
                 let coarse = n / cfg.component_coarsening.max(1) as i64;
                 // Small random differences, so that the components are not identical when the
                 // heterogeneity starts (an exact tie is a saddle the gradients cannot leave).
@@ -237,7 +277,7 @@ impl Generator {
                         stdev: cfg.component_init,
                     },
                 );
-                let (net, logits) = if cfg.generator == GeneratorKind::Voxel {
+                if architecture == Architecture::Voxel {
                     // w(α): 1 → 32 → 32 → K, tanh; the last layer starts at a moderate scale so
                     // that different α give different weights from the first step.
                     let net = nn::seq()
@@ -247,28 +287,28 @@ impl Generator {
                         .add(nn::linear(path / "w2", 32, 32, Default::default()))
                         .add_fn(|x| x.tanh())
                         .add(nn::linear(path / "w3", 32, k, Default::default()));
-                    (Some(net), None)
+                    Body::Voxel { base, parts, net }
                 } else {
-                    (None, Some(path.var("logits", &[k], nn::Init::Const(0.0))))
-                };
-                Self {
-                    mode: Mode::Multi,
-                    kind: cfg.generator,
-                    n,
-                    ends: None,
-                    net,
-                    volume: Some(volume),
-                    parts: Some(parts),
-                    logits,
-                    mask,
+                    let logits = path.var("logits", &[k], nn::Init::Const(0.0));
+                    Body::Mixture {
+                        base,
+                        parts,
+                        logits,
+                    }
                 }
             }
-            Mode::Multi if cfg.latent_dims.is_some() => {
-                let d = cfg.latent_dims.expect("checked") as i64;
+            Architecture::Cnn(latent) => {
+                let shape = match latent {
+                    Latent::Cube(l) => {
+                        let l = l as i64;
+                        vec![2, 1, l, l, l]
+                    }
+                    Latent::Dims(d) => vec![2, d as i64],
+                };
                 let ends = path
                     .var(
                         "latent_ends",
-                        &[2, d],
+                        &shape,
                         nn::Init::Uniform {
                             lo: 0.0,
                             up: cfg.latent_scale,
@@ -276,129 +316,110 @@ impl Generator {
                     )
                     .set_requires_grad(false);
                 let c = cfg.generator_channels;
-                let up = |x: &Tensor| {
-                    let s = x.size()[2] * 2;
-                    x.upsample_trilinear3d([s, s, s], false, None, None, None)
+                let net = match latent {
+                    Latent::Cube(_) => nn::seq()
+                        .add(conv3(path / "c1", 1, c))
+                        .add_fn(|x| x.leaky_relu())
+                        .add(conv3(path / "c2", c, 2 * c))
+                        .add_fn(|x| x.leaky_relu())
+                        .add(conv3(path / "c3", 2 * c, c))
+                        .add_fn(|x| x.leaky_relu())
+                        .add(conv3(path / "c4", c, 1)),
+                    Latent::Dims(d) => {
+                        let d = d as i64;
+                        let up = |x: &Tensor| {
+                            let s = x.size()[2] * 2;
+                            x.upsample_trilinear3d([s, s, s], false, None, None, None)
+                        };
+                        nn::seq()
+                            .add(nn::linear(path / "l1", d, 2 * c * 64, Default::default()))
+                            .add_fn(move |x| x.leaky_relu().view([-1, 2 * c, 4, 4, 4]))
+                            .add_fn(up)
+                            .add(conv3(path / "c1", 2 * c, c))
+                            .add_fn(|x| x.leaky_relu())
+                            .add_fn(up)
+                            .add(conv3(path / "c2", c, c))
+                            .add_fn(|x| x.leaky_relu())
+                            .add_fn(up)
+                            .add(conv3(path / "c3", c, 1))
+                    }
                 };
-                let net = nn::seq()
-                    .add(nn::linear(path / "l1", d, 2 * c * 64, Default::default()))
-                    .add_fn(move |x| x.leaky_relu().view([-1, 2 * c, 4, 4, 4]))
-                    .add_fn(up)
-                    .add(conv3(path / "c1", 2 * c, c))
-                    .add_fn(|x| x.leaky_relu())
-                    .add_fn(up)
-                    .add(conv3(path / "c2", c, c))
-                    .add_fn(|x| x.leaky_relu())
-                    .add_fn(up)
-                    .add(conv3(path / "c3", c, 1));
-                Self {
-                    mode: Mode::Multi,
-                    kind: GeneratorKind::Cnn,
-                    n,
-                    ends: Some(ends),
-                    net: Some(net),
-                    volume: None,
-                    parts: None,
-                    logits: None,
-                    mask,
-                }
+                Body::Cnn { ends, net }
             }
-            Mode::Multi => {
-                let l = cfg.latent_size as i64;
-                let mut ends = path.var(
-                    "latent_ends",
-                    &[2, 1, l, l, l],
-                    nn::Init::Uniform {
-                        lo: 0.0,
-                        up: cfg.latent_scale,
-                    },
-                );
-                ends = ends.set_requires_grad(false);
-                let c = cfg.generator_channels;
-                let net = nn::seq()
-                    .add(conv3(path / "c1", 1, c))
-                    .add_fn(|x| x.leaky_relu())
-                    .add(conv3(path / "c2", c, 2 * c))
-                    .add_fn(|x| x.leaky_relu())
-                    .add(conv3(path / "c3", 2 * c, c))
-                    .add_fn(|x| x.leaky_relu())
-                    .add(conv3(path / "c4", c, 1));
-                Self {
-                    mode: Mode::Multi,
-                    kind: GeneratorKind::Cnn,
-                    n,
-                    ends: Some(ends),
-                    net: Some(net),
-                    volume: None,
-                    parts: None,
-                    logits: None,
-                    mask,
-                }
-            }
-        }
+        };
+        Self { n, body, mask }
     }
 
     /// The volumes at latent positions `alphas` (`[k]`), non-negative.
     pub fn volumes(&self, alphas: &Tensor) -> Tensor {
-        if self.mode == Mode::Multi && self.kind == GeneratorKind::Mixture {
-            // Component k covers α in [Σ_{i<k} πᵢ, Σ_{i≤k} πᵢ).
-            let cum = self.probabilities().cumsum(0, Kind::Float);
-            let k = cum.size()[0];
-            let idx = alphas
-                .unsqueeze(1)
-                .ge_tensor(&cum.unsqueeze(0))
-                .sum_dim_intlist(&[1i64][..], false, Kind::Int64)
-                .clamp_max(k - 1);
-            return self.components().index_select(0, &idx);
+        match &self.body {
+            Body::Single { volume } => self.single(volume, alphas.size()[0]),
+            Body::Cnn { ends, net } => self.decoded(ends, net, alphas),
+            Body::Voxel { base, parts, net } => self.weighted(base, parts, net, alphas, true),
+            Body::Mixture {
+                base,
+                parts,
+                logits,
+            } => {
+                // Component k covers α in [Σ_{i<k} πᵢ, Σ_{i≤k} πᵢ).
+                let cum = mixture_probabilities(logits).cumsum(0, Kind::Float);
+                let k = cum.size()[0];
+                let idx = alphas
+                    .unsqueeze(1)
+                    .ge_tensor(&cum.unsqueeze(0))
+                    .sum_dim_intlist(&[1i64][..], false, Kind::Int64)
+                    .clamp_max(k - 1);
+                self.components(base, parts, logits).index_select(0, &idx)
+            }
         }
-        self.volumes_raw(alphas, true)
     }
 
     /// The mixture's probabilities πₖ, or `[1]` for the other generators.
     pub fn probabilities(&self) -> Tensor {
-        match &self.logits {
-            // The logits are stored divided by LOGIT_SCALE, so that Adam's steps of about lr per
-            // update move them LOGIT_SCALE times faster than a voxel: 25/75 needs a logit
-            // difference of ln 3 ≈ 1.1, which at lr = 1e-3 would take over a thousand steps.
-            Some(l) => (l * LOGIT_SCALE).softmax(0, Kind::Float),
-            None => Tensor::ones([1], (Kind::Float, self.device())),
+        match &self.body {
+            Body::Mixture { logits, .. } => mixture_probabilities(logits),
+            _ => Tensor::ones([1], (Kind::Float, self.device())),
         }
     }
 
     /// Sets the mixture's probabilities to `pi` `[K]` (positive, summing to 1); no-op for the
     /// other generators.
     pub fn set_probabilities(&mut self, pi: &Tensor) {
-        if let Some(l) = &mut self.logits {
+        if let Body::Mixture { logits, .. } = &mut self.body {
             tch::no_grad(|| {
-                l.copy_(&(pi.clamp_min(1e-6).log() / LOGIT_SCALE));
+                logits.copy_(&(pi.clamp_min(1e-6).log() / LOGIT_SCALE));
             });
         }
     }
 
+    /// The device of the mask, or else of the single or base volume; the CPU for the CNN
+    /// generator without a mask (whatever the device of its latent and network).
     fn device(&self) -> tch::Device {
+        let volume = match &self.body {
+            Body::Single { volume } => Some(volume),
+            Body::Voxel { base, .. } | Body::Mixture { base, .. } => Some(base),
+            Body::Cnn { .. } => None,
+        };
         self.mask
             .as_ref()
-            .or(self.volume.as_ref())
+            .or(volume)
             .map(|t| t.device())
             .unwrap_or(tch::Device::Cpu)
     }
 
     /// The mixture's component volumes `[K][N][N][N]`, relu(B₀ + Dₖ − Σⱼ πⱼDⱼ).
-    fn components(&self) -> Tensor {
-        let base = self.volume.as_ref().expect("mixture has a base");
-        let parts = &self.fine_parts();
+    fn components(&self, base: &Tensor, parts: &Tensor, logits: &Tensor) -> Tensor {
+        let parts = &self.fine_parts(parts);
         // Dₖ about their π-weighted mean: B₀ is the consensus, and each Dₖ's gradient is its
         // component's gradient minus the mixture's (πₖ·(gₖ − Σⱼ πⱼgⱼ)), so Adam normalises the
         // differences between the components rather than the common gradient, in which they
         // would drown.
-        let pi = self.probabilities().detach();
-        let mean = (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], true, Kind::Float);
+        let mean = weighted_mean(parts, logits);
         self.masked((base.unsqueeze(0) + parts - mean).relu())
     }
 
-    /// The component volumes at the box's resolution, `[K][N][N][N]`.
-    fn fine_parts(&self) -> Tensor {
-        let parts = self.parts.as_ref().expect("the generator has components");
+    /// The component volumes `parts` at the box's resolution, `[K][N][N][N]`.
+    fn fine_parts(&self, parts: &Tensor) -> Tensor {
         let n = self.n;
         if parts.size()[1] == n {
             return parts.shallow_clone();
@@ -422,93 +443,102 @@ impl Generator {
     /// generator). `heterogeneous = false` is the warm start: the mixture gives its base volume
     /// B₀ alone, the voxel generator B₀ at every α.
     pub fn batch(&self, count: i64, heterogeneous: bool) -> GeneratedBatch {
-        let device = self.device();
-        match (self.mode, self.kind) {
-            (Mode::Single, _) => GeneratedBatch {
-                volumes: self.volumes_raw(&Tensor::zeros([1], (Kind::Float, device)), true),
-                weights: None,
-            },
-            (Mode::Multi, GeneratorKind::Mixture) if !heterogeneous => GeneratedBatch {
-                volumes: self.masked(
-                    self.volume
-                        .as_ref()
-                        .expect("mixture has a base")
-                        .unsqueeze(0),
-                ),
-                weights: None,
-            },
-            (Mode::Multi, GeneratorKind::Mixture) => {
-                let comps = self.components();
+        let (volumes, weights) = match &self.body {
+            Body::Single { volume } => (self.single(volume, 1), None),
+            Body::Mixture { base, .. } if !heterogeneous => (self.masked(base.unsqueeze(0)), None),
+            Body::Mixture {
+                base,
+                parts,
+                logits,
+            } => {
+                let comps = self.components(base, parts, logits);
                 let k = comps.size()[0];
-                let weights = Some(self.probabilities() * k as f64);
-                GeneratedBatch {
-                    volumes: comps,
-                    weights,
-                }
+                (comps, Some(mixture_probabilities(logits) * k as f64))
             }
-            _ => {
-                let alphas = Tensor::rand([count], (Kind::Float, device));
-                GeneratedBatch {
-                    volumes: self.volumes_raw(&alphas, heterogeneous),
-                    weights: None,
-                }
+            Body::Cnn { ends, net } => (self.decoded(ends, net, &self.draw_alphas(count)), None),
+            Body::Voxel { base, parts, net } => {
+                let alphas = self.draw_alphas(count);
+                (
+                    self.weighted(base, parts, net, &alphas, heterogeneous),
+                    None,
+                )
             }
-        }
+        };
+        GeneratedBatch { volumes, weights }
     }
 
-    fn volumes_raw(&self, alphas: &Tensor, heterogeneous: bool) -> Tensor {
+    /// `count` latent positions α ~ U(0, 1) from libtorch's generator.
+    fn draw_alphas(&self, count: i64) -> Tensor {
+        Tensor::rand([count], (Kind::Float, self.device()))
+    }
+
+    /// The single volume `k` times, `[k][N][N][N]`.
+    fn single(&self, volume: &Tensor, k: i64) -> Tensor {
+        let n = self.n;
+        self.masked(volume.unsqueeze(0).expand([k, n, n, n], false))
+    }
+
+    /// The CNN's volumes at `alphas`: the latent segment's points through the network.
+    fn decoded(&self, ends: &Tensor, net: &nn::Sequential, alphas: &Tensor) -> Tensor {
         let k = alphas.size()[0];
         let n = self.n;
-        let raw = match self.mode {
-            Mode::Single => self
-                .volume
-                .as_ref()
-                .expect("single mode has a volume")
-                .unsqueeze(0)
-                .expand([k, n, n, n], false),
-            Mode::Multi if self.kind != GeneratorKind::Cnn => {
-                let base = self.volume.as_ref().expect("voxel generator has a base");
-                if !heterogeneous {
-                    base.unsqueeze(0).expand([k, n, n, n], false)
-                } else {
-                    let parts = &self.fine_parts();
-                    let net = self.net.as_ref().expect("voxel has w(α)");
-                    // w(α) about its mean over the segment (16 cell midpoints), so that B₀ is
-                    // the consensus and the components' gradients are the differences along α
-                    // (see `components`).
-                    let grid = (Tensor::arange(16, (Kind::Float, alphas.device())) + 0.5) / 16.0;
-                    let w_mean = net.forward(&grid).mean_dim(&[0i64][..], true, Kind::Float);
-                    let w = net.forward(alphas) - w_mean;
-                    let c = parts.size()[0];
-                    let mix = w.matmul(&parts.view([c, -1])).view([k, n, n, n]);
-                    base.unsqueeze(0) + mix
-                }
-            }
-            Mode::Multi => {
-                let ends = self.ends.as_ref().expect("multi mode has latent ends");
-                // One α per volume, broadcast over the latent's dimensions.
-                let mut shape = vec![k];
-                shape.extend(std::iter::repeat_n(1, ends.dim() - 1));
-                let a = alphas.view(shape.as_slice());
-                let rest = -&a + 1.0;
-                let z = ends.get(0).unsqueeze(0) * rest + ends.get(1).unsqueeze(0) * &a;
-                let mut out = self.net.as_ref().expect("multi mode has a net").forward(&z);
-                if out.size()[2] != n {
-                    out = out.upsample_trilinear3d([n, n, n], false, None, None, None);
-                }
-                out.squeeze_dim(1)
-            }
-        };
-        let v = match (self.mode, self.kind) {
-            (Mode::Single, _) => raw,
-            // Softplus, not ReLU: a ReLU output dies for good once every voxel of it goes
-            // negative (seen: the whole volume collapsed to zero within minutes of training).
-            (Mode::Multi, GeneratorKind::Cnn) => raw.softplus(),
-            // B₀ is kept ≥ 0 by projection, so only the component part can be cut here.
-            (Mode::Multi, _) => raw.relu(),
-        };
-        self.masked(v)
+        // One α per volume, broadcast over the latent's dimensions.
+        let mut shape = vec![k];
+        shape.extend(std::iter::repeat_n(1, ends.dim() - 1));
+        let a = alphas.view(shape.as_slice());
+        let rest = -&a + 1.0;
+        let z = ends.get(0).unsqueeze(0) * rest + ends.get(1).unsqueeze(0) * &a;
+        let mut out = net.forward(&z);
+        if out.size()[2] != n {
+            out = out.upsample_trilinear3d([n, n, n], false, None, None, None);
+        }
+        // Softplus, not ReLU: a ReLU output dies for good once every voxel of it goes
+        // negative (seen: the whole volume collapsed to zero within minutes of training).
+        self.masked(out.squeeze_dim(1).softplus())
     }
+
+    /// The voxel generator's volumes at `alphas`; B₀ at every α if not `heterogeneous`.
+    fn weighted(
+        &self,
+        base: &Tensor,
+        parts: &Tensor,
+        net: &nn::Sequential,
+        alphas: &Tensor,
+        heterogeneous: bool,
+    ) -> Tensor {
+        let k = alphas.size()[0];
+        let n = self.n;
+        let raw = if !heterogeneous {
+            base.unsqueeze(0).expand([k, n, n, n], false)
+        } else {
+            let parts = &self.fine_parts(parts);
+            // w(α) about its mean over the segment (16 cell midpoints), so that B₀ is
+            // the consensus and the components' gradients are the differences along α
+            // (see `components`).
+            let grid = (Tensor::arange(16, (Kind::Float, alphas.device())) + 0.5) / 16.0;
+            let w_mean = net.forward(&grid).mean_dim(&[0i64][..], true, Kind::Float);
+            let w = net.forward(alphas) - w_mean;
+            let c = parts.size()[0];
+            let mix = w.matmul(&parts.view([c, -1])).view([k, n, n, n]);
+            base.unsqueeze(0) + mix
+        };
+        // B₀ is kept ≥ 0 by projection, so only the component part can be cut here.
+        self.masked(raw.relu())
+    }
+}
+
+/// The mixture's probabilities π = softmax(LOGIT_SCALE · `logits`).
+fn mixture_probabilities(logits: &Tensor) -> Tensor {
+    // The logits are stored divided by LOGIT_SCALE, so that Adam's steps of about lr per
+    // update move them LOGIT_SCALE times faster than a voxel: 25/75 needs a logit
+    // difference of ln 3 ≈ 1.1, which at lr = 1e-3 would take over a thousand steps.
+    (logits * LOGIT_SCALE).softmax(0, Kind::Float)
+}
+
+/// Σⱼ πⱼ·`parts`ⱼ `[1][…]`, the components' mean under the mixture's (detached) probabilities.
+fn weighted_mean(parts: &Tensor, logits: &Tensor) -> Tensor {
+    let pi = mixture_probabilities(logits).detach();
+    (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], true, Kind::Float)
 }
 
 impl Generator {
@@ -523,8 +553,12 @@ impl Generator {
                 "starting maps of shape {size:?}, expected [K][{n}][{n}][{n}]"
             ));
         }
-        let Some(base) = &mut self.volume else {
-            return Err("the cnn generator cannot start from maps".into());
+        // The base volume, and the components with whether they are the mixture's.
+        let (base, parts) = match &mut self.body {
+            Body::Cnn { .. } => return Err("the cnn generator cannot start from maps".into()),
+            Body::Single { volume } => (volume, None),
+            Body::Voxel { base, parts, .. } => (base, Some((parts, false))),
+            Body::Mixture { base, parts, .. } => (base, Some((parts, true))),
         };
         let k = size[0];
         tch::no_grad(|| {
@@ -533,10 +567,10 @@ impl Generator {
             if k == 1 {
                 return Ok(());
             }
-            let Some(parts) = &mut self.parts else {
+            let Some((parts, mixture)) = parts else {
                 return Err(format!("{k} starting maps, but single mode has one volume"));
             };
-            if self.kind != GeneratorKind::Mixture || parts.size() != size {
+            if !mixture || parts.size() != size {
                 return Err(format!(
                     "{k} starting maps need the mixture generator with {k} components at \
                      component_coarsening 1 (its components are {:?})",
@@ -554,10 +588,10 @@ impl Generator {
     /// which conformations most often differ and which the pose-free statistics see best
     /// (a projection's radial profile). No-op for the other generators or `delta` = 0.
     pub fn split_by_dilation(&mut self, delta: f64) {
-        if delta == 0.0 || self.mode != Mode::Multi || self.kind != GeneratorKind::Mixture {
+        if delta == 0.0 {
             return;
         }
-        let (Some(base), Some(parts)) = (&self.volume, &mut self.parts) else {
+        let Body::Mixture { base, parts, .. } = &mut self.body else {
             return;
         };
         let k = parts.size()[0];
@@ -620,25 +654,23 @@ impl Generator {
     /// along it keeps the simulated images realistic, moving them any other way does not), so
     /// a weak push separates them along it; beyond the true states the data push back.
     pub fn spread(&mut self, strength: f64) {
-        if strength <= 0.0 || self.mode != Mode::Multi || self.kind == GeneratorKind::Cnn {
+        if strength <= 0.0 {
             return;
         }
-        let Some(parts) = &self.parts else { return };
+        // The components, with the mixture's logits.
+        let (parts, logits) = match &self.body {
+            Body::Voxel { parts, .. } => (parts, None),
+            Body::Mixture { parts, logits, .. } => (parts, Some(logits)),
+            Body::Single { .. } | Body::Cnn { .. } => return,
+        };
         let mut grad = parts.grad();
         if !grad.defined() {
             return;
         }
         tch::no_grad(|| {
-            let dev = if self.kind == GeneratorKind::Mixture {
-                let pi = self.probabilities().detach();
-                let mean = (parts * pi.view([-1, 1, 1, 1])).sum_dim_intlist(
-                    &[0i64][..],
-                    true,
-                    Kind::Float,
-                );
-                parts - mean
-            } else {
-                parts.shallow_clone()
+            let dev = match logits {
+                Some(logits) => parts - weighted_mean(parts, logits),
+                None => parts.shallow_clone(),
             };
             let rms_dev = dev.square().mean(Kind::Float).sqrt().double_value(&[]);
             let rms_grad = grad.square().mean(Kind::Float).sqrt().double_value(&[]);
@@ -652,10 +684,13 @@ impl Generator {
     /// Restores the constraints after an optimiser step: the single (or base) volume is clamped
     /// to ≥ 0.
     pub fn project_constraints(&mut self) {
-        tch::no_grad(|| {
-            if let Some(v) = &mut self.volume {
+        tch::no_grad(|| match &mut self.body {
+            Body::Single { volume: v }
+            | Body::Voxel { base: v, .. }
+            | Body::Mixture { base: v, .. } => {
                 let _ = v.clamp_min_(0.0);
             }
+            Body::Cnn { .. } => {}
         });
     }
 }

@@ -28,7 +28,7 @@ use crate::invariant::{
     InvariantFeatures, component_distances, energy_distance, quadratic_simplex_minimum,
 };
 use crate::models::{
-    Classifier, Discriminator, Generator, GeneratorKind, Mode, ModelConfig, discriminator_loss,
+    Architecture, Classifier, Discriminator, Generator, ModelConfig, discriminator_loss,
     generator_loss, with_components,
 };
 
@@ -371,12 +371,14 @@ impl TrainConfig {
                 self.batch_size
             ));
         }
-        let multi_voxel =
-            self.model.mode == Mode::Multi && self.model.generator != GeneratorKind::Cnn;
+        let multi_voxel = matches!(
+            self.model.architecture(),
+            Architecture::Voxel | Architecture::Mixture
+        );
         if multi_voxel && self.model.components == 0 {
             return bad("model.components must be at least 1".into());
         }
-        if self.model.mode == Mode::Multi && self.model.generator == GeneratorKind::Mixture {
+        if self.model.architecture() == Architecture::Mixture {
             if self.step == StepKind::Paper {
                 return bad("model.generator = mixture needs step = fast".into());
             }
@@ -431,8 +433,7 @@ impl TrainConfig {
                 self.invariant_weight
             ));
         }
-        let mixture =
-            self.model.mode == Mode::Multi && self.model.generator == GeneratorKind::Mixture;
+        let mixture = self.model.architecture() == Architecture::Mixture;
         if self.pi_estimator == PiEstimator::Invariant && !mixture {
             return bad("pi_estimator = invariant needs the mixture generator".into());
         }
@@ -720,8 +721,7 @@ impl Trainer {
             );
             (q, opt)
         });
-        let mixture =
-            config.model.mode == Mode::Multi && config.model.generator == GeneratorKind::Mixture;
+        let mixture = config.model.architecture() == Architecture::Mixture;
         let pi_stats = (mixture && config.pi_estimator == PiEstimator::Invariant).then(|| {
             let k = config.model.components as i64;
             let root = vs.root() / "pi";
@@ -1360,8 +1360,7 @@ impl Trainer {
         .to_device(Device::Cpu);
         let values: Vec<f64> = Vec::<f64>::try_from(&values).map_err(TrainError::Torch)?;
         let (d_loss, w, gp, g_value) = (values[0], values[1], values[2], values[3]);
-        let mixture = self.config.model.mode == Mode::Multi
-            && self.config.model.generator == GeneratorKind::Mixture;
+        let mixture = self.config.model.architecture() == Architecture::Mixture;
         let secs = start.elapsed().as_secs_f64();
         Ok(StepMetrics {
             step: self.step,
@@ -1808,7 +1807,7 @@ pub(crate) fn fs_error(e: mcg_fsio::FsError) -> TrainError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::Mode;
+    use crate::models::{GeneratorKind, Mode};
     use mcg_physics::Volume;
     use mcg_physics::simulate::{ProjectorKind, RandomImaging, Simulator};
 
