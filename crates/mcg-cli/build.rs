@@ -1,12 +1,3 @@
-//! Gives the `multicryogan` binary and its tests a run path to libtorch, so they find it without
-//! `LD_LIBRARY_PATH` (torch-sys reports its folder as `DEP_TCH_LIBTORCH_LIB`).
-
-fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        // The cache folder itself, not the repository's link to it, so that built binaries
-        // keep working wherever the checkout goes.
-        let lib = std::fs::canonicalize(&lib).map_or(lib, |p| p.display().to_string());
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    }
-}
+// The run path to libtorch for the `multicryogan` binary and its tests: the one build
+// script, mcg-train's.
+include!("../mcg-train/build.rs");

@@ -1,5 +1,7 @@
-//! Gives this crate's test binaries a run path to libtorch, so they find it without
-//! `LD_LIBRARY_PATH` (torch-sys reports its folder as `DEP_TCH_LIBTORCH_LIB`).
+// Gives a crate's binaries and test binaries a run path to libtorch, so they find it without
+// `LD_LIBRARY_PATH` (torch-sys reports its folder as `DEP_TCH_LIBTORCH_LIB` to the crates that
+// depend on it directly). The one build script of the crates that link libtorch: mcg-cli and
+// mcg-report include it (`include!`), so it has no inner doc comment.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");

@@ -1,16 +1,12 @@
 //! `multicryogan convert`: particle sets between STAR+MRCS, HDF5 and (input only) `.cs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail, ensure};
-use mcg_formats::mrc::MrcStackWriter;
-use mcg_formats::{ImageRef, ImageSource, star};
-use mcg_h5::H5Writer;
-use ndarray::Array3;
+use anyhow::Result;
+use mcg_dataset::convert::{ConvertSettings, convert};
 
-use crate::input::{self, Kind, Locate};
 use crate::progress::Progress;
-use crate::util;
+use crate::util::LocateArgs;
 
 /// Convert a particle set, keeping images bit-exact and metadata complete.
 ///
@@ -34,132 +30,16 @@ pub struct Args {
     #[arg(long)]
     skip_non_finite: bool,
     #[command(flatten)]
-    locate: Locate,
+    locate: LocateArgs,
 }
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
-    ensure!(args.batch > 0, "--batch must be at least 1");
-    let out_kind = input::kind_of(&args.output)?;
-    let (mut set, images) = input::particles(&args.input, &args.locate)?;
-    ensure!(
-        !set.is_empty(),
-        "{}: no particles to convert",
-        args.input.display()
-    );
-    // The input, the stacks it reads, and (for a STAR output) the stack written beside it.
-    let mut inputs = util::stacks_of(&set);
-    inputs.push(args.input.clone());
-    let written_stack = args.output.with_extension("mrcs");
-    let mut outputs: Vec<(&str, &Path)> = vec![("the output", &args.output)];
-    if out_kind == Kind::Star {
-        outputs.push(("the output's image stack", &written_stack));
-    }
-    util::refuse_overwriting_inputs(&inputs, &outputs)?;
-    let images: Box<dyn ImageSource> = if args.skip_non_finite {
-        input::without_non_finite(
-            &args.input,
-            &mut set,
-            images,
-            true,
-            "--skip-non-finite leaves them out",
-            progress,
-        )?
-        .0
-    } else {
-        images
+    let settings = ConvertSettings {
+        batch: args.batch,
+        skip_non_finite: args.skip_non_finite,
+        locate: args.locate.get(),
     };
-    let n = set.len();
-    ensure!(
-        images.len() == n,
-        "{}: {} particles but {} images",
-        args.input.display(),
-        n,
-        images.len()
-    );
-    let out_dir = args
-        .output
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                p.to_path_buf()
-            }
-        })
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let bar = progress.bar(n as u64, "converting");
-    match out_kind {
-        Kind::Star => {
-            let stack = args.output.with_extension("mrcs");
-            let mut writer = MrcStackWriter::create(
-                &stack,
-                images.box_size(),
-                images.box_size(),
-                images.pixel_size(),
-            )?;
-            copy_images(
-                images.as_ref(),
-                args.batch,
-                |batch, _| writer.append(batch.view()).map_err(Into::into),
-                &bar,
-                progress,
-            )?;
-            writer.finish()?;
-            let name = PathBuf::from(stack.file_name().expect("has a name"));
-            for (i, p) in set.particles.iter_mut().enumerate() {
-                p.image = Some(ImageRef {
-                    path: name.clone(),
-                    index: i,
-                });
-            }
-            set.base_dir = out_dir;
-            star::write_particles(&args.output, &set)?;
-        }
-        Kind::H5 => {
-            let mut writer =
-                H5Writer::create(&args.output, images.box_size(), images.pixel_size(), n)?;
-            copy_images(
-                images.as_ref(),
-                args.batch,
-                |batch, start| writer.write_images(start, batch.view()).map_err(Into::into),
-                &bar,
-                progress,
-            )?;
-            writer.finish(&set)?;
-        }
-        other => bail!(
-            "{}: cannot write {other:?} particle sets: the output must be .star or .h5",
-            args.output.display()
-        ),
-    }
-    bar.finish_and_clear();
+    convert(&args.input, &args.output, &settings, progress)?;
     println!("{}", args.output.display());
-    Ok(())
-}
-
-/// Streams every image through `sink` in batches: `sink(batch, first_index)`.
-pub(crate) fn copy_images(
-    images: &dyn ImageSource,
-    batch: usize,
-    mut sink: impl FnMut(&Array3<f32>, usize) -> Result<()>,
-    bar: &indicatif::ProgressBar,
-    progress: &crate::progress::Progress,
-) -> Result<()> {
-    let (n, b) = (images.len(), images.box_size());
-    let mut buffer = Array3::<f32>::zeros((batch.min(n), b, b));
-    let mut start = 0;
-    while start < n {
-        progress.check_cancelled()?;
-        let count = batch.min(n - start);
-        if buffer.dim().0 != count {
-            buffer = Array3::zeros((count, b, b));
-        }
-        let indices: Vec<usize> = (start..start + count).collect();
-        images.read_batch(&indices, buffer.view_mut())?;
-        sink(&buffer, start)?;
-        bar.inc(count as u64);
-        start += count;
-    }
     Ok(())
 }

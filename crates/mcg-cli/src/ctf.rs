@@ -7,9 +7,9 @@ use mcg_formats::mrc::MrcStackWriter;
 use mcg_physics::ctf::ctf_image;
 use ndarray::Axis;
 
-use crate::input::{self, Locate};
-use crate::progress::Progress;
+use crate::progress::{Monitor as _, Progress};
 use crate::util;
+use mcg_dataset::input;
 
 /// Write each particle's 2D CTF as one image of an MRC stack, centred: zero frequency at pixel
 /// (N/2, N/2), row = ky, column = kx, RELION's sign (+Q0 at zero frequency).
@@ -26,11 +26,11 @@ pub struct Args {
     #[arg(long = "box", value_name = "N")]
     box_size: Option<usize>,
     #[command(flatten)]
-    locate: Locate,
+    locate: crate::util::LocateArgs,
 }
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
-    let set = input::metadata(&args.star, &args.locate)?;
+    let set = input::metadata(&args.star, &args.locate.get())?;
     let mut inputs = util::stacks_of(&set);
     inputs.push(args.star.clone());
     util::refuse_overwriting_inputs(&inputs, &[("--out", &args.out)])?;

@@ -92,7 +92,7 @@ pub fn run(args: Args) -> Result<()> {
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned())
         };
         let title = format!("FSC of {} and {}", name(&args.map1), name(&args.map2));
-        mcg_eval::plot::fsc_plot(png, &title, &[(curve.binning.name().to_string(), &curve)])?;
+        mcg_report::plot::fsc_plot(png, &title, &[(curve.binning.name().to_string(), &curve)])?;
     }
     let report = report(&args, &curve);
     if args.json {

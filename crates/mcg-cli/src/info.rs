@@ -10,8 +10,8 @@ use mcg_formats::{ImageSource, ParticleSet};
 use ndarray::{Array3, ArrayView2};
 use serde_json::{Value, json};
 
-use crate::input::{self, Kind, Locate};
 use crate::util;
+use mcg_dataset::input::{self, Kind};
 
 /// Say what a file holds. MRC maps and stacks: shape, mode, voxel size, origin, header and
 /// measured statistics. Particle sets (STAR, cryoSPARC .cs, HDF5, .mrcs, .txt stack lists):
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     read_images: bool,
     #[command(flatten)]
-    locate: Locate,
+    locate: crate::util::LocateArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -85,10 +85,10 @@ fn particles_info(args: &Args, path: &Path) -> Result<Value> {
     let kind = input::kind_of(path)?;
     let start = Instant::now();
     let (set, images) = if args.read_images {
-        let (set, images) = input::particles(path, &args.locate)?;
+        let (set, images) = input::particles(path, &args.locate.get())?;
         (set, Some(images))
     } else {
-        (input::metadata(path, &args.locate)?, None)
+        (input::metadata(path, &args.locate.get())?, None)
     };
     let mut report = set_summary(path, &set);
     if kind == Kind::Star {

@@ -5,17 +5,14 @@
 #![deny(unsafe_code)]
 
 mod align;
-mod builtin;
 mod convert;
 mod ctf;
 mod fsc;
 mod info;
-mod input;
 mod progress;
 mod project;
 mod report;
 mod sample;
-mod stackout;
 mod synth;
 mod train;
 mod util;
@@ -23,6 +20,7 @@ mod util;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mcg_dataset::monitor::Monitor as _;
 
 /// Reconstruct the conformations of a flexible molecule from cryo-EM images with Multi-CryoGAN,
 /// and make, inspect and convert the data it works on.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+pub use mcg_dataset::monitor::{Bar, Monitor};
 
 /// Progress bars for long work, and the invocation's cancellation flag (owned here, set by
 /// [`crate::util::install_interrupt_handler`], read by long loops between batches).
@@ -24,20 +25,6 @@ impl Progress {
     /// The cancellation flag, for libraries that take one (the trainer).
     pub fn cancel_flag(&self) -> &AtomicBool {
         &self.cancel
-    }
-
-    /// Whether the user interrupted the command.
-    pub fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
-    }
-
-    /// Fails once the user has interrupted the command: long loops call it between batches
-    /// and unwind, removing their unfinished files.
-    pub fn check_cancelled(&self) -> anyhow::Result<()> {
-        if self.cancelled() {
-            anyhow::bail!("interrupted; the unfinished output files were removed");
-        }
-        Ok(())
     }
 
     /// A bar over `len` items of `unit` (e.g. "images"), showing rate and ETA.
@@ -58,5 +45,33 @@ impl Progress {
         bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
+    }
+}
+
+/// The libraries' view of a command's progress: its bars and its cancellation flag.
+impl Monitor for Progress {
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    fn bar(&self, len: u64, what: &str) -> Box<dyn Bar> {
+        Box::new(Shown(Progress::bar(self, len, what)))
+    }
+}
+
+/// An indicatif bar, counting for the libraries.
+struct Shown(ProgressBar);
+
+impl Bar for Shown {
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    fn set_position(&self, pos: u64) {
+        self.0.set_position(pos);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
     }
 }

@@ -44,6 +44,7 @@ pub fn sample_name(m: usize) -> String {
 }
 
 pub fn run(args: Args, progress: &crate::progress::Progress) -> Result<()> {
+    use crate::progress::Monitor as _;
     ensure!(
         (2..=1000).contains(&args.n),
         "--n {}: expected between 2 and 1000 volumes",

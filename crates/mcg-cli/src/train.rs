@@ -11,9 +11,9 @@ use mcg_train::{DeviceChoice, device};
 use serde_json::{Value, json};
 use tracing::info;
 
-use crate::input::{self, Locate};
 use crate::progress::Progress;
 use crate::util::{self, WithHint};
+use mcg_dataset::input;
 
 /// Train Multi-CryoGAN on a particle set: a generator of volumes whose simulated images (random
 /// poses, the data's own CTFs, noise of the data's σ) a discriminator cannot tell from the data.
@@ -211,7 +211,7 @@ pub struct Args {
     #[arg(long)]
     skip_non_finite: bool,
     #[command(flatten)]
-    locate: Locate,
+    locate: crate::util::LocateArgs,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -227,7 +227,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let mut config = base_config(&args)?;
     apply_flags(&mut config, &args);
 
-    let (mut set, images) = input::particles(&args.particles, &args.locate)?;
+    let (mut set, images) = input::particles(&args.particles, &args.locate.get())?;
     ensure!(
         !set.is_empty(),
         "{}: no particles",
@@ -518,31 +518,11 @@ fn noise_sigma(
         ensure!(s.is_finite() && s >= 0.0, "noise σ must be ≥ 0, got {s}");
         return Ok((s, "settings".into()));
     }
-    let manifest = manifest_beside(&args.particles);
-    if let Some((path, doc)) = manifest
-        && doc["noise"].is_object()
-    {
-        // null is a clean set (synth --clean); anything else must be a σ ≥ 0.
-        let field = &doc["noise"]["sigma"];
-        let s = match field {
-            Value::Null => 0.0,
-            v => match v.as_f64() {
-                Some(s) if s.is_finite() && s >= 0.0 => s,
-                _ => bail!(
-                    "{}: noise.sigma: found {v}, expected a number ≥ 0 (or null for a clean set)",
-                    path.display()
-                ),
-            },
-        };
+    if let Some((path, s)) = mcg_dataset::folder::noise_sigma_beside(&args.particles)? {
         return Ok((s, format!("{}", path.display())));
     }
     let s = estimate_noise_sigma(images, 1000).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((s, "estimated from the outer annulus of 1000 images".into()))
-}
-
-fn manifest_beside(particles: &Path) -> Option<(PathBuf, Value)> {
-    let path = particles.parent()?.join("manifest.json");
-    read_json(&path).map(|doc| (path, doc))
 }
 
 fn read_json(path: &Path) -> Option<Value> {

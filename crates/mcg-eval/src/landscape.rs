@@ -12,7 +12,7 @@
 use ndarray::Array2;
 
 /// Which conformation a latent position belongs to by the paper's rule (section 5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Membership {
     /// Like the α = 0 end (AreaFSC with it above the threshold, with the α = 1 end below).

@@ -16,7 +16,6 @@ pub mod align;
 pub mod fft3;
 pub mod fsc;
 pub mod landscape;
-pub mod plot;
 
 pub use align::{AlignConfig, Alignment, Transform, align};
 pub use fsc::{Binning, FscConfig, FscCurve, Mask, Resolution, fsc, fsccc};

@@ -4,9 +4,19 @@
 //! They sit beside the repository in `../shared/data` and are never copied into it. CI has
 //! them; a user's fresh clone does not, so tests that need them skip with a message there.
 
+use std::path::PathBuf;
+
 pub mod alloc;
 
-use std::path::PathBuf;
+/// The paper's training recipe (`train --config`), small enough for seconds on two cores: a
+/// 16³ box, a latent cube of 8, 4 channels, batches of 8.
+pub const SMALL_PAPER_RECIPE: &str = r#"{
+  "model": { "mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 0.025,
+             "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true,
+             "generator": "cnn", "leaky_slope": 0.01, "pack": 1 },
+  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "paper",
+  "lr_d": 1e-4, "warm_steps": 0, "blur_start_px": 0.0
+}"#;
 
 /// The path of `rel` under `../shared/data/`, or `None` when that folder is absent (a user's
 /// fresh clone). On CI (`CI` set) a missing folder fails the test, unless

@@ -35,13 +35,7 @@ fn tiny_set(dir: &Path) -> std::path::PathBuf {
 }
 
 /// The paper's recipe, small enough for seconds on two cores.
-pub const SMALL: &str = r#"{
-  "model": { "mode": "multi", "box_size": 16, "latent_size": 8, "latent_scale": 0.025,
-             "generator_channels": 4, "discriminator_channels": 4, "spherical_mask": true,
-             "generator": "cnn", "leaky_slope": 0.01, "pack": 1 },
-  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "paper",
-  "lr_d": 1e-4, "warm_steps": 0, "blur_start_px": 0.0
-}"#;
+pub use mcg_testdata::SMALL_PAPER_RECIPE as SMALL;
 
 fn metrics(run: &Path) -> Vec<Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

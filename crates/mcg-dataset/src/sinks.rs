@@ -6,6 +6,7 @@ use mcg_h5::H5Writer;
 use ndarray::{Array3, ArrayView3, ArrayViewMut3, s};
 
 /// Where finished images go, in order.
+#[derive(Debug)]
 pub struct Sinks {
     /// The MRC stack.
     pub mrc: MrcStackWriter,
@@ -34,7 +35,7 @@ pub fn write_overlapped(
     count: usize,
     batch: usize,
     n_box: usize,
-    progress: &crate::progress::Progress,
+    progress: &dyn crate::monitor::Monitor,
     mut form: impl FnMut(usize, ArrayViewMut3<'_, f32>) -> Result<()>,
 ) -> Result<Sinks> {
     use std::sync::mpsc::sync_channel;

@@ -12,7 +12,15 @@ use ndarray::{Array2, ArrayView2};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::EvalError;
+/// A figure that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: drawing the figure: {message}", path.display())]
+pub struct PlotError {
+    /// The figure's file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
 
 const FONT: &str = "sans-serif";
 
@@ -27,22 +35,22 @@ fn ensure_font() {
     });
 }
 
-fn err(path: &Path, e: impl std::fmt::Display) -> EvalError {
-    EvalError::Input {
-        what: path.display().to_string(),
-        problem: format!("drawing the figure: {e}"),
+fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
+    PlotError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     }
 }
 
 /// A temporary name for `path` that keeps its extension, from which the image encoder picks
 /// the format; dropped unfinished (a drawing error), it is removed.
-fn stage(path: &Path) -> Result<(mcg_fsio::Staged, PathBuf), EvalError> {
+fn stage(path: &Path) -> Result<(mcg_fsio::Staged, PathBuf), PlotError> {
     let staged = mcg_fsio::Staged::new(path).map_err(|e| err(path, e))?;
     let tmp = staged.path().to_path_buf();
     Ok((staged, tmp))
 }
 
-fn finish(staged: mcg_fsio::Staged, path: &Path) -> Result<(), EvalError> {
+fn finish(staged: mcg_fsio::Staged, path: &Path) -> Result<(), PlotError> {
     staged.commit().map_err(|e| err(path, e))
 }
 
@@ -107,7 +115,7 @@ fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 }
 
 /// A line plot of `series` (800×500 px) at `path`.
-pub fn line_plot(path: &Path, plot: &LinePlot<'_>, series: &[Series]) -> Result<(), EvalError> {
+pub fn line_plot(path: &Path, plot: &LinePlot<'_>, series: &[Series]) -> Result<(), PlotError> {
     ensure_font();
     let e = |x: &dyn std::fmt::Display| err(path, x);
     let all = || series.iter().flat_map(|s| s.points.iter());
@@ -194,8 +202,8 @@ pub fn line_plot(path: &Path, plot: &LinePlot<'_>, series: &[Series]) -> Result<
 pub fn fsc_plot(
     path: &Path,
     title: &str,
-    curves: &[(String, &crate::FscCurve)],
-) -> Result<(), EvalError> {
+    curves: &[(String, &mcg_eval::FscCurve)],
+) -> Result<(), PlotError> {
     let series: Vec<Series> = curves
         .iter()
         .map(|(name, c)| Series {
@@ -260,7 +268,7 @@ pub fn heatmaps(
     panels: &[(&str, &Array2<f64>)],
     range: (f64, f64),
     axis_label: &str,
-) -> Result<(), EvalError> {
+) -> Result<(), PlotError> {
     ensure_font();
     let e = |x: &dyn std::fmt::Display| err(path, x);
     let panel = 420u32;
@@ -339,7 +347,7 @@ pub fn image_grid(
     rows: &[(String, Vec<ArrayView2<'_, f32>>)],
     column_labels: &[String],
     zoom: u32,
-) -> Result<(), EvalError> {
+) -> Result<(), PlotError> {
     ensure_font();
     let e = |x: &dyn std::fmt::Display| err(path, x);
     let n = rows

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::progress::Progress;
-use crate::util::WithHint;
+use crate::hint::WithHint;
+use crate::monitor::Monitor;
 use mcg_formats::ImageSource;
 use mcg_formats::finite::{FiniteImages, Subset, non_finite_particles};
 use mcg_formats::stack_source::{StackImages, particle_set_from_stacks, read_stack_list};
@@ -17,22 +17,25 @@ use mcg_h5::H5Particles;
 /// The kinds of particle-set files, by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// RELION STAR (`.star`) with MRC stacks.
     Star,
+    /// cryoSPARC `.cs`.
     Cs,
+    /// The HDF5 container (`.h5`, `.hdf5`).
     H5,
+    /// One MRC stack (`.mrc`, `.mrcs`, `.map`, `.st`).
     Mrc,
+    /// A `.txt` list of MRC stacks.
     StackList,
 }
 
 /// Options that help locate images and sampling.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Locate {
     /// Folder holding the images, when the metadata's image paths do not resolve against the
     /// metadata file's own folder.
-    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Pixel size in Å, for files that do not record it (a size written in the file wins).
-    #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     pub apix: Option<f64>,
 }
 
@@ -102,11 +105,11 @@ pub fn without_non_finite(
     images: Box<FiniteImages>,
     skip: bool,
     hint: &str,
-    progress: &Progress,
+    progress: &dyn Monitor,
 ) -> Result<(Box<dyn ImageSource>, usize)> {
     let bar = progress.bar(set.len() as u64, "checking pixels");
     let bad = non_finite_particles(images.unchecked(), 512, &mut |k| bar.set_position(k as u64))?;
-    bar.finish_and_clear();
+    bar.finish();
     let Some(&first) = bad.first() else {
         return Ok((images, 0));
     };

@@ -1,0 +1,234 @@
+//! `metrics.json`: every number a report shows, as one typed value ([`Metrics`]). A number
+//! that could not be measured (NaN) is written as `null` and read back as NaN.
+
+use mcg_eval::FscCurve;
+use mcg_eval::landscape::Membership;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Every number of a report, in the order `metrics.json` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The run folder.
+    pub run: String,
+    /// How long the run trained.
+    pub training: Training,
+    /// The one rigid transform that puts the reconstruction onto the truth (identity
+    /// without a truth).
+    pub alignment: AlignmentRecord,
+    /// The FSC of each end of the latent segment against its ground-truth state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsc_ends: Option<FscEnds>,
+    /// The FSC of checkpoint snapshots over training time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsc_history: Option<Vec<HistoryPoint>>,
+    /// The FSCCC matrices (multi mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsccc: Option<FscccRecord>,
+    /// The discrete probabilities by the paper's rule (multi mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Probabilities>,
+    /// β(α) and the Wasserstein-1 distance (continuous landscapes with a truth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<Continuous>,
+}
+
+/// How long the run trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    /// Generator steps.
+    pub steps: u64,
+    /// Seconds of the last invocation's clock.
+    #[serde(deserialize_with = "nan")]
+    pub seconds: f64,
+    /// The Wasserstein estimate's running mean at the end.
+    pub final_wasserstein_mean: Option<f64>,
+    /// Training throughput at the last step.
+    #[serde(deserialize_with = "nan")]
+    pub images_per_second: f64,
+}
+
+/// The alignment of the reconstruction onto the truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlignmentRecord {
+    /// The rotation as RELION Euler angles, degrees.
+    pub euler_deg: Euler,
+    /// Whether the hand was flipped.
+    pub flipped: bool,
+    /// The shift, Å (x, y, z).
+    #[serde(rename = "shift_A")]
+    pub shift_angstrom: [f64; 3],
+    /// Whether the α = 0 end is the truth's first state.
+    pub alpha_0_is_first_state: bool,
+}
+
+/// RELION Euler angles, degrees.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Euler {
+    /// Rot.
+    pub rot: f64,
+    /// Tilt.
+    pub tilt: f64,
+    /// Psi.
+    pub psi: f64,
+}
+
+/// The FSC of both ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FscEnds {
+    /// The α = 0 end.
+    pub alpha_0: EndFsc,
+    /// The α = 1 end.
+    pub alpha_1: EndFsc,
+}
+
+/// One end's FSC against its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndFsc {
+    /// The ground-truth state it is compared with.
+    pub truth: String,
+    /// Its FSC.
+    pub fsc: ResolutionRecord,
+}
+
+/// An FSC curve's crossings and area.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolutionRecord {
+    /// Resolution at the 0.5 and 0.143 crossings, Å (`None`: not reached).
+    #[serde(rename = "resolution_A")]
+    pub resolution_angstrom: Crossings,
+    /// The same crossings as fractions of Nyquist.
+    pub resolution_nyquist_fraction: Crossings,
+    /// AreaFSC.
+    #[serde(deserialize_with = "nan")]
+    pub area: f64,
+}
+
+impl ResolutionRecord {
+    /// The record of curve `c`.
+    pub fn of(c: &FscCurve) -> Self {
+        let r = |t: f64| c.resolution(t);
+        Self {
+            resolution_angstrom: Crossings {
+                half: r(0.5).map(|x| x.angstrom),
+                gold: r(0.143).map(|x| x.angstrom),
+            },
+            resolution_nyquist_fraction: Crossings {
+                half: r(0.5).map(|x| x.nyquist_fraction),
+                gold: r(0.143).map(|x| x.nyquist_fraction),
+            },
+            area: c.area(),
+        }
+    }
+}
+
+/// A value at the FSC thresholds 0.5 and 0.143.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Crossings {
+    /// At 0.5.
+    #[serde(rename = "0.5")]
+    pub half: Option<f64>,
+    /// At 0.143.
+    #[serde(rename = "0.143")]
+    pub gold: Option<f64>,
+}
+
+/// One checkpoint snapshot's FSC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Its generator step.
+    pub step: u64,
+    /// Minutes of training when it was saved (NaN: unknown).
+    #[serde(deserialize_with = "nan")]
+    pub minutes: f64,
+    /// The FSC of its α = 0 volume against the α = 0 end's state.
+    pub fsc: ResolutionRecord,
+}
+
+/// The FSCCC matrices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FscccRecord {
+    /// L: the matrices are (L + 1) × (L + 1) at α = m/L.
+    pub l: usize,
+    /// The reconstruction's.
+    pub reconstruction: Vec<Vec<f64>>,
+    /// The truth's, oriented like the reconstruction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth: Option<Vec<Vec<f64>>>,
+    /// Mean absolute difference of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_abs_difference: Option<f64>,
+    /// "ideal discrete" or "ground-truth series".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth_kind: Option<String>,
+}
+
+/// The discrete probabilities by the paper's rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probabilities {
+    /// Cells of the latent segment.
+    pub cells: usize,
+    /// AreaFSC of the two ends.
+    #[serde(deserialize_with = "nan")]
+    pub ends_area_fsc: f64,
+    /// The membership threshold (halfway between 1 and `ends_area_fsc`).
+    #[serde(deserialize_with = "nan")]
+    pub threshold: f64,
+    /// The state at the α = 0 end.
+    pub alpha_0_state: String,
+    /// The state at the α = 1 end.
+    pub alpha_1_state: String,
+    /// Fraction of cells in the α = 0 end's state.
+    pub alpha_0_fraction: f64,
+    /// Fraction in the α = 1 end's state.
+    pub alpha_1_fraction: f64,
+    /// Fraction in transition.
+    pub transition: f64,
+    /// The true fractions, when the particles' states are known.
+    pub truth: TrueFractions,
+    /// The fractions with the paper's fixed threshold 0.5.
+    pub paper_threshold_0_5: Fractions,
+    /// Each cell's membership, in order of α.
+    pub membership: Vec<Membership>,
+}
+
+/// The true fraction of each end's state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrueFractions {
+    /// Of the α = 0 end's state.
+    pub alpha_0_state: Option<f64>,
+    /// Of the α = 1 end's state.
+    pub alpha_1_state: Option<f64>,
+}
+
+/// Fractions of the cells.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Fractions {
+    /// In the α = 0 end's state.
+    pub alpha_0_fraction: f64,
+    /// In the α = 1 end's state.
+    pub alpha_1_fraction: f64,
+    /// In transition.
+    pub transition: f64,
+}
+
+/// The recovered parameter along the latent segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Continuous {
+    /// The parameter's name (β for Hsp90).
+    pub parameter: String,
+    /// The latent positions.
+    pub alpha: Vec<f64>,
+    /// The parameter of the best-matching truth state at each position.
+    pub recovered: Vec<f64>,
+    /// The same at the cell midpoints.
+    pub recovered_on_cells: Vec<f64>,
+    /// Wasserstein-1 distance between the recovered and the true distribution (NaN: no
+    /// particles' values).
+    #[serde(deserialize_with = "nan")]
+    pub wasserstein1: f64,
+}
+
+/// A number or `null` (NaN).
+fn nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
