@@ -13,10 +13,13 @@
 #![deny(unsafe_code)]
 
 pub mod align;
-pub mod fft3;
 pub mod fsc;
 pub mod landscape;
 pub mod plot;
+
+/// The 3D FFTs that FSC and alignment use: [`mcg_physics::fft3`], re-exported for the callers that
+/// found them here.
+pub use mcg_physics::fft3;
 
 pub use align::{AlignConfig, Alignment, Transform, align};
 pub use fsc::{Binning, FscConfig, FscCurve, Mask, Resolution, fsc, fsccc};
