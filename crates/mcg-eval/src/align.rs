@@ -24,6 +24,7 @@
 //!
 //! The score is the normalised (Pearson) correlation over the whole box.
 
+use mcg_physics::fft3::Fft3;
 use mcg_physics::pose::{Mat3, mat_mul, matrix_from_rotation_vector, transpose};
 use mcg_physics::{Pose, Volume};
 use ndarray::{Array3, Axis, Zip};
@@ -31,7 +32,6 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
 use crate::EvalError;
-use crate::fft3::Fft3;
 use crate::fsc::check_pair;
 
 /// The settings of [`align`].

@@ -14,13 +14,13 @@
 //! A shell where either map has no power has FSC 0 (there is nothing to correlate).
 
 use mcg_physics::Volume;
+use mcg_physics::fft3::Fft3;
 use mcg_physics::fourier::signed_freq;
 use ndarray::{Array2, Array3, Axis, Zip};
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
 use crate::EvalError;
-use crate::fft3::Fft3;
 
 /// The FSC thresholds that are reported: 0.5 and 0.143.
 pub const THRESHOLDS: [f64; 2] = [0.5, 0.143];
@@ -295,7 +295,7 @@ fn mask_array(mask: Option<&Mask>, n: usize, apix: f32) -> Result<Option<Array3<
 
 /// The half spectrum of `volume` times `mask`; fails on non-finite voxels.
 fn spectrum(
-    fft: &Fft3,
+    fft: &Fft3<f32>,
     volume: &Volume,
     mask: Option<&Array3<f32>>,
     name: &str,

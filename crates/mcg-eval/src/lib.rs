@@ -13,7 +13,6 @@
 #![deny(unsafe_code)]
 
 pub mod align;
-pub mod fft3;
 pub mod fsc;
 pub mod landscape;
 

@@ -6,6 +6,7 @@
 //! says "per pixel". Arrays are `[z][y][x]` (volumes) and `[n][y][x]` (image stacks), x fastest.
 
 pub mod ctf;
+pub mod fft3;
 pub mod fourier;
 pub mod noise;
 pub mod normalize;

@@ -38,13 +38,12 @@
 
 use std::f64::consts::PI;
 
-use ndarray::{Array2, Array3, ArrayViewMut3, Axis, Zip, s};
+use ndarray::{Array2, Array3, ArrayViewMut3, s};
 use rayon::prelude::*;
-use realfft::RealFftPlanner;
-use rustfft::FftPlanner;
 use rustfft::num_complex::Complex32;
 
 use crate::PhysicsError;
+use crate::fft3::{Fft3, centre_origin};
 use crate::fourier::{Fft2, half_width, signed_freq};
 use crate::pose::{Mat3, Pose};
 use crate::volume::Volume;
@@ -388,41 +387,21 @@ fn centred_padded_spectrum(volume: &Volume, m: usize, power: i32) -> Array3<Comp
         })
         .collect();
     let voxels = volume.data();
-    let mut spec = Array3::<Complex32>::zeros((m, m, half_width(m)));
-
-    let r2c = RealFftPlanner::<f32>::new().plan_fft_forward(m);
-    Zip::indexed(spec.lanes_mut(Axis(2))).par_for_each(|(z, y), mut lane| {
-        let inside = offset..offset + n;
+    let inside = offset..offset + n;
+    // Only the rows through the volume are non-zero; the others are skipped.
+    let mut spec = Fft3::<f32>::new(m).forward_rows(|z, y, row| {
         if !inside.contains(&z) || !inside.contains(&y) {
-            return;
+            return false;
         }
         let (vz, vy) = (z - offset, y - offset);
-        let mut row = vec![0.0f32; m];
         let w_zy = weight[vz] * weight[vy];
         for vx in 0..n {
             row[vx + offset] = voxels[[vz, vy, vx]] / (w_zy * weight[vx]);
         }
-        let out = lane
-            .as_slice_mut()
-            .expect("rows of a standard array are contiguous");
-        r2c.process(&mut row, out)
-            .expect("buffer sizes are planned");
+        true
     });
-
-    let fft = FftPlanner::<f32>::new().plan_fft_forward(m);
-    for axis in [Axis(1), Axis(0)] {
-        Zip::from(spec.lanes_mut(axis)).par_for_each(|mut lane| {
-            let mut line = lane.to_vec();
-            fft.process(&mut line);
-            lane.assign(&ndarray::ArrayView1::from(&line));
-        });
-    }
     // Origin at padded index m/2: the centred transform is the DFT times (−1)^(kx + ky + kz).
-    Zip::indexed(&mut spec).par_for_each(|(kz, ky, kx), value| {
-        if (kx + ky + kz) % 2 == 1 {
-            *value = -*value;
-        }
-    });
+    centre_origin(&mut spec);
     spec
 }
 
@@ -554,7 +533,7 @@ fn weighted_quads(data: &[f32], start: usize, sy: usize, sz: usize, weights: [f3
 mod tests {
     use super::*;
     use crate::rng::{Purpose, stream};
-    use ndarray::Array3;
+    use ndarray::{Array3, Axis};
     use proptest::prelude::*;
     use rand::Rng;
     use rustfft::num_complex::Complex64;

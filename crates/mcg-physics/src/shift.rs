@@ -7,12 +7,14 @@
 //! recentring an observed image moves it by `t = +o/apix` ([`Shift::recentring_translation`]).
 //! Translations are applied as Fourier phase ramps, circularly and without padding.
 
+use std::f64::consts::PI;
+
 use ndarray::{ArrayViewMut3, Axis};
 use rayon::prelude::*;
 use rustfft::num_complex::{Complex32, Complex64};
 use serde::{Deserialize, Serialize};
 
-use crate::fourier::{Fft2, half_width};
+use crate::fourier::{Fft2, half_width, signed_freq};
 
 /// A particle's origin offset in Å (`_rlnOriginXAngst`, `_rlnOriginYAngst`).
 ///
@@ -65,34 +67,29 @@ pub fn translate_spectrum(spec: &mut [Complex32], m: usize, tx: f64, ty: f64) {
     let h = half_width(m);
     assert_eq!(spec.len(), m * h, "spectrum length");
     let nyq = m / 2;
-    let corner_index = nyq * h + nyq;
-    let corner = spec[corner_index];
-
-    // Column factors exp(−2πi kx tx/m) for kx = 0 … m/2 − 1, row factors for ky = 0 … m/2 − 1
-    // and their conjugates for the negative frequencies, by f64 recurrence (error ~ m·1e-16).
-    let col_step = phase(-2.0 * std::f64::consts::PI * tx / m as f64);
-    let row_step = phase(-2.0 * std::f64::consts::PI * ty / m as f64);
-    let mut cols = Vec::with_capacity(h);
-    let mut rows = vec![Complex32::default(); m];
-    let (mut cw, mut rw) = (Complex64::new(1.0, 0.0), Complex64::new(1.0, 0.0));
-    for j in 0..nyq {
-        cols.push(Complex32::new(cw.re as f32, cw.im as f32));
-        rows[j] = Complex32::new(rw.re as f32, rw.im as f32);
-        if j > 0 {
-            rows[m - j] = rows[j].conj();
+    // Allocation-free: each row's factor exp(−2πi ky ty/m) in f64, times the column factors
+    // exp(−2πi kx tx/m) by f64 recurrence along the row (error ~ m·1e-16), rounded to f32 per
+    // coefficient.
+    let col_step = phase(-2.0 * PI * tx / m as f64);
+    let col_nyq = (PI * tx).cos();
+    for (row, values) in spec.chunks_exact_mut(h).enumerate() {
+        let row_factor = if row == nyq {
+            Complex64::new((PI * ty).cos(), 0.0)
+        } else {
+            phase(-2.0 * PI * signed_freq(row, m) as f64 * ty / m as f64)
+        };
+        let mut w = row_factor;
+        for v in &mut values[..nyq] {
+            *v *= Complex32::new(w.re as f32, w.im as f32);
+            w *= col_step;
         }
-        cw *= col_step;
-        rw *= row_step;
+        let last = if row == nyq {
+            Complex64::new((PI * (tx + ty)).cos(), 0.0)
+        } else {
+            row_factor * col_nyq
+        };
+        values[nyq] *= Complex32::new(last.re as f32, last.im as f32);
     }
-    cols.push(Complex32::new(cos_pi(tx) as f32, 0.0));
-    rows[nyq] = Complex32::new(cos_pi(ty) as f32, 0.0);
-
-    for (row, &r) in spec.chunks_exact_mut(h).zip(&rows) {
-        for (c, &f) in row.iter_mut().zip(&cols) {
-            *c *= r * f;
-        }
-    }
-    spec[corner_index] = corner * cos_pi(tx + ty) as f32;
 }
 
 /// Translates every image of `images` (`[n][y][x]`, square, even edge) circularly by its own
@@ -132,19 +129,6 @@ pub fn translate_images(mut images: ArrayViewMut3<'_, f32>, shifts_px: &[[f64; 2
 fn phase(theta: f64) -> Complex64 {
     let (s, c) = theta.sin_cos();
     Complex64::new(c, s)
-}
-
-/// `cos(π x)`, exact (±1) for integer `x`.
-fn cos_pi(x: f64) -> f64 {
-    // Reduce first so that integers give exactly ±1 rather than cos of a rounded multiple of π.
-    let r = x.rem_euclid(2.0);
-    if r == 0.0 {
-        1.0
-    } else if r == 1.0 {
-        -1.0
-    } else {
-        (std::f64::consts::PI * r).cos()
-    }
 }
 
 #[cfg(test)]
@@ -308,6 +292,57 @@ mod tests {
         for (i, [tx, ty]) in shifts.iter().enumerate() {
             let want = waves.image(m, *tx, *ty);
             assert!(max_diff(&stack.index_axis(Axis(0), i).to_owned(), &want) < TOL);
+        }
+    }
+
+    /// A spectrum of random coefficients in `[−½, ½)²`, from a seed.
+    fn random_spectrum(m: usize, seed: u64) -> Vec<Complex32> {
+        // 4m² values, enough for the 2·m·(m/2 + 1) parts.
+        let values = noise_image(2 * m, seed);
+        let mut parts = values.iter().copied();
+        (0..m * half_width(m))
+            .map(|_| Complex32::new(parts.next().unwrap(), parts.next().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn ramp_matches_direct_phases() {
+        // The documented factor per coefficient, evaluated directly in f64: the ramp with
+        // signed frequencies, and its real part on the Nyquist row and column. (Moved from
+        // mcg-synth's rigid-body projector, whose ramp this function became.)
+        let m = 64;
+        let (tx, ty) = (1.37, -2.61);
+        let nyq = m / 2;
+        let spec = random_spectrum(m, 11);
+        let mut got = spec.clone();
+        translate_spectrum(&mut got, m, tx, ty);
+        let ramp = |f: f64, t: f64| Complex64::from_polar(1.0, -2.0 * PI * f * t / m as f64);
+        let mut worst = 0.0f64;
+        for (i, (g, v)) in got.iter().zip(&spec).enumerate() {
+            let (ky, kx) = (i / half_width(m), i % half_width(m));
+            let fy = signed_freq(ky, m) as f64;
+            let factor = match (ky == nyq, kx == nyq) {
+                (true, true) => Complex64::new((PI * (tx + ty)).cos(), 0.0),
+                (true, false) => ramp(kx as f64, tx) * (PI * ty).cos(),
+                (false, true) => ramp(fy, ty) * (PI * tx).cos(),
+                (false, false) => ramp(kx as f64, tx) * ramp(fy, ty),
+            };
+            let want = Complex64::new(f64::from(v.re), f64::from(v.im)) * factor;
+            let diff = Complex64::new(f64::from(g.re), f64::from(g.im)) - want;
+            worst = worst.max(diff.norm());
+        }
+        assert!(worst < 1e-5, "ramps differ by {worst}");
+    }
+
+    #[test]
+    fn zero_shift_is_the_identity() {
+        for m in [2, 8, 16, 64] {
+            let spec = random_spectrum(m, 5);
+            for (tx, ty) in [(0.0, 0.0), (-0.0, 0.0), (0.0, -0.0), (-0.0, -0.0)] {
+                let mut got = spec.clone();
+                translate_spectrum(&mut got, m, tx, ty);
+                assert_eq!(got, spec, "m {m}, shift ({tx}, {ty})");
+            }
         }
     }
 

@@ -16,11 +16,12 @@
 
 use ndarray::{Array2, ArrayViewMut3, s};
 use rayon::prelude::*;
-use rustfft::num_complex::{Complex32, Complex64};
+use rustfft::num_complex::Complex32;
 
-use mcg_physics::fourier::{Fft2, half_width, signed_freq};
+use mcg_physics::fourier::{Fft2, half_width};
 use mcg_physics::pose::{Mat3, Pose, mat_mul, mat_vec, matrix_from_rotation_vector};
 use mcg_physics::project::FourierProjector;
+use mcg_physics::shift::translate_spectrum;
 use mcg_physics::volume::Volume;
 
 use crate::density::{DensityConfig, density_map};
@@ -204,8 +205,8 @@ impl RigidBodyProjector {
     /// `Fft2::inverse` + crop steps as a single volume's slice. It is the sum over bodies of
     /// each body's slice at the pose `A·R` (`A` the pose's matrix, `R` the body's hinge
     /// rotation) times the phase ramp of the in-plane translation `(A t)_xy` voxels,
-    /// `t = p − R p` (see the module notes), with [`mcg_physics::shift::translate_spectrum`]'s
-    /// convention at Nyquist. Allocates a scratch spectrum per call when there are two bodies
+    /// `t = p − R p` (see the module notes), applied by [`mcg_physics::shift::translate_spectrum`]
+    /// with its convention at Nyquist. Allocates a scratch spectrum per call when there are two bodies
     /// or more; [`RigidBodyProjector::slice_with_scratch`] does not.
     ///
     /// # Panics
@@ -262,7 +263,7 @@ impl RigidBodyProjector {
             let target: &mut [Complex32] = if index == 0 { spec } else { scratch };
             body.projector.slice(&body_pose, target);
             if body.hinge.is_some() {
-                apply_ramp(target, m, shift[0], shift[1]);
+                translate_spectrum(target, m, shift[0], shift[1]);
             }
             if index > 0 {
                 for (s, &b) in spec.iter_mut().zip(scratch.iter()) {
@@ -326,44 +327,10 @@ fn body_pose_and_shift(a: &Mat3, r: &Mat3, pivot: [f64; 3]) -> (Pose, [f64; 2]) 
     (Pose::from_matrix(&composed), [at[0], at[1]])
 }
 
-/// Multiplies a centred half-plane spectrum (`m` even) by the phase ramp of a translation by
-/// `(tx, ty)` pixels (content moves by `+t`): `exp(−2πi (kx·tx + ky·ty)/m)` with signed
-/// frequencies, and at Nyquist the real part of the ramp, as
-/// [`mcg_physics::shift::translate_spectrum`] (which allocates; this does not).
-fn apply_ramp(spec: &mut [Complex32], m: usize, tx: f64, ty: f64) {
-    use std::f64::consts::PI;
-    let (h, nyq) = (half_width(m), m / 2);
-    let phase = |x: f64| {
-        let (s, c) = x.sin_cos();
-        Complex64::new(c, s)
-    };
-    let col_step = phase(-2.0 * PI * tx / m as f64);
-    let col_nyq = (PI * tx).cos();
-    for (row, values) in spec.chunks_exact_mut(h).enumerate() {
-        let row_factor = if row == nyq {
-            Complex64::new((PI * ty).cos(), 0.0)
-        } else {
-            phase(-2.0 * PI * signed_freq(row, m) as f64 * ty / m as f64)
-        };
-        let mut w = row_factor;
-        for v in &mut values[..nyq] {
-            *v *= Complex32::new(w.re as f32, w.im as f32);
-            w *= col_step;
-        }
-        let last = if row == nyq {
-            Complex64::new((PI * (tx + ty)).cos(), 0.0)
-        } else {
-            row_factor * col_nyq
-        };
-        values[nyq] *= Complex32::new(last.re as f32, last.im as f32);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::motion::hinge_rotate;
-    use mcg_physics::shift::translate_spectrum;
     use ndarray::Array3;
 
     const N: usize = 32;
@@ -672,26 +639,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn ramp_matches_translate_spectrum() {
-        let m = 2 * N;
-        let mut st = 1u64;
-        let spec: Vec<Complex32> = (0..m * half_width(m))
-            .map(|_| Complex32::new(uniform(&mut st) as f32 - 0.5, uniform(&mut st) as f32 - 0.5))
-            .collect();
-        let (tx, ty) = (1.37, -2.61);
-        let mut a = spec.clone();
-        let mut b = spec;
-        apply_ramp(&mut a, m, tx, ty);
-        translate_spectrum(&mut b, m, tx, ty);
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).norm())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-5, "ramps differ by {worst}");
     }
 
     #[test]

@@ -8,14 +8,11 @@
 //! exactly (the DC term), and the map is real. It is periodic with the box: atoms must sit well
 //! inside it (a few σ from the faces) or their density wraps around.
 
-use std::sync::Arc;
-
 use mcg_physics::Volume;
+use mcg_physics::fft3::{ColumnOrder, Fft3, centring_flips};
 use mcg_physics::fourier::signed_freq;
 use ndarray::{Array2, Array3, Axis, Zip, linalg::general_mat_mul};
 use rayon::prelude::*;
-use realfft::RealFftPlanner;
-use rustfft::FftPlanner;
 use rustfft::num_complex::Complex64;
 use serde::{Deserialize, Serialize};
 
@@ -96,9 +93,8 @@ pub fn density_map(atoms: &[([f64; 3], f64)], cfg: &DensityConfig) -> Result<Vol
         tracing::debug_span!("density_map", atoms = atoms.len(), n = cfg.box_size).entered();
     let n = cfg.box_size;
     let spectrum = half_spectrum(atoms, cfg);
-    let mut voxels = inverse_fft(spectrum, n);
     let scale = 1.0 / (n as f64 * cfg.apix).powi(3);
-    voxels.par_mapv_inplace(|v| v * scale);
+    let voxels = inverse_fft(spectrum, n, scale);
     let volume = Volume::new(voxels.mapv(|v| v as f32), cfg.apix as f32)?;
     Ok(volume)
 }
@@ -195,43 +191,21 @@ fn axis_factors(
     out
 }
 
-/// Σ_j F(j) exp(2πi j·(m − N/2)/N) for every voxel m (unnormalised inverse DFT with the origin
-/// at voxel N/2), from the half spectrum of [`half_spectrum`].
-fn inverse_fft(spectrum: Array3<f64>, n: usize) -> Array3<f64> {
+/// `scale · Σ_j F(j) exp(2πi j·(m − N/2)/N)` for every voxel m (the inverse DFT with the origin
+/// at voxel N/2), from the half spectrum of [`half_spectrum`]: moved to fft3's origin at voxel 0
+/// while taken into its complex layout, then [`Fft3::inverse_with`], y before z (the order the
+/// maps have always been made in, which keeps them the same to the bit).
+fn inverse_fft(spectrum: Array3<f64>, n: usize, scale: f64) -> Array3<f64> {
     let h = n / 2 + 1;
-    // Complex layout, with the centred origin's (−1)^(jx+jy+jz) folded in.
     let mut c = Array3::<Complex64>::zeros((n, n, h));
     Zip::indexed(&mut c).par_for_each(|(jz, jy, jx), v| {
-        let sign = if (jx + jy + jz).is_multiple_of(2) {
-            1.0
-        } else {
+        let sign = if centring_flips(jz, jy, jx) {
             -1.0
+        } else {
+            1.0
         };
         *v = Complex64::new(spectrum[[jz, jy, jx]], spectrum[[jz, jy, h + jx]]) * sign;
     });
     drop(spectrum);
-    let fft = FftPlanner::<f64>::new().plan_fft_inverse(n);
-    for axis in [Axis(1), Axis(0)] {
-        let fft = Arc::clone(&fft);
-        Zip::from(c.lanes_mut(axis)).par_for_each(|mut lane| {
-            let mut buf: Vec<Complex64> = lane.iter().copied().collect();
-            fft.process(&mut buf);
-            lane.assign(&ndarray::ArrayView1::from(&buf));
-        });
-    }
-    let c2r = RealFftPlanner::<f64>::new().plan_fft_inverse(n);
-    let mut out = Array3::<f64>::zeros((n, n, n));
-    Zip::from(c.lanes_mut(Axis(2)))
-        .and(out.lanes_mut(Axis(2)))
-        .par_for_each(|spec, mut row| {
-            let mut input: Vec<Complex64> = spec.to_vec();
-            // The DC and Nyquist columns are real up to rounding; c2r needs them exactly real.
-            input[0].im = 0.0;
-            input[h - 1].im = 0.0;
-            let mut output = vec![0.0; n];
-            c2r.process(&mut input, &mut output)
-                .expect("buffer sizes are planned and DC/Nyquist are real");
-            row.assign(&ndarray::ArrayView1::from(&output));
-        });
-    out
+    Fft3::<f64>::new(n).inverse_with(c, ColumnOrder::YThenZ, scale)
 }

@@ -1,8 +1,8 @@
 //! FSC, resolution, AreaFSC and FSCCC.
 
-use mcg_eval::fft3::Fft3;
 use mcg_eval::fsc::{Binning, FscConfig, FscCurve, Mask, fsc, fsccc};
 use mcg_physics::Volume;
+use mcg_physics::fft3::Fft3;
 use mcg_physics::fourier::signed_freq;
 use ndarray::{Array3, Zip};
 use rustfft::num_complex::Complex64;
