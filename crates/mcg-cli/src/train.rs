@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use mcg_train::models::{GeneratorKind, Mode};
-use mcg_train::run::{RunData, RunOptions};
+use mcg_train::run::{DataDescription, RunData, RunDir, RunOptions};
 use mcg_train::train::{DataPhysics, TrainConfig, estimate_noise_sigma};
 use mcg_train::{DeviceChoice, device};
-use serde_json::{Value, json};
 use tracing::info;
 
 use crate::progress::Progress;
@@ -287,16 +286,16 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     let data = RunData {
         images: Arc::from(images),
         physics,
-        description: json!({
-            "particles": args.particles.display().to_string(),
-            "images": set.len(),
-            "box_size": n,
-            "pixel_size_A": apix,
-            "noise_sigma": sigma,
-            "noise_sigma_source": sigma_source,
-            "noise_stack": args.noise_stack.as_ref().map(|p| p.display().to_string()),
-            "skipped_non_finite": skipped,
-        }),
+        description: DataDescription {
+            particles: args.particles.display().to_string(),
+            images: set.len(),
+            box_size: n,
+            pixel_size: apix,
+            noise_sigma: sigma,
+            noise_sigma_source: sigma_source,
+            noise_stack: args.noise_stack.as_ref().map(|p| p.display().to_string()),
+            skipped_non_finite: skipped,
+        },
     };
     let init_volumes = args
         .init
@@ -384,15 +383,11 @@ fn base_config(args: &Args) -> Result<TrainConfig> {
             .with_context(|| format!("{}: not valid training settings", path.display()));
     }
     if args.resume {
-        let path = args.out.join("config.json");
-        let doc = read_json(&path).with_context(|| {
-            format!(
-                "--resume: no readable {} (is this a run folder?)",
-                path.display()
-            )
-        })?;
-        return TrainConfig::from_run_json(doc["train"].clone())
-            .with_context(|| format!("{}: field train", path.display()));
+        let dir = RunDir::new(&args.out);
+        let doc = dir.read_config().context("--resume")?;
+        return doc
+            .train_config()
+            .with_context(|| format!("{}: field train", dir.config().display()));
     }
     if args.paper {
         return Ok(TrainConfig::paper());
@@ -523,8 +518,4 @@ fn noise_sigma(
     }
     let s = estimate_noise_sigma(images, 1000).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((s, "estimated from the outer annulus of 1000 images".into()))
-}
-
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }

@@ -161,7 +161,11 @@ fn summary(m: &Metrics) -> String {
             "The FSCCC matrix differs from the truth's by {mad:.3} on average."
         ));
     }
-    parts.join(" ")
+    let text = parts.join(" ");
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map_or(String::new(), |c| c.to_uppercase().chain(chars).collect())
 }
 
 /// A running mean over `window` points, for noisy training curves.

@@ -9,7 +9,7 @@ use mcg_dataset::monitor::Silent;
 use mcg_dataset::synth::{LandscapeSource, Preset, SynthSettings, synthesize};
 use mcg_report::{Metrics, OUTPUTS, ReportSettings, report};
 use mcg_train::device::{self, DeviceChoice};
-use mcg_train::run::{RunData, RunOptions};
+use mcg_train::run::{DataDescription, RunData, RunOptions};
 use mcg_train::train::{DataPhysics, TrainConfig};
 
 use mcg_testdata::SMALL_PAPER_RECIPE as SMALL;
@@ -36,13 +36,16 @@ fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
     let data_run = RunData {
         physics: DataPhysics::from_set(&set, apix, sigma),
         images: Arc::from(images),
-        description: serde_json::json!({
-            "particles": star.display().to_string(),
-            "images": set.len(),
-            "box_size": 16,
-            "pixel_size_A": apix,
-            "noise_sigma": sigma,
-        }),
+        description: DataDescription {
+            particles: star.display().to_string(),
+            images: set.len(),
+            box_size: 16,
+            pixel_size: apix,
+            noise_sigma: sigma,
+            noise_sigma_source: "the manifest".into(),
+            noise_stack: None,
+            skipped_non_finite: 0,
+        },
     };
     let run = dir.join("run");
     let opts = RunOptions {
@@ -130,6 +133,10 @@ fn a_continuous_run_is_scored_against_its_truth_result_first() {
     assert!(at("FSC 0.5 (Å)") < at("<h2>Training</h2>"));
     assert!(at("beta of alpha") < at("<h2>Training</h2>"));
     assert!(at("<h2>FSCCC matrices</h2>") < at("<h2>Training</h2>"));
+    assert!(
+        html.contains("<p>The α = 0 end, against "),
+        "the result opens the page"
+    );
     assert!(html.contains("reaches FSC 0.5 at"));
     for name in ["beta_alpha.png", "fsccc.png", "montage.png", "fsc_ends.png"] {
         assert!(out.join(name).is_file(), "{name}");

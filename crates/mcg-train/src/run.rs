@@ -12,7 +12,7 @@ use std::time::Instant;
 use mcg_formats::ImageSource;
 use mcg_physics::Volume;
 use ndarray::{Array3, ArrayView2};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tch::{Device, Tensor};
 
 use crate::TrainError;
@@ -24,8 +24,52 @@ pub struct RunData {
     pub images: Arc<dyn ImageSource>,
     /// CTFs, shifts, pixel size and σ for the simulator.
     pub physics: DataPhysics,
-    /// A description for `config.json` (the particles file, where σ came from).
-    pub description: Value,
+    /// What `config.json` records of the data (the particles file, where σ came from).
+    pub description: DataDescription,
+}
+
+/// `config.json` of a run folder: written once when a run starts, read by `--resume`,
+/// `sample` and `report` through [`RunDir::read_config`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunConfigFile {
+    /// `multicryogan VERSION`.
+    pub software: String,
+    /// The training settings, as [`TrainConfig`] writes them ([`RunConfigFile::train_config`]
+    /// reads them back, completing older files with the paper's values).
+    pub train: Value,
+    /// The data the run trains on.
+    pub data: DataDescription,
+    /// The device the run started on.
+    pub device: String,
+}
+
+impl RunConfigFile {
+    /// The training settings.
+    pub fn train_config(&self) -> Result<TrainConfig, serde_json::Error> {
+        TrainConfig::from_run_json(self.train.clone())
+    }
+}
+
+/// What a run's `config.json` records of its data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataDescription {
+    /// The particle file.
+    pub particles: String,
+    /// The particles trained on.
+    pub images: usize,
+    /// The image box, pixels.
+    pub box_size: usize,
+    /// The pixel size, Å.
+    #[serde(rename = "pixel_size_A")]
+    pub pixel_size: f64,
+    /// σ of the simulated noise.
+    pub noise_sigma: f64,
+    /// Where σ came from (the settings, a manifest, an estimate, a noise stack).
+    pub noise_sigma_source: String,
+    /// The stack of background patches, when the noise is drawn from one.
+    pub noise_stack: Option<String>,
+    /// Particles left out for a non-finite pixel.
+    pub skipped_non_finite: usize,
 }
 
 impl std::fmt::Debug for RunData {
@@ -152,12 +196,12 @@ pub fn run(
             let k = opts.init_volumes.len() as i64;
             trainer.init_volumes(&Tensor::from_slice(&flat).view([k, n, n, n]))?;
         }
-        let doc = json!({
-            "software": concat!("multicryogan ", env!("CARGO_PKG_VERSION")),
-            "train": config,
-            "data": data.description,
-            "device": format!("{:?}", opts.device),
-        });
+        let doc = RunConfigFile {
+            software: concat!("multicryogan ", env!("CARGO_PKG_VERSION")).into(),
+            train: serde_json::to_value(&config).expect("settings serialise"),
+            data: data.description.clone(),
+            device: format!("{:?}", opts.device),
+        };
         write_atomic(
             &config_path,
             (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
@@ -275,6 +319,16 @@ impl RunDir {
     /// The run folder `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
+    }
+
+    /// Reads `config.json`; errors name the file and what is wrong (serde's message names
+    /// the field).
+    pub fn read_config(&self) -> Result<RunConfigFile, TrainError> {
+        let path = self.config();
+        let bad = |what: String| TrainError::Invalid(format!("{}: {what}", path.display()));
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad(format!("{e} (is {} a run folder?)", self.root.display())))?;
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a run's config.json: {e}")))
     }
 
     /// The folder.
@@ -566,17 +620,19 @@ pub struct TrainedRun {
 
 /// Loads `out/config.json` and `out/checkpoint.safetensors` onto `device`.
 pub fn load_run(out: &Path, device: Device) -> Result<TrainedRun, TrainError> {
-    let config_path = RunDir::new(out).config();
+    let dir = RunDir::new(out);
+    let config_path = dir.config();
     let bad = |what: String| TrainError::Invalid(format!("{}: {what}", config_path.display()));
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| bad(format!("{e} (is {} a run folder?)", out.display())))?;
-    let doc: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let config = TrainConfig::from_run_json(doc["train"].clone())
+    let doc = dir.read_config()?;
+    let config = doc
+        .train_config()
         .map_err(|e| bad(format!("field train: {e}")))?;
-    let apix = doc["data"]["pixel_size_A"]
-        .as_f64()
-        .filter(|a| a.is_finite() && *a > 0.0)
-        .ok_or_else(|| bad("field data.pixel_size_A: expected a positive number".into()))?;
+    let apix = doc.data.pixel_size;
+    if !(apix.is_finite() && apix > 0.0) {
+        return Err(bad(format!(
+            "field data.pixel_size_A: found {apix}, expected a positive number"
+        )));
+    }
     let ckpt = RunDir::new(out).checkpoint();
     if !ckpt.is_file() {
         return Err(TrainError::Invalid(format!(
