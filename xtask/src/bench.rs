@@ -355,7 +355,7 @@ fn train_step_figures(
             }
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             timed(bin, &refs)?;
-            let (per_step, images_per_second) = step_time(&run.join("metrics.jsonl"))?;
+            let (per_step, images_per_second) = step_time(&run)?;
             if recipe == "paper" {
                 paper_step = per_step;
             }
@@ -415,24 +415,17 @@ fn train_step_figures(
 
 /// Mean seconds per step after the first (warm-up) step, and the last simulated images/s, from
 /// a run's metrics.jsonl.
-fn step_time(metrics: &Path) -> Result<(f64, f64)> {
-    let text = std::fs::read_to_string(metrics)
-        .with_context(|| format!("reading {}", metrics.display()))?;
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+fn step_time(run: &Path) -> Result<(f64, f64)> {
+    let lines = mcg_runfiles::read_metrics(run)?;
     anyhow::ensure!(
         lines.len() >= 2,
         "{}: fewer than two steps",
-        metrics.display()
+        mcg_runfiles::RunDir::new(run).metrics().display()
     );
-    let t = |v: &Value| v["time"].as_f64().unwrap_or(0.0);
-    let per_step = (t(&lines[lines.len() - 1]) - t(&lines[0])) / (lines.len() - 1) as f64;
-    let ips = lines[lines.len() - 1]["images_per_second"]
-        .as_f64()
-        .unwrap_or(0.0);
-    Ok((per_step, ips))
+    let (first, last) = (&lines[0], &lines[lines.len() - 1]);
+    let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
+    let per_step = (finite(last.time) - finite(first.time)) / (lines.len() - 1) as f64;
+    Ok((per_step, finite(last.images_per_second)))
 }
 
 /// Runs the CLI, returning the wall time and its JSON report (stdout).

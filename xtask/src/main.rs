@@ -9,7 +9,7 @@ mod quality;
 mod setup;
 mod util;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "\
 cargo xtask <command>
@@ -155,42 +155,46 @@ fn demo(rest: &[String]) -> Result<()> {
         ],
     )?;
     let path = out.join("report/metrics.json");
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    let res = |end: &str| {
-        let f = &m["fsc_ends"][end];
+    let m: mcg_runfiles::Metrics = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("{}: not a report's metrics.json", path.display()))?;
+    let res = |name: &str, e: Option<&mcg_runfiles::metrics::EndFsc>| {
+        let Some(e) = e else {
+            return format!("{name}: no truth to compare with");
+        };
+        let r = &e.fsc;
         format!(
-            "{} vs {}: FSC 0.5 at {}",
-            end.replace("alpha_", "α = "),
-            f["truth"].as_str().unwrap_or("?"),
-            f["fsc"]["resolution_A"]["0.5"].as_f64().map_or(
-                "not reached".to_string(),
-                |r| format!(
-                    "{r:.1} Å ({:.2} of Nyquist)",
-                    f["fsc"]["resolution_nyquist_fraction"]["0.5"]
-                        .as_f64()
-                        .unwrap_or(f64::NAN)
-                )
-            )
+            "{name} vs {}: FSC 0.5 at {}",
+            e.truth,
+            r.resolution_angstrom
+                .half
+                .map_or("not reached".to_string(), |a| format!(
+                    "{a:.1} Å ({:.2} of Nyquist)",
+                    r.resolution_nyquist_fraction.half.unwrap_or(f64::NAN)
+                ))
         )
     };
-    let p = &m["probabilities"];
-    let pct = |v: &serde_json::Value| {
-        v.as_f64()
-            .map_or("–".into(), |x| format!("{:.0} %", 100.0 * x))
-    };
+    let pct = |v: Option<f64>| v.map_or("–".into(), |x| format!("{:.0} %", 100.0 * x));
     println!("\nMulti-CryoGAN demo: report at {report_s}/report.html");
-    println!("  {}", res("alpha_0"));
-    println!("  {}", res("alpha_1"));
     println!(
-        "  probabilities: {} {} / {} {} / transition {} (truth: {} / {})",
-        p["alpha_0_state"].as_str().unwrap_or("?"),
-        pct(&p["alpha_0_fraction"]),
-        p["alpha_1_state"].as_str().unwrap_or("?"),
-        pct(&p["alpha_1_fraction"]),
-        pct(&p["transition"]),
-        pct(&p["truth"]["alpha_0_state"]),
-        pct(&p["truth"]["alpha_1_state"]),
+        "  {}",
+        res("α = 0", m.fsc_ends.as_ref().map(|e| &e.alpha_0))
     );
+    println!(
+        "  {}",
+        res("α = 1", m.fsc_ends.as_ref().map(|e| &e.alpha_1))
+    );
+    if let Some(p) = &m.probabilities {
+        println!(
+            "  probabilities: {} {} / {} {} / transition {} (truth: {} / {})",
+            p.alpha_0_state,
+            pct(Some(p.alpha_0_fraction)),
+            p.alpha_1_state,
+            pct(Some(p.alpha_1_fraction)),
+            pct(Some(p.transition)),
+            pct(p.truth.alpha_0_state),
+            pct(p.truth.alpha_1_state),
+        );
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use mcg_runfiles::Metrics;
 use serde_json::{Value, json};
 
 use crate::util;
@@ -41,30 +42,27 @@ struct Point {
 }
 
 impl Point {
-    fn from_report(minutes: f64, step: u64, m: &Value) -> Self {
-        let fsc = |end: &str| {
-            m["fsc_ends"][end]["fsc"]["resolution_nyquist_fraction"]["0.5"]
-                .as_f64()
-                .unwrap_or(0.0)
+    fn from_report(minutes: f64, step: u64, m: &Metrics) -> Self {
+        let nyquist = |e: &mcg_runfiles::metrics::EndFsc| {
+            e.fsc.resolution_nyquist_fraction.half.unwrap_or(0.0)
         };
-        let p = &m["probabilities"];
-        let err = |end: &str| {
-            Some(
-                (p[format!("{end}_fraction")].as_f64()?
-                    - p["truth"][format!("{end}_state")].as_f64()?)
-                .abs(),
-            )
-        };
+        let p = m.probabilities.as_ref();
+        let err = |fraction: f64, truth: Option<f64>| Some((fraction - truth?).abs());
         Self {
             minutes,
             step,
-            fsc0: fsc("alpha_0"),
-            fsc1: fsc("alpha_1"),
-            p_err0: err("alpha_0"),
-            p_err1: err("alpha_1"),
-            transition: p["transition"].as_f64(),
-            fsccc: m["fsccc"]["mean_abs_difference"].as_f64(),
-            w1: m["continuous"]["wasserstein1"].as_f64(),
+            fsc0: m.fsc_ends.as_ref().map_or(0.0, |e| nyquist(&e.alpha_0)),
+            fsc1: m.fsc_ends.as_ref().map_or(0.0, |e| nyquist(&e.alpha_1)),
+            p_err0: p.and_then(|p| err(p.alpha_0_fraction, p.truth.alpha_0_state)),
+            p_err1: p.and_then(|p| err(p.alpha_1_fraction, p.truth.alpha_1_state)),
+            transition: p.map(|p| p.transition),
+            fsccc: m.fsccc.as_ref().and_then(|f| f.mean_abs_difference),
+            // null (NaN) when there are no particles' values, as the JSON reading gave None.
+            w1: m
+                .continuous
+                .as_ref()
+                .map(|c| c.wasserstein1)
+                .filter(|w| !w.is_nan()),
         }
     }
 
@@ -318,11 +316,11 @@ fn train_and_score(
             ],
         )?;
         let path = report.join("metrics.json");
-        let m: Value = serde_json::from_str(
+        let m: Metrics = serde_json::from_str(
             &std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?,
         )
-        .with_context(|| format!("{}: not JSON", path.display()))?;
+        .with_context(|| format!("{}: not a report's metrics.json", path.display()))?;
         let p = Point::from_report(minutes, step, &m);
         eprintln!(
             "quality: {} seed {seed}: {:.1} min, step {}, FSC 0.5 ends {:.3} / {:.3}{}{}",
@@ -348,29 +346,24 @@ fn train_and_score(
     Ok(points)
 }
 
-fn metrics_lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .map(|t| {
-            t.lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn trained_minutes(run: &Path) -> f64 {
     last_time_and_step(run).map_or(0.0, |(m, _)| m)
 }
 
 fn last_time_and_step(run: &Path) -> Result<(f64, u64)> {
-    let lines = metrics_lines(run);
-    let last = lines
-        .last()
-        .with_context(|| format!("{}: no metrics", run.join("metrics.jsonl").display()))?;
-    Ok((
-        last["time"].as_f64().unwrap_or(0.0) / 60.0,
-        last["step"].as_u64().unwrap_or(0),
-    ))
+    let lines = mcg_runfiles::read_metrics(run).unwrap_or_default();
+    let last = lines.last().with_context(|| {
+        format!(
+            "{}: no metrics",
+            mcg_runfiles::RunDir::new(run).metrics().display()
+        )
+    })?;
+    let time = if last.time.is_finite() {
+        last.time
+    } else {
+        0.0
+    };
+    Ok((time / 60.0, last.step))
 }
 
 /// The first point of a run that meets `t`.
@@ -565,15 +558,30 @@ mod tests {
 
     #[test]
     fn report_metrics_become_points() {
-        let m = json!({
+        let resolution = |nyquist: Option<f64>| {
+            json!({"resolution_A": {"0.5": null, "0.143": null},
+                   "resolution_nyquist_fraction": {"0.5": nyquist, "0.143": null}, "area": 0.5})
+        };
+        let m: Metrics = serde_json::from_value(json!({
+            "run": "run",
+            "training": {"steps": 100, "seconds": 180.0, "final_wasserstein_mean": null,
+                         "images_per_second": 1000.0},
+            "alignment": {"euler_deg": {"rot": 0.0, "tilt": 0.0, "psi": 0.0}, "flipped": false,
+                          "shift_A": [0.0, 0.0, 0.0], "alpha_0_is_first_state": true},
             "fsc_ends": {
-                "alpha_0": {"fsc": {"resolution_nyquist_fraction": {"0.5": 0.31}}},
-                "alpha_1": {"fsc": {"resolution_nyquist_fraction": {"0.5": null}}},
+                "alpha_0": {"truth": "beta_00", "fsc": resolution(Some(0.31))},
+                "alpha_1": {"truth": "beta_20", "fsc": resolution(None)},
             },
-            "probabilities": {"alpha_0_fraction": 0.3, "alpha_1_fraction": 0.65,
+            "probabilities": {"cells": 20, "ends_area_fsc": 0.55, "threshold": 0.775,
+                              "alpha_0_state": "beta_00", "alpha_1_state": "beta_20",
+                              "alpha_0_fraction": 0.3, "alpha_1_fraction": 0.65,
                               "transition": 0.05,
-                              "truth": {"alpha_0_state": 0.25, "alpha_1_state": 0.75}},
-        });
+                              "truth": {"alpha_0_state": 0.25, "alpha_1_state": 0.75},
+                              "paper_threshold_0_5": {"alpha_0_fraction": 0.0,
+                                  "alpha_1_fraction": 0.0, "transition": 1.0},
+                              "membership": []},
+        }))
+        .unwrap();
         let p = Point::from_report(3.0, 100, &m);
         assert_eq!((p.fsc0, p.fsc1), (0.31, 0.0));
         assert!((p.p_err0.unwrap() - 0.05).abs() < 1e-12);

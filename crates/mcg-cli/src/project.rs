@@ -105,7 +105,13 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         snr_db: args.snr_db,
         noise_sigma: args.noise_sigma,
         calibration_images: args.calibration_images,
-        imaging: args.imaging.settings()?,
+        // Random parameters only without --star (whose rows give every parameter), so its
+        // flags are checked only then.
+        imaging: if args.star.is_none() {
+            args.imaging.settings()?
+        } else {
+            mcg_physics::simulate::RandomImaging::default()
+        },
         projector: args.projector,
         oversampling: args.oversampling,
         normalization: args.normalize,

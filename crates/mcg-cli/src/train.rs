@@ -385,8 +385,7 @@ fn base_config(args: &Args) -> Result<TrainConfig> {
     if args.resume {
         let dir = RunDir::new(&args.out);
         let doc = dir.read_config().context("--resume")?;
-        return doc
-            .train_config()
+        return mcg_train::run::train_config(&doc)
             .with_context(|| format!("{}: field train", dir.config().display()));
     }
     if args.paper {

@@ -127,10 +127,11 @@ pub fn shard_name(k: usize, m: usize) -> String {
     format!("{k}-of-{m}")
 }
 
-/// The `(K, M)` of a shard folder's name `K-of-M`.
+/// The `(K, M)` of a shard folder's name `K-of-M` (1 ≤ K ≤ M; other names are no shard's).
 pub fn parse_shard_name(name: &str) -> Option<(usize, usize)> {
     let (k, m) = name.split_once("-of-")?;
-    Some((k.parse().ok()?, m.parse().ok()?))
+    let (k, m): (usize, usize) = (k.parse().ok()?, m.parse().ok()?);
+    (1 <= k && k <= m).then_some((k, m))
 }
 
 /// `manifest.json` of a synthetic set (whole, shard or merged).
@@ -215,7 +216,8 @@ pub struct ShardInfo {
 /// landscape's order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatesRecord {
-    /// The data set's settings (as in its manifest).
+    /// The data set's settings (as in its manifest; absent in a hand-made truth folder).
+    #[serde(default)]
     pub settings: Value,
     /// The maps' file stems.
     pub states: Vec<String>,

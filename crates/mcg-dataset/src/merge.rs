@@ -90,7 +90,9 @@ pub fn merge_shards(out: &Path, h5: bool, batch: usize, progress: &dyn Monitor) 
             }
         }
     }
-    let mut set = merged.expect("at least one shard");
+    let Some(mut set) = merged else {
+        bail!("{}: no shard folders (K-of-M)", shards_dir.display());
+    };
     set.base_dir = out.to_path_buf();
     let notes = std::fs::read_to_string(folder.shard(1, m).star())?
         .lines()

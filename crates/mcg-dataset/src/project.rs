@@ -160,6 +160,17 @@ pub struct RandomParameters {
 /// 3.1) and manifest.json. Returns a summary (folder, images, seconds, rate, σ).
 pub fn project(s: &ProjectSettings, progress: &dyn Monitor) -> Result<Value> {
     ensure!(s.batch > 0, "--batch must be at least 1");
+    if let Some(db) = s.snr_db {
+        ensure!(
+            db.is_finite(),
+            "--snr-db must be a finite number of dB, got {db}"
+        );
+    }
+    if s.star.is_none() {
+        s.imaging
+            .validate()
+            .map_err(|m| anyhow::anyhow!("the imaging settings: {m}"))?;
+    }
     let start = Instant::now();
     if s.volume.is_none() {
         let b = s.box_size;

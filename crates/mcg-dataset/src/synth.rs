@@ -174,8 +174,6 @@ impl SynthSettings {
     }
 }
 
-/// Makes the set `s` describes (see the module notes). Returns a summary (the folder, the
-/// image count, the rate, σ, the class counts; for shards their numbers).
 /// Everything a run needs, built once from the settings.
 struct Plan {
     molecule: Molecule,
@@ -191,9 +189,16 @@ struct Plan {
     noise: Noise,
 }
 
+/// Makes the set `s` describes (see the module notes). Returns a summary (the folder, the
+/// image count, the rate, σ, the class counts; for shards their numbers).
 pub fn synthesize(s: &SynthSettings, progress: &dyn Monitor) -> Result<Value> {
     ensure!(s.batch > 0, "--batch must be at least 1");
     ensure!(s.n > 0, "--n must be at least 1");
+    ensure!(
+        s.snr_db.is_finite(),
+        "--snr-db must be a finite number of dB, got {}",
+        s.snr_db
+    );
     let start = Instant::now();
     // Every setting is checked before anything is written.
     match s.sharding {
@@ -702,11 +707,13 @@ fn star_notes(plan: &Plan) -> Vec<String> {
     notes
 }
 
+/// Particles per class (classes 1 … max; a class 0, which a hand-edited STAR file may hold,
+/// is not counted).
 pub(crate) fn class_counts(set: &ParticleSet) -> Option<Vec<usize>> {
     let max = set.particles.iter().filter_map(|p| p.class).max()? as usize;
     let mut counts = vec![0; max];
     for p in &set.particles {
-        if let Some(c) = p.class {
+        if let Some(c) = p.class.filter(|&c| c >= 1) {
             counts[c as usize - 1] += 1;
         }
     }

@@ -28,9 +28,8 @@
 // `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
 #![deny(unsafe_code)]
 
-pub mod metrics;
 pub mod plot;
 mod report;
 
-pub use metrics::Metrics;
+pub use mcg_runfiles::{Metrics, metrics};
 pub use report::{OUTPUTS, ReportSettings, report};

@@ -124,12 +124,13 @@ fn summary(m: &Metrics) -> String {
         )
     };
     match (&m.fsc_ends, &m.probabilities) {
-        (Some(ends), Some(_)) => parts.push(format!(
+        // Both ends when they are compared with two states (as the table shows them).
+        (Some(ends), Some(_)) if ends.alpha_0.truth != ends.alpha_1.truth => parts.push(format!(
             "{}; {}.",
             end("α = 0", &ends.alpha_0),
             end("α = 1", &ends.alpha_1)
         )),
-        (Some(ends), None) => parts.push(format!("{}.", end("α = 0", &ends.alpha_0))),
+        (Some(ends), _) => parts.push(format!("{}.", end("α = 0", &ends.alpha_0))),
         (None, _) => parts.push(
             "No ground truth was given (--truth), so nothing is measured against one.".into(),
         ),
@@ -138,7 +139,11 @@ fn summary(m: &Metrics) -> String {
         parts.push(format!(
             "The recovered {p}(α) is below; the Wasserstein-1 distance of the recovered {p} \
              distribution from the particles' is {}.",
-            fmt_opt(c.wasserstein1.is_finite().then_some(c.wasserstein1), 2),
+            if c.wasserstein1.is_finite() {
+                format!("{:.2}", c.wasserstein1)
+            } else {
+                "not measured (no particles' values)".into()
+            },
             p = c.parameter
         ));
     } else if let Some(p) = &m.probabilities {

@@ -37,6 +37,9 @@ pub enum TrainError {
     /// Writing a run's file atomically failed.
     #[error(transparent)]
     Fs(#[from] mcg_fsio::FsError),
+    /// A run folder's file (config.json, metrics.jsonl) that cannot be read.
+    #[error(transparent)]
+    RunFile(#[from] mcg_runfiles::FileError),
     /// Reading particle images or writing a map failed.
     #[error(transparent)]
     Format(#[from] mcg_formats::FormatError),

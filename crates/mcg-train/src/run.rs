@@ -17,6 +17,7 @@ use tch::{Device, Tensor};
 
 use crate::TrainError;
 use crate::train::{DataPhysics, Prefetcher, StepMetrics, TrainConfig, Trainer};
+pub use mcg_runfiles::{DataDescription, RUN_FILES, RunConfigFile, RunDir, read_metrics};
 
 /// The data a run trains on.
 pub struct RunData {
@@ -26,50 +27,6 @@ pub struct RunData {
     pub physics: DataPhysics,
     /// What `config.json` records of the data (the particles file, where σ came from).
     pub description: DataDescription,
-}
-
-/// `config.json` of a run folder: written once when a run starts, read by `--resume`,
-/// `sample` and `report` through [`RunDir::read_config`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunConfigFile {
-    /// `multicryogan VERSION`.
-    pub software: String,
-    /// The training settings, as [`TrainConfig`] writes them ([`RunConfigFile::train_config`]
-    /// reads them back, completing older files with the paper's values).
-    pub train: Value,
-    /// The data the run trains on.
-    pub data: DataDescription,
-    /// The device the run started on.
-    pub device: String,
-}
-
-impl RunConfigFile {
-    /// The training settings.
-    pub fn train_config(&self) -> Result<TrainConfig, serde_json::Error> {
-        TrainConfig::from_run_json(self.train.clone())
-    }
-}
-
-/// What a run's `config.json` records of its data.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DataDescription {
-    /// The particle file.
-    pub particles: String,
-    /// The particles trained on.
-    pub images: usize,
-    /// The image box, pixels.
-    pub box_size: usize,
-    /// The pixel size, Å.
-    #[serde(rename = "pixel_size_A")]
-    pub pixel_size: f64,
-    /// σ of the simulated noise.
-    pub noise_sigma: f64,
-    /// Where σ came from (the settings, a manifest, an estimate, a noise stack).
-    pub noise_sigma_source: String,
-    /// The stack of background patches, when the noise is drawn from one.
-    pub noise_stack: Option<String>,
-    /// Particles left out for a non-finite pixel.
-    pub skipped_non_finite: usize,
 }
 
 impl std::fmt::Debug for RunData {
@@ -295,127 +252,10 @@ pub fn run(
     })
 }
 
-/// The files a run writes in its folder (see [`RunDir`]).
-pub const RUN_FILES: [&str; 5] = [CONFIG, METRICS, CHECKPOINT, VOLUMES, IMAGES];
-
-const CONFIG: &str = "config.json";
-const METRICS: &str = "metrics.jsonl";
-const CHECKPOINT: &str = "checkpoint.safetensors";
-const VOLUMES: &str = "volumes";
-const IMAGES: &str = "images";
-
-/// The layout of a run folder, every path of it in one place: written by [`run`], read back by
-/// [`load_run`], [`read_metrics`], `sample` and `report`.
-///
-/// `config.json`, `metrics.jsonl`, `checkpoint.safetensors`; `volumes/alpha_A.mrc` (G at the
-/// latest checkpoint, α = 0.00, 0.50, 1.00) and a copy per checkpoint in `volumes/step_N/`;
-/// `images/step_N.png` (real above simulated images). N has seven digits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunDir {
-    root: PathBuf,
-}
-
-impl RunDir {
-    /// The run folder `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// Reads `config.json`; errors name the file and what is wrong (serde's message names
-    /// the field).
-    pub fn read_config(&self) -> Result<RunConfigFile, TrainError> {
-        let path = self.config();
-        let bad = |what: String| TrainError::Invalid(format!("{}: {what}", path.display()));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| bad(format!("{e} (is {} a run folder?)", self.root.display())))?;
-        serde_json::from_str(&text).map_err(|e| bad(format!("not a run's config.json: {e}")))
-    }
-
-    /// The folder.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Every setting of the run, written first.
-    pub fn config(&self) -> PathBuf {
-        self.root.join(CONFIG)
-    }
-
-    /// One line per logged step ([`StepMetrics`]).
-    pub fn metrics(&self) -> PathBuf {
-        self.root.join(METRICS)
-    }
-
-    /// G, D, the optimisers and the step.
-    pub fn checkpoint(&self) -> PathBuf {
-        self.root.join(CHECKPOINT)
-    }
-
-    /// The folder of the volume snapshots.
-    pub fn volumes(&self) -> PathBuf {
-        self.root.join(VOLUMES)
-    }
-
-    /// The file name of G's volume at `alpha` in a snapshot folder: `alpha_0.50.mrc`.
-    pub fn volume_name(alpha: f32) -> String {
-        format!("alpha_{alpha:.2}.mrc")
-    }
-
-    /// G's volume at `alpha` at the latest checkpoint.
-    pub fn latest_volume(&self, alpha: f32) -> PathBuf {
-        self.volumes().join(Self::volume_name(alpha))
-    }
-
-    /// The snapshot folder of the checkpoint at `step`.
-    pub fn snapshot(&self, step: u64) -> PathBuf {
-        self.volumes().join(format!("step_{step:07}"))
-    }
-
-    /// The folder of the image grids.
-    pub fn images(&self) -> PathBuf {
-        self.root.join(IMAGES)
-    }
-
-    /// The image grid of the checkpoint at `step`.
-    pub fn image_grid(&self, step: u64) -> PathBuf {
-        self.images().join(format!("step_{step:07}.png"))
-    }
-
-    /// The step a snapshot folder or image grid is of, from its name (`step_N`, `step_N.png`).
-    pub fn step_of(path: &Path) -> Option<u64> {
-        let name = path.file_name()?.to_str()?.strip_prefix("step_")?;
-        name.strip_suffix(".png").unwrap_or(name).parse().ok()
-    }
-
-    /// The complete snapshot folders (those holding the α = 0 map), by step.
-    pub fn snapshots(&self) -> Vec<(u64, PathBuf)> {
-        let Ok(entries) = std::fs::read_dir(self.volumes()) else {
-            return Vec::new();
-        };
-        let mut all: Vec<(u64, PathBuf)> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .filter_map(|p| {
-                let step = Self::step_of(&p)?;
-                p.join(Self::volume_name(0.0))
-                    .is_file()
-                    .then_some((step, p))
-            })
-            .collect();
-        all.sort();
-        all
-    }
-
-    /// The image grid of the latest checkpoint, if any.
-    pub fn latest_image_grid(&self) -> Option<PathBuf> {
-        let mut grids: Vec<PathBuf> = std::fs::read_dir(self.images())
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "png"))
-            .collect();
-        grids.sort();
-        grids.pop()
-    }
+/// The training settings of a run's `config.json`, completing older files with the paper's
+/// values ([`TrainConfig::from_run_json`]).
+pub fn train_config(file: &RunConfigFile) -> Result<TrainConfig, serde_json::Error> {
+    TrainConfig::from_run_json(file.train.clone())
 }
 
 /// Checks, changing nothing, that a fresh run may go into `out`: refused when the folder
@@ -465,32 +305,6 @@ fn clear_or_refuse(out: &Path, force: bool) -> Result<(), TrainError> {
         remove_path(&out.join(name))?;
     }
     Ok(())
-}
-
-/// The lines of `RUN/metrics.jsonl`, typed (blank lines skipped). Errors name the file and the
-/// line.
-pub fn read_metrics(run: &Path) -> Result<Vec<StepMetrics>, TrainError> {
-    let path = RunDir::new(run).metrics();
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        TrainError::Invalid(format!(
-            "reading {} (is {} a run folder?): {e}",
-            path.display(),
-            run.display()
-        ))
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
-                TrainError::Invalid(format!(
-                    "{}: line {} is not a metrics line ({e})",
-                    path.display(),
-                    i + 1
-                ))
-            })
-        })
-        .collect()
 }
 
 /// Keeps the lines of a metrics file up to `step` (rewriting it when some are dropped) and
@@ -624,9 +438,7 @@ pub fn load_run(out: &Path, device: Device) -> Result<TrainedRun, TrainError> {
     let config_path = dir.config();
     let bad = |what: String| TrainError::Invalid(format!("{}: {what}", config_path.display()));
     let doc = dir.read_config()?;
-    let config = doc
-        .train_config()
-        .map_err(|e| bad(format!("field train: {e}")))?;
+    let config = train_config(&doc).map_err(|e| bad(format!("field train: {e}")))?;
     let apix = doc.data.pixel_size;
     if !(apix.is_finite() && apix > 0.0) {
         return Err(bad(format!(
@@ -702,83 +514,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{RunDir, forget_after, metrics_up_to, read_metrics};
-
-    /// The run folder's layout in one place: paths, steps from names, complete snapshots only.
-    #[test]
-    fn the_run_dir_names_every_file_and_lists_complete_snapshots() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = RunDir::new(dir.path());
-        assert_eq!(run.config(), dir.path().join("config.json"));
-        assert_eq!(run.checkpoint(), dir.path().join("checkpoint.safetensors"));
-        assert_eq!(
-            run.latest_volume(0.5),
-            dir.path().join("volumes/alpha_0.50.mrc")
-        );
-        assert_eq!(run.snapshot(42), dir.path().join("volumes/step_0000042"));
-        assert_eq!(
-            run.image_grid(7),
-            dir.path().join("images/step_0000007.png")
-        );
-        assert_eq!(RunDir::step_of(&run.snapshot(42)), Some(42));
-        assert_eq!(RunDir::step_of(&run.image_grid(7)), Some(7));
-        assert_eq!(RunDir::step_of(&run.latest_volume(0.0)), None);
-        for (step, complete) in [(20, true), (5, true), (9, false)] {
-            std::fs::create_dir_all(run.snapshot(step)).unwrap();
-            if complete {
-                std::fs::write(run.snapshot(step).join(RunDir::volume_name(0.0)), "x").unwrap();
-            }
-            std::fs::create_dir_all(run.images()).unwrap();
-            std::fs::write(run.image_grid(step), "x").unwrap();
-        }
-        let steps: Vec<u64> = run.snapshots().iter().map(|(s, _)| *s).collect();
-        assert_eq!(steps, [5, 20]);
-        assert_eq!(run.latest_image_grid(), Some(run.image_grid(20)));
-    }
-
-    /// metrics.jsonl reads back as typed lines: what the trainer writes, a non-finite value
-    /// (written as null) as NaN, absent optional fields as None; a bad line is named.
-    #[test]
-    fn metrics_lines_read_back_typed() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = crate::train::StepMetrics {
-            step: 3,
-            time: 1.5,
-            d_loss: -0.25,
-            g_loss: f64::NAN,
-            wasserstein: 0.125,
-            gradient_penalty: 0.0,
-            images_per_second: 640.0,
-            moment_loss: None,
-            invariant_loss: None,
-            probabilities: Some(vec![0.25, 0.75]),
-            classifier_accuracy: None,
-        };
-        let line = serde_json::to_string(&m).unwrap();
-        assert!(line.contains("\"g_loss\":null"), "{line}");
-        std::fs::write(
-            dir.path().join("metrics.jsonl"),
-            format!("{line}\n\n{line}\n"),
-        )
-        .unwrap();
-        let lines = read_metrics(dir.path()).unwrap();
-        assert_eq!(lines.len(), 2);
-        let r = &lines[1];
-        assert_eq!(
-            (r.step, r.time, r.d_loss, r.wasserstein),
-            (3, 1.5, -0.25, 0.125)
-        );
-        assert!(r.g_loss.is_nan());
-        assert_eq!(r.probabilities.as_deref(), Some(&[0.25, 0.75][..]));
-        assert_eq!(r.moment_loss, None);
-        std::fs::write(
-            dir.path().join("metrics.jsonl"),
-            format!("{line}\n{{\"step\": 1}}\n"),
-        )
-        .unwrap();
-        let e = read_metrics(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("metrics.jsonl") && e.contains("line 2"), "{e}");
-    }
+    use super::{forget_after, metrics_up_to};
 
     /// `--resume` from the checkpoint of step 5 drops later snapshots (maps and image grids)
     /// and a killed process's temporary files, and keeps everything else.

@@ -31,6 +31,7 @@ use crate::models::{
     Architecture, Classifier, Discriminator, Generator, ModelConfig, discriminator_loss,
     generator_loss, with_components,
 };
+pub use mcg_runfiles::StepMetrics;
 
 /// Every hyper-parameter of a run (written to `RUN/config.json` first; `--config` reads one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -613,50 +614,6 @@ impl Prefetcher {
             .map_err(|_| TrainError::Invalid("the data reader stopped".into()))?
             .map_err(TrainError::Invalid)
     }
-}
-
-/// One step's numbers: a line of `RUN/metrics.jsonl` (written and read back through this type;
-/// a non-finite number, which JSON writes as `null`, reads back as NaN).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepMetrics {
-    /// G steps done.
-    pub step: u64,
-    /// Seconds since the run (or resume) started.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub time: f64,
-    /// Discriminator loss (last D step).
-    #[serde(deserialize_with = "nan_if_null")]
-    pub d_loss: f64,
-    /// Generator loss.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub g_loss: f64,
-    /// Wasserstein estimate E[D(real)] − E[D(fake)] (last D step).
-    #[serde(deserialize_with = "nan_if_null")]
-    pub wasserstein: f64,
-    /// Gradient penalty (last D step).
-    #[serde(deserialize_with = "nan_if_null")]
-    pub gradient_penalty: f64,
-    /// Simulated images per second over this step.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub images_per_second: f64,
-    /// The moment-matching term of G's loss (weighted), when on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moment_loss: Option<f64>,
-    /// The invariant-distribution term of G's loss (weighted), when on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invariant_loss: Option<f64>,
-    /// The mixture generator's probabilities πₖ after this step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probabilities: Option<Vec<f64>>,
-    /// Conditional critic: the classifier's accuracy on the step's simulated images (last D
-    /// step), 1/K by chance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub classifier_accuracy: Option<f64>,
-}
-
-/// A number that JSON may hold as `null` (how serde_json writes NaN and infinities): NaN then.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// A Multi-CryoGAN (or CryoGAN) model being trained.

@@ -3,7 +3,7 @@
 
 use mcg_eval::FscCurve;
 use mcg_eval::landscape::Membership;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// Every number of a report, in the order `metrics.json` lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,12 +38,12 @@ pub struct Training {
     /// Generator steps.
     pub steps: u64,
     /// Seconds of the last invocation's clock.
-    #[serde(deserialize_with = "nan")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub seconds: f64,
     /// The Wasserstein estimate's running mean at the end.
     pub final_wasserstein_mean: Option<f64>,
     /// Training throughput at the last step.
-    #[serde(deserialize_with = "nan")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub images_per_second: f64,
 }
 
@@ -99,7 +99,7 @@ pub struct ResolutionRecord {
     /// The same crossings as fractions of Nyquist.
     pub resolution_nyquist_fraction: Crossings,
     /// AreaFSC.
-    #[serde(deserialize_with = "nan")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub area: f64,
 }
 
@@ -138,7 +138,7 @@ pub struct HistoryPoint {
     /// Its generator step.
     pub step: u64,
     /// Minutes of training when it was saved (NaN: unknown).
-    #[serde(deserialize_with = "nan")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub minutes: f64,
     /// The FSC of its α = 0 volume against the α = 0 end's state.
     pub fsc: ResolutionRecord,
@@ -168,10 +168,10 @@ pub struct Probabilities {
     /// Cells of the latent segment.
     pub cells: usize,
     /// AreaFSC of the two ends.
-    #[serde(deserialize_with = "nan")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub ends_area_fsc: f64,
     /// The membership threshold (halfway between 1 and `ends_area_fsc`).
-    #[serde(deserialize_with = "nan")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub threshold: f64,
     /// The state at the α = 0 end.
     pub alpha_0_state: String,
@@ -224,11 +224,6 @@ pub struct Continuous {
     pub recovered_on_cells: Vec<f64>,
     /// Wasserstein-1 distance between the recovered and the true distribution (NaN: no
     /// particles' values).
-    #[serde(deserialize_with = "nan")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub wasserstein1: f64,
-}
-
-/// A number or `null` (NaN).
-fn nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
