@@ -349,8 +349,9 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
         img_tag(&out.join("training_losses.png"), "losses")?
     );
     if let Some(grid) = RunDir::new(&s.run).latest_image_grid() {
-        std::fs::copy(&grid, out.join("images.png"))
-            .with_context(|| format!("copying {}", grid.display()))?;
+        // Through a temporary name, like every other output: never a half-copied figure.
+        let bytes = std::fs::read(&grid).with_context(|| format!("reading {}", grid.display()))?;
+        mcg_fsio::write_atomic(&out.join("images.png"), &bytes)?;
         html += &format!(
             "<h3>Real images (top) and simulated ones (bottom), {}</h3>{}",
             grid.file_stem().unwrap_or_default().to_string_lossy(),
