@@ -45,6 +45,9 @@ enum Command {
     /// Convert a particle set between STAR+MRCS, the HDF5 container and (input only)
     /// cryoSPARC .cs, keeping images bit-exact and metadata complete.
     Convert(convert::Args),
+    /// Fourier-crop a particle set to a smaller box (like cryoDRGN's downsample): the
+    /// frequencies below the new Nyquist are kept, the pixel size grows by the ratio.
+    Downsample(convert::DownsampleArgs),
     /// Simulate particle images of a volume, like relion_project: one image per row of a STAR
     /// file (its poses, shifts and CTFs), or N images at random poses.
     Project(project::Args),
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Convert(a) => convert::run(a, &progress),
+        Command::Downsample(a) => convert::run_downsample(a, &progress),
         Command::Project(a) => project::run(a, &progress),
         Command::Ctf(a) => ctf::run(a, &progress),
         Command::Synth(a) => synth::run(*a, &progress),

@@ -22,6 +22,9 @@ pub struct ConvertSettings {
     pub skip_non_finite: bool,
     /// Where the input's images are and its pixel size, when the file does not say.
     pub locate: Locate,
+    /// Fourier-crop the images to this box (even, at most the input's): the pixel size grows
+    /// by the ratio, recorded in the output's optics groups ([`crate::downsample`]).
+    pub box_size: Option<usize>,
 }
 
 impl Default for ConvertSettings {
@@ -30,6 +33,7 @@ impl Default for ConvertSettings {
             batch: 1024,
             skip_non_finite: false,
             locate: Locate::default(),
+            box_size: None,
         }
     }
 }
@@ -76,6 +80,18 @@ pub fn convert(
         .0
     } else {
         images
+    };
+    let images: Box<dyn ImageSource> = match settings.box_size {
+        Some(m) => {
+            let from = images.box_size();
+            let cropped = crate::downsample::Downsampled::new(images, m)?;
+            for group in &mut set.optics {
+                group.pixel_size *= from as f64 / m as f64;
+                group.image_size = Some(m);
+            }
+            Box::new(cropped)
+        }
+        None => images,
     };
     let n = set.len();
     ensure!(

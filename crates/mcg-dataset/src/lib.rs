@@ -4,7 +4,8 @@
 //! - [`synth`]: synthetic sets of a conformational landscape from [`synth::SynthSettings`]
 //!   (whole, one shard, or all shards and their merge, [`merge::merge_shards`]);
 //! - [`project`]: images of one volume, at a STAR file's poses or random ones;
-//! - [`convert`]: particle sets between STAR+MRCS, the HDF5 container and cryoSPARC `.cs`;
+//! - [`convert`]: particle sets between STAR+MRCS, the HDF5 container and cryoSPARC `.cs`,
+//!   optionally Fourier-cropped to a smaller box ([`downsample`]);
 //! - [`input`]: opening a particle set of any supported kind, its images checked finite;
 //! - [`folder`]: the data-set folder's files as types (paths, manifest, ground truth);
 //! - [`sinks`]: forming images batch by batch while a second thread writes them;
@@ -50,6 +51,7 @@
 
 pub mod builtin;
 pub mod convert;
+pub mod downsample;
 pub mod folder;
 pub mod guard;
 pub mod hint;

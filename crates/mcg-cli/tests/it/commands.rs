@@ -316,3 +316,68 @@ fn project_projects_a_map_file() {
         assert_eq!(pixels(&out.join("particles.mrcs")).dim(), (3, 64, 64));
     }
 }
+
+/// `downsample` Fourier-crops every image (the same pixels as the library's crop of each input
+/// image), doubles the pixel size at half the box, keeps poses, shifts and CTFs, and refuses a
+/// box it cannot make, naming --box.
+#[test]
+fn downsample_crops_the_images_and_updates_the_pixel_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    ok(&[
+        "project",
+        "--n",
+        "12",
+        "--ctf",
+        "--snr-db",
+        "0",
+        "--max-shift",
+        "5",
+        "--seed",
+        "4",
+        "--out",
+        s(&sim),
+        "-q",
+    ]);
+    let small = dir.path().join("small.star");
+    ok(&[
+        "downsample",
+        s(&sim.join("particles.star")),
+        "--box",
+        "16",
+        s(&small),
+        "-q",
+    ]);
+    let before = read_particles(&sim.join("particles.star"), &StarOptions::default()).unwrap();
+    let after = read_particles(&small, &StarOptions::default()).unwrap();
+    assert_eq!(after.len(), 12);
+    assert_eq!(after.optics[0].image_size, Some(16));
+    assert!((after.optics[0].pixel_size - 2.0 * before.optics[0].pixel_size).abs() < 1e-9);
+    for (a, b) in before.particles.iter().zip(&after.particles) {
+        assert_eq!((a.pose, a.shift, a.ctf), (b.pose, b.shift, b.ctf));
+    }
+    let (big, cropped) = (
+        pixels(&sim.join("particles.mrcs")),
+        pixels(&small.with_extension("mrcs")),
+    );
+    assert_eq!(cropped.dim(), (12, 16, 16));
+    for (image, got) in big.outer_iter().zip(cropped.outer_iter()) {
+        assert_eq!(mcg_dataset::downsample::crop(image, 16), got);
+    }
+    for (bad, why) in [("15", "even"), ("64", "the images' 32")] {
+        let out = dir.path().join(format!("bad{bad}.star"));
+        let msg = crate::fails(&[
+            "downsample",
+            s(&sim.join("particles.star")),
+            "--box",
+            bad,
+            s(&out),
+        ]);
+        assert!(msg.contains("--box") && msg.contains(why), "{msg}");
+        assert!(
+            !out.exists(),
+            "a refused downsample wrote {}",
+            out.display()
+        );
+    }
+}
