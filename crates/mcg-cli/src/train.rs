@@ -209,6 +209,10 @@ pub struct Args {
     /// particles are an error that counts them and names the first.
     #[arg(long)]
     skip_non_finite: bool,
+    /// Fourier-crop the particles to N² as they are read (as `multicryogan downsample` does,
+    /// without writing a copy): the pixel size grows by the ratio. Recorded in config.json.
+    #[arg(long, value_name = "N")]
+    downsample: Option<usize>,
     #[command(flatten)]
     locate: crate::util::LocateArgs,
     /// Print a JSON summary on stdout.
@@ -253,13 +257,20 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "--skip-non-finite trains without them; or fix or remove those images",
         progress,
     )?;
+    let downsampled_from = args.downsample.map(|_| images.box_size());
+    let images = match args.downsample {
+        Some(m) => {
+            mcg_dataset::downsample::downsampled(&mut set, images, m).context("--downsample")?
+        }
+        None => images,
+    };
     let n = images.box_size();
     if n < 8 || !n.is_multiple_of(8) {
         return Err(anyhow::anyhow!(
             "{}: the images are {n}×{n} pixels; the trainer needs a box that is a multiple of 8",
             args.particles.display()
         ))
-        .with_hint("resample or crop the particles (e.g. relion_image_handler --new_box)");
+        .with_hint("--downsample N (a multiple of 8) Fourier-crops them as they are read");
     }
     if config.model.box_size != n {
         if args.config.is_some() || args.resume {
@@ -272,7 +283,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         config.model.box_size = n;
     }
     let apix = images.pixel_size();
-    let (sigma, sigma_source) = noise_sigma(&args, &config, images.as_ref())?;
+    let (sigma, sigma_source) = noise_sigma(&args, &config, images.as_ref(), downsampled_from)?;
     info!(sigma, source = %sigma_source, "noise");
     config.noise_sigma = Some(sigma);
     config
@@ -295,6 +306,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             noise_sigma_source: sigma_source,
             noise_stack: args.noise_stack.as_ref().map(|p| p.display().to_string()),
             skipped_non_finite: skipped,
+            downsampled_from,
         },
     };
     let init_volumes = args
@@ -499,11 +511,14 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     }
 }
 
-/// σ and where it came from.
+/// σ and where it came from. A manifest's σ is that of the particles' own box: Fourier-cropped
+/// from `downsampled_from`² to n², white noise keeps its spectrum below the new Nyquist, so its
+/// σ per pixel scales by n / downsampled_from.
 fn noise_sigma(
     args: &Args,
     config: &TrainConfig,
     images: &dyn mcg_formats::ImageSource,
+    downsampled_from: Option<usize>,
 ) -> Result<(f64, String)> {
     if args.noise_stack.is_some() {
         return Ok((0.0, "none: background patches from --noise-stack".into()));
@@ -513,7 +528,16 @@ fn noise_sigma(
         return Ok((s, "settings".into()));
     }
     if let Some((path, s)) = mcg_dataset::folder::noise_sigma_beside(&args.particles)? {
-        return Ok((s, format!("{}", path.display())));
+        return Ok(match downsampled_from {
+            Some(from) => {
+                let n = images.box_size();
+                (
+                    s * n as f64 / from as f64,
+                    format!("{} × {n}/{from} (--downsample)", path.display()),
+                )
+            }
+            None => (s, format!("{}", path.display())),
+        });
     }
     let s = estimate_noise_sigma(images, 1000).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((s, "estimated from the outer annulus of 1000 images".into()))

@@ -81,16 +81,8 @@ pub fn convert(
     } else {
         images
     };
-    let images: Box<dyn ImageSource> = match settings.box_size {
-        Some(m) => {
-            let from = images.box_size();
-            let cropped = crate::downsample::Downsampled::new(images, m)?;
-            for group in &mut set.optics {
-                group.pixel_size *= from as f64 / m as f64;
-                group.image_size = Some(m);
-            }
-            Box::new(cropped)
-        }
+    let images = match settings.box_size {
+        Some(m) => crate::downsample::downsampled(&mut set, images, m).context("--box")?,
         None => images,
     };
     let n = set.len();

@@ -30,7 +30,7 @@ impl Downsampled {
         let n = inner.box_size();
         ensure!(
             box_size >= 2 && box_size.is_multiple_of(2) && box_size <= n,
-            "--box {box_size}: expected an even box from 2 to the images' {n}"
+            "a box of {box_size}: expected an even box from 2 to the images' {n}"
         );
         Ok(Self { inner, m: box_size })
     }
@@ -63,6 +63,23 @@ impl ImageSource for Downsampled {
         }
         Ok(())
     }
+}
+
+/// `images` Fourier-cropped to `m`² as they are read, and `set`'s optics groups updated to
+/// match (pixel size × n/m, image size m): what `convert --box`, `downsample` and
+/// `train --downsample` use.
+pub fn downsampled(
+    set: &mut mcg_formats::ParticleSet,
+    images: Box<dyn ImageSource>,
+    m: usize,
+) -> Result<Box<dyn ImageSource>> {
+    let from = images.box_size();
+    let cropped = Downsampled::new(images, m)?;
+    for group in &mut set.optics {
+        group.pixel_size *= from as f64 / m as f64;
+        group.image_size = Some(m);
+    }
+    Ok(Box::new(cropped))
 }
 
 /// Fourier cropping of `n`² images to `m`², with its planned transforms and buffers.

@@ -45,6 +45,7 @@ fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
             noise_sigma_source: "the manifest".into(),
             noise_stack: None,
             skipped_non_finite: 0,
+            downsampled_from: None,
         },
     };
     let run = dir.join("run");

@@ -70,6 +70,9 @@ pub struct DataDescription {
     /// Particles left out for a non-finite pixel.
     #[serde(default)]
     pub skipped_non_finite: usize,
+    /// The particles' own box when `train --downsample` Fourier-cropped them to `box_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downsampled_from: Option<usize>,
 }
 
 /// The files a run writes in its folder (see [`RunDir`]).

@@ -989,3 +989,70 @@ fn a_malformed_manifest_noise_sigma_is_named() {
         "{err}"
     );
 }
+
+/// `train --downsample 16` on a 32² set trains on the Fourier-cropped images: config.json
+/// records the 16² box, the doubled pixel size, the original box, and the manifest's σ scaled
+/// by 16/32 (white noise below the new Nyquist).
+#[test]
+fn train_downsamples_on_the_fly_and_scales_the_manifest_sigma() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&[
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        "64",
+        "--box",
+        "32",
+        "--apix",
+        "5",
+        "--calibration-images",
+        "32",
+        "--no-h5",
+        "--out",
+        s(&data),
+        "-q",
+    ]);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap())
+            .unwrap();
+    let sigma = manifest["noise"]["sigma"].as_f64().unwrap();
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let run = dir.path().join("run");
+    let args = train_command(
+        &data.join("particles.star"),
+        &file,
+        &run,
+        &["--steps", "1", "--downsample", "16"],
+    );
+    ok(&as_strs(&args));
+    let doc = run_config(&run);
+    assert_eq!(doc["data"]["box_size"], 16);
+    assert_eq!(doc["data"]["downsampled_from"], 32);
+    assert_eq!(doc["data"]["pixel_size_A"].as_f64(), Some(10.0));
+    let trained = doc["data"]["noise_sigma"].as_f64().unwrap();
+    assert!(
+        (trained - sigma / 2.0).abs() < 1e-12,
+        "{trained} vs {sigma} / 2"
+    );
+    assert!(
+        doc["data"]["noise_sigma_source"]
+            .as_str()
+            .unwrap()
+            .contains("--downsample")
+    );
+    // A box the trainer cannot use is refused, naming the flag.
+    let bad = train_command(
+        &data.join("particles.star"),
+        &file,
+        &dir.path().join("bad"),
+        &["--steps", "1", "--downsample", "15"],
+    );
+    let msg = crate::fails(&as_strs(&bad));
+    assert!(
+        msg.contains("--downsample") && msg.contains("even"),
+        "{msg}"
+    );
+}
