@@ -9,6 +9,12 @@ use crate::{fails, ok, s};
 /// A tiny noisy Hsp90 set (64 images of 16² at 10 Å, on the phantom) of `preset` for the
 /// trainer's tests; returns its STAR file.
 pub fn tiny_set_of(dir: &Path, preset: &str) -> std::path::PathBuf {
+    set_of(dir, preset, "16", "10")
+}
+
+/// 64 particles of `preset` at a `box`² box of `apix` Å in DIR/data (32 calibration images, no
+/// HDF5); returns the STAR file.
+fn set_of(dir: &Path, preset: &str, box_size: &str, apix: &str) -> std::path::PathBuf {
     let out = dir.join("data");
     ok(&[
         "synth",
@@ -17,9 +23,9 @@ pub fn tiny_set_of(dir: &Path, preset: &str) -> std::path::PathBuf {
         "--n",
         "64",
         "--box",
-        "16",
+        box_size,
         "--apix",
-        "10",
+        apix,
         "--calibration-images",
         "32",
         "--no-h5",
@@ -996,24 +1002,8 @@ fn a_malformed_manifest_noise_sigma_is_named() {
 #[test]
 fn train_downsamples_on_the_fly_and_scales_the_manifest_sigma() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    ok(&[
-        "synth",
-        "--preset",
-        "hsp90-discrete",
-        "--n",
-        "64",
-        "--box",
-        "32",
-        "--apix",
-        "5",
-        "--calibration-images",
-        "32",
-        "--no-h5",
-        "--out",
-        s(&data),
-        "-q",
-    ]);
+    let star = set_of(dir.path(), "hsp90-discrete", "32", "5");
+    let data = star.parent().unwrap().to_path_buf();
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap())
             .unwrap();
