@@ -213,6 +213,30 @@ pub struct Args {
     /// without writing a copy): the pixel size grows by the ratio. Recorded in config.json.
     #[arg(long, value_name = "N")]
     downsample: Option<usize>,
+    /// Negate the particles as they are read, for a set of dark particles on a light
+    /// background (the simulator makes bright ones, as RELION's particles are). The contrast
+    /// is measured at the start and a set that looks inverted is warned about. Recorded in
+    /// config.json; --resume keeps it.
+    #[arg(long)]
+    invert: bool,
+    /// The per-image normalisation that the real images get as they are read and the simulated
+    /// ones after their noise, so that D sees both alike: auto (detect the data's own: none,
+    /// whole box, or RELION's background normalisation and its radius), none, whole,
+    /// background (outside radius N/2 − 1) or background:R (R pixels). Recorded in
+    /// config.json and stated in the log.
+    #[arg(
+        long,
+        value_name = "auto|none|whole|background[:R]",
+        default_value = "auto"
+    )]
+    normalize: String,
+    /// Shift the simulated images by Gaussian offsets of this σ (pixels, per axis). Default:
+    /// by the shifts of random data particles when the metadata has any, else none.
+    #[arg(long, value_name = "PX", value_parser = crate::util::finite_f64, conflicts_with = "no_shifts")]
+    shift_sigma: Option<f64>,
+    /// Do not shift the simulated images, even when the metadata has shifts.
+    #[arg(long)]
+    no_shifts: bool,
     #[command(flatten)]
     locate: crate::util::LocateArgs,
     /// Print a JSON summary on stdout.
@@ -229,6 +253,10 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
     info!(device = ?dev, "device");
     let mut config = base_config(&args)?;
     apply_flags(&mut config, &args);
+    let normalize = match args.normalize.as_str() {
+        "auto" => None,
+        text => Some(parse_normalization(text)?),
+    };
 
     let (mut set, images) = input::particles(&args.particles, &args.locate.get())?;
     ensure!(
@@ -257,7 +285,30 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "--skip-non-finite trains without them; or fix or remove those images",
         progress,
     )?;
-    let downsampled_from = args.downsample.map(|_| images.box_size());
+    let recorded = if args.resume {
+        Some(
+            RunDir::new(&args.out)
+                .read_config()
+                .context("--resume")?
+                .data,
+        )
+    } else {
+        None
+    };
+    let inverted = match &recorded {
+        Some(r) => {
+            ensure!(
+                !args.invert || r.inverted,
+                "--invert: the run in {} was trained without it; resume without --invert",
+                args.out.display()
+            );
+            r.inverted
+        }
+        None => args.invert,
+    };
+    let look = inspect_images(&args, images.as_ref(), inverted, recorded.is_none())?;
+    let from = images.box_size();
+    let downsampled_from = args.downsample.map(|_| from);
     let images = match args.downsample {
         Some(m) => {
             mcg_dataset::downsample::downsampled(&mut set, images, m).context("--downsample")?
@@ -281,6 +332,28 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             );
         }
         config.model.box_size = n;
+        // The paper's latent cube is the volume's own size (32³ for 32³ volumes): G's volume
+        // follows the images instead of being upsampled from 32³.
+        config.model.latent_size = n;
+    }
+    // The normalisation: the flag's, a resumed run's own, or the one found in the data (at
+    // the box trained on); the real images are read through it, the simulated ones get it.
+    if let Some(how) = normalize {
+        config.normalization = how;
+    } else if let Some(found) = look.normalization.filter(|_| !args.resume)
+        && config.normalization == mcg_physics::normalize::Normalization::None
+    {
+        // (A settings file that names a normalisation keeps it.)
+        config.normalization =
+            mcg_dataset::inspect::scaled_normalization(&found.normalization, from, n);
+    }
+    info!(normalization = %config.normalization, "per-image normalisation of the real and simulated images");
+    let images: Box<dyn mcg_formats::ImageSource> = Box::new(
+        mcg_dataset::inspect::Adjusted::new(images, inverted, config.normalization)
+            .map_err(|e| anyhow::anyhow!("--normalize {}: {e}", config.normalization))?,
+    );
+    if !args.resume {
+        choose_shifts(&mut config, &args, &set);
     }
     let apix = images.pixel_size();
     let (sigma, sigma_source) = noise_sigma(&args, &config, images.as_ref(), downsampled_from)?;
@@ -307,6 +380,9 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             noise_stack: args.noise_stack.as_ref().map(|p| p.display().to_string()),
             skipped_non_finite: skipped,
             downsampled_from,
+            inverted,
+            normalization_found: look.normalization.map(|d| d.to_string()),
+            contrast_z: look.contrast.map(|c| c.z),
         },
     };
     let init_volumes = args
@@ -359,6 +435,75 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         println!("{}", args.out.display());
     }
     Ok(())
+}
+
+/// What the images said of themselves at the start.
+struct Look {
+    normalization: Option<mcg_dataset::inspect::DetectedNormalization>,
+    contrast: Option<mcg_dataset::inspect::Contrast>,
+}
+
+/// Measures the contrast (warning when the set looks inverted and is not being inverted, or
+/// looks bright and is) and, for a fresh run, finds the data's normalisation, stating both.
+fn inspect_images(
+    args: &Args,
+    images: &dyn mcg_formats::ImageSource,
+    inverted: bool,
+    fresh: bool,
+) -> Result<Look> {
+    let what = || format!("inspecting {}", args.particles.display());
+    let contrast = mcg_dataset::inspect::measure_contrast(images).with_context(what)?;
+    info!(contrast = %contrast, inverted, "contrast");
+    if contrast.looks_inverted() && !inverted {
+        tracing::warn!(
+            "{}: {contrast}; the reconstruction would come out hollow or negative: \
+             train with --invert",
+            args.particles.display()
+        );
+    } else if contrast.looks_bright() && inverted {
+        tracing::warn!(
+            "{}: {contrast}, but --invert makes them dark: leave --invert out",
+            args.particles.display()
+        );
+    }
+    let normalization = if fresh && args.normalize == "auto" {
+        let found = mcg_dataset::inspect::detect_normalization(images).with_context(what)?;
+        info!(found = %found, "normalisation of the data");
+        Some(found)
+    } else {
+        None
+    };
+    Ok(Look {
+        normalization,
+        contrast: Some(contrast),
+    })
+}
+
+fn parse_normalization(text: &str) -> Result<mcg_physics::normalize::Normalization> {
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("--normalize {text:?}: {e} (or auto)"))
+}
+
+/// The simulated images' shifts of a fresh run: --shift-sigma's Gaussian, none with
+/// --no-shifts, else the data's when its metadata has any (or the settings' choice).
+fn choose_shifts(config: &mut TrainConfig, args: &Args, set: &mcg_formats::ParticleSet) {
+    if let Some(sigma) = args.shift_sigma {
+        config.shift_sigma_px = sigma;
+        config.shifts = false;
+    } else if args.no_shifts {
+        config.shifts = false;
+        config.shift_sigma_px = 0.0;
+    } else if config.shift_sigma_px == 0.0 {
+        config.shifts |= set
+            .particles
+            .iter()
+            .any(|p| p.shift.x != 0.0 || p.shift.y != 0.0);
+    }
+    info!(
+        data_shifts = config.shifts,
+        shift_sigma_px = config.shift_sigma_px,
+        "shifts of the simulated images"
+    );
 }
 
 /// The patches of a noise stack, checked against the image size, on the training device.

@@ -56,6 +56,7 @@ pub mod folder;
 pub mod guard;
 pub mod hint;
 pub mod input;
+pub mod inspect;
 pub mod merge;
 pub mod monitor;
 pub mod project;

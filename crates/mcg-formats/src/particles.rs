@@ -268,6 +268,43 @@ pub trait ImageSource: Send + Sync {
     fn read_batch(&self, indices: &[usize], out: ArrayViewMut3<'_, f32>) -> Result<()>;
 }
 
+/// Images held in memory, `[K][N][N]`, at a pixel size: an [`ImageSource`] for images a
+/// program made itself (and for tests).
+#[derive(Debug, Clone)]
+pub struct InMemory {
+    images: ndarray::Array3<f32>,
+    pixel_size: f64,
+}
+
+impl InMemory {
+    /// `images` (square) of `pixel_size` Å.
+    pub fn new(images: ndarray::Array3<f32>, pixel_size: f64) -> Self {
+        Self { images, pixel_size }
+    }
+}
+
+impl ImageSource for InMemory {
+    fn len(&self) -> usize {
+        self.images.dim().0
+    }
+
+    fn box_size(&self) -> usize {
+        self.images.dim().1
+    }
+
+    fn pixel_size(&self) -> f64 {
+        self.pixel_size
+    }
+
+    fn read_batch(&self, indices: &[usize], mut out: ArrayViewMut3<'_, f32>) -> Result<()> {
+        for (i, &j) in indices.iter().enumerate() {
+            out.index_axis_mut(ndarray::Axis(0), i)
+                .assign(&self.images.index_axis(ndarray::Axis(0), j));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,9 @@ fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
             noise_stack: None,
             skipped_non_finite: 0,
             downsampled_from: None,
+            inverted: false,
+            normalization_found: None,
+            contrast_z: None,
         },
     };
     let run = dir.join("run");

@@ -73,6 +73,17 @@ pub struct DataDescription {
     /// The particles' own box when `train --downsample` Fourier-cropped them to `box_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downsampled_from: Option<usize>,
+    /// The images were negated as they were read (`train --invert`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inverted: bool,
+    /// How the images turned out to be normalised (the sentence of the detection), when they
+    /// were inspected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization_found: Option<String>,
+    /// The contrast measured at the start: the particles' centre against the background over
+    /// its standard error, as read (before `--invert`); positive means bright particles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_z: Option<f64>,
 }
 
 /// The files a run writes in its folder (see [`RunDir`]).

@@ -16,6 +16,7 @@
 
 use mcg_physics::ctf::CtfGrid;
 use mcg_physics::fourier::half_width;
+use mcg_physics::normalize::Normalization;
 use mcg_physics::shift::translate_spectrum;
 use mcg_physics::simulate::ImagingParams;
 use tch::{Device, Kind, Tensor};
@@ -281,6 +282,56 @@ impl ForwardModel {
             images.shallow_clone()
         }
     }
+
+    /// Images `[B][N][N]` normalised one by one as [`mcg_physics::normalize::normalize`]
+    /// does on the CPU (the same pixels, population standard deviation, a constant region only
+    /// centred), differentiably: the simulated images' twin of the data's normalisation.
+    pub fn normalize(images: &Tensor, how: &Normalization) -> Tensor {
+        let n = images.size()[images.dim() - 1] as usize;
+        let mask = match how {
+            Normalization::None => return images.shallow_clone(),
+            Normalization::Whole => None,
+            Normalization::Background { .. } => {
+                let r = how.background_radius(n).unwrap_or(0.0);
+                let c = (n / 2) as f64;
+                let m: Vec<f32> = (0..n * n)
+                    .map(|i| {
+                        let (y, x) = ((i / n) as f64 - c, (i % n) as f64 - c);
+                        f32::from(u8::from(x * x + y * y > r * r))
+                    })
+                    .collect();
+                Some(
+                    Tensor::from_slice(&m)
+                        .view([1, n as i64, n as i64])
+                        .to_device(images.device()),
+                )
+            }
+        };
+        let (mean, var) = match &mask {
+            None => {
+                let mean = images.mean_dim(&[-2i64, -1][..], true, Kind::Float);
+                let var = (images - &mean)
+                    .square()
+                    .mean_dim(&[-2i64, -1][..], true, Kind::Float);
+                (mean, var)
+            }
+            Some(m) => {
+                let count = m.sum(Kind::Float);
+                let mean =
+                    (images * m).sum_dim_intlist(&[-2i64, -1][..], true, Kind::Float) / &count;
+                let var = ((images - &mean).square() * m).sum_dim_intlist(
+                    &[-2i64, -1][..],
+                    true,
+                    Kind::Float,
+                ) / &count;
+                (mean, var)
+            }
+        };
+        let std = var.sqrt();
+        // A constant region (σ 0) is only centred, as on the CPU.
+        let scale = std.where_self(&std.gt(0.0), &std.ones_like());
+        (images - mean) / scale
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +342,40 @@ mod tests {
     use mcg_physics::{Shift, Volume};
     use ndarray::Array3;
     use rand::Rng;
+
+    #[test]
+    fn normalisation_matches_the_cpu_normalisation() {
+        let n = 16usize;
+        let mut rng = stream(3, Purpose::Other(0), 0);
+        let mut images =
+            Array3::<f32>::from_shape_fn((3, n, n), |_| rng.random::<f32>() * 4.0 + 2.0);
+        // A constant image: only centred, on both sides.
+        images.index_axis_mut(ndarray::Axis(0), 2).fill(5.0);
+        let tensor = Tensor::from_slice(images.as_slice().unwrap()).view([3, n as i64, n as i64]);
+        for how in [
+            Normalization::None,
+            Normalization::Whole,
+            Normalization::Background { radius_px: None },
+            Normalization::Background {
+                radius_px: Some(5.0),
+            },
+        ] {
+            let got: Vec<f32> = ForwardModel::normalize(&tensor, &how)
+                .flatten(0, -1)
+                .try_into()
+                .unwrap();
+            let mut want = images.clone();
+            for image in want.axis_iter_mut(ndarray::Axis(0)) {
+                mcg_physics::normalize::normalize(image, &how);
+            }
+            let err = got
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err < 1e-5, "{how}: max difference {err}");
+        }
+    }
 
     /// Band-limited blobs inside the sphere of radius N/2.
     fn blobs(n: usize) -> Volume {

@@ -44,8 +44,9 @@ pub struct ModelConfig {
     /// open state, while 1.0 sent them to different states (see DEVELOPERS.md).
     pub latent_scale: f64,
     /// Multi mode with a low-dimensional latent instead of the paper's cube: z₀, z₁ ∈ R^d and a
-    /// small decoder (a linear layer to 4³ cells, then three ×2 upsamplings with 3D
-    /// convolutions). `None` (the default): the paper's latent.
+    /// small decoder (a linear layer to 4³ cells, then ×2 upsamplings with 3D convolutions:
+    /// three, to 32³, for boxes up to 32, and as many more as reach the box beyond, so that the
+    /// volume has the images' resolution). `None` (the default): the paper's latent.
     #[serde(default)]
     pub latent_dims: Option<usize>,
     /// Channels of G's hidden 3D convolutions.
@@ -331,7 +332,7 @@ impl Generator {
                             let s = x.size()[2] * 2;
                             x.upsample_trilinear3d([s, s, s], false, None, None, None)
                         };
-                        nn::seq()
+                        let mut seq = nn::seq()
                             .add(nn::linear(path / "l1", d, 2 * c * 64, Default::default()))
                             .add_fn(move |x| x.leaky_relu().view([-1, 2 * c, 4, 4, 4]))
                             .add_fn(up)
@@ -339,9 +340,20 @@ impl Generator {
                             .add_fn(|x| x.leaky_relu())
                             .add_fn(up)
                             .add(conv3(path / "c2", c, c))
-                            .add_fn(|x| x.leaky_relu())
-                            .add_fn(up)
-                            .add(conv3(path / "c3", c, 1))
+                            .add_fn(|x| x.leaky_relu());
+                        // Beyond 32³, one more ×2 stage per doubling of the box (boxes up to
+                        // 32 keep the three stages, and so their variables).
+                        let mut edge = 16;
+                        let mut stage = 0;
+                        while edge * 2 < n {
+                            seq = seq
+                                .add_fn(up)
+                                .add(conv3(path / format!("u{stage}"), c, c))
+                                .add_fn(|x| x.leaky_relu());
+                            edge *= 2;
+                            stage += 1;
+                        }
+                        seq.add_fn(up).add(conv3(path / "c3", c, 1))
                     }
                 };
                 Body::Cnn { ends, net }

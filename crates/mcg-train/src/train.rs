@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use mcg_formats::{ImageSource, ParticleSet};
+use mcg_physics::normalize::Normalization;
 use mcg_physics::rng::{Purpose, stream};
 use mcg_physics::simulate::ImagingParams;
 use mcg_physics::{Pose, Shift};
 use ndarray::Array3;
 use rand::Rng;
+use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -62,6 +64,14 @@ pub struct TrainConfig {
     pub ctf: bool,
     /// Shift simulated images by a random particle's shift.
     pub shifts: bool,
+    /// Shift simulated images by Gaussian offsets of this σ (pixels, per axis) instead of the
+    /// data's shifts, for data whose metadata has none; 0: off. Overrides `shifts`.
+    pub shift_sigma_px: f64,
+    /// The per-image normalisation of the simulated images after their noise: the data's own,
+    /// which the caller applies to the real images as they are read (the CLI detects it with
+    /// `mcg_dataset::inspect` and reads the data through `inspect::Adjusted`), so that D sees
+    /// both normalised by the same rule. Its default, none, leaves them as they are.
+    pub normalization: Normalization,
     /// Noise σ of simulated images; `None`: from the data's manifest or estimated.
     pub noise_sigma: Option<f64>,
     /// Master seed.
@@ -256,6 +266,8 @@ impl Default for TrainConfig {
             projector: Projector::Fourier,
             ctf: true,
             shifts: false,
+            shift_sigma_px: 0.0,
+            normalization: Normalization::None,
             noise_sigma: None,
             seed: 0,
             checkpoint_seconds: 300.0,
@@ -501,6 +513,15 @@ impl TrainConfig {
                 "spread = {}: expected a finite number ≥ 0",
                 self.spread
             ));
+        }
+        if !(self.shift_sigma_px.is_finite() && self.shift_sigma_px >= 0.0) {
+            return bad(format!(
+                "shift_sigma_px = {}: expected a finite number of pixels ≥ 0",
+                self.shift_sigma_px
+            ));
+        }
+        if let Err(e) = self.normalization.validate(n) {
+            return bad(format!("normalization = {}: {e}", self.normalization));
         }
         if !(self.blur_start_px.is_finite() && self.blur_start_px >= 0.0) {
             return bad(format!(
@@ -772,13 +793,22 @@ impl Trainer {
             .map(|_| {
                 let pose = Pose::sample_uniform(&mut rng);
                 let p = data.particles[rng.random_range(0..data.particles.len())];
+                let sigma = self.config.shift_sigma_px * data.apix;
+                let shift = if sigma > 0.0 {
+                    let (x, y): (f64, f64) =
+                        (rng.sample(StandardNormal), rng.sample(StandardNormal));
+                    Shift {
+                        x: sigma * x,
+                        y: sigma * y,
+                    }
+                } else if self.config.shifts {
+                    p.shift
+                } else {
+                    Shift::default()
+                };
                 ImagingParams {
                     pose,
-                    shift: if self.config.shifts {
-                        p.shift
-                    } else {
-                        Shift::default()
-                    },
+                    shift,
                     ctf: p.ctf,
                 }
             })
@@ -1019,8 +1049,10 @@ impl Trainer {
         Some(distance * self.config.invariant_weight)
     }
 
+    /// Clean images made noisy as the data are (white noise of σ or background patches), then
+    /// normalised as the data are ([`TrainConfig::normalization`]).
     fn add_data_noise(&self, clean: &Tensor, data: &DataPhysics) -> Tensor {
-        match &data.noise_patches {
+        let noisy = match &data.noise_patches {
             Some(patches) => {
                 let pick = Tensor::randint(
                     patches.size()[0],
@@ -1030,7 +1062,8 @@ impl Trainer {
                 clean + patches.index_select(0, &pick)
             }
             None => ForwardModel::add_noise(clean, data.noise_sigma),
-        }
+        };
+        ForwardModel::normalize(&noisy, &self.config.normalization)
     }
 
     /// The fast step (see [`StepKind::Fast`]).
@@ -2053,10 +2086,9 @@ mod tests {
         })
     }
 
-    #[test]
-    fn noise_patches_replace_white_noise() {
-        let n = 16;
-        let cfg = TrainConfig {
+    /// Single mode on `n`² images with a tiny D and batches of 8 images of one volume.
+    fn single_config(n: usize) -> TrainConfig {
+        TrainConfig {
             model: ModelConfig {
                 mode: Mode::Single,
                 box_size: n,
@@ -2065,8 +2097,92 @@ mod tests {
             },
             batch_size: 8,
             poses_per_volume: 8,
-            ctf: false,
             ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn simulated_shifts_follow_the_settings() {
+        let cfg = |shifts: bool, sigma: f64| TrainConfig {
+            shifts,
+            shift_sigma_px: sigma,
+            ..single_config(16)
+        };
+        let shift = Shift { x: 3.0, y: -4.0 };
+        let data = DataPhysics {
+            particles: vec![ImagingParams {
+                pose: Pose::default(),
+                shift,
+                ctf: RandomImaging::default().draw(1, 0).ctf,
+            }],
+            apix: 2.5,
+            noise_sigma: 1.0,
+            noise_patches: None,
+        };
+        let shifts = |c: TrainConfig| -> Vec<Shift> {
+            let t = Trainer::new(c, Device::Cpu).unwrap();
+            t.draw_params_n(&data, 7, 4000)
+                .into_iter()
+                .map(|p| p.shift)
+                .collect()
+        };
+        assert!(
+            shifts(cfg(false, 0.0))
+                .iter()
+                .all(|s| *s == Shift::default())
+        );
+        assert!(shifts(cfg(true, 0.0)).iter().all(|s| *s == shift));
+        // Gaussian offsets of σ 2 px = 5 Å per axis, centred, whatever the data's.
+        let g = shifts(cfg(true, 2.0));
+        for axis in [|s: &Shift| s.x, |s: &Shift| s.y] {
+            let v: Vec<f64> = g.iter().map(axis).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            // Standard errors: 5/√4000 ≈ 0.08 Å for the mean, ≈ 1.1 % for σ.
+            assert!(mean.abs() < 0.3, "mean {mean}");
+            assert!((sd - 5.0).abs() < 0.2, "σ {sd} Å, expected 5");
+        }
+    }
+
+    #[test]
+    fn simulated_images_are_normalised_as_the_data() {
+        let n = 16usize;
+        let how = Normalization::Background {
+            radius_px: Some(5.0),
+        };
+        let cfg = TrainConfig {
+            normalization: how,
+            ..single_config(n)
+        };
+        let trainer = Trainer::new(cfg, Device::Cpu).unwrap();
+        let data = DataPhysics {
+            particles: (0..4)
+                .map(|i| RandomImaging::default().draw(1, i))
+                .collect(),
+            apix: 5.0,
+            noise_sigma: 3.0,
+            noise_patches: None,
+        };
+        let images = trainer.simulate(&data, 0);
+        let images: Vec<f32> = images.flatten(0, -1).try_into().unwrap();
+        for image in images.chunks(n * n) {
+            let mut want = ndarray::Array2::from_shape_vec((n, n), image.to_vec()).unwrap();
+            mcg_physics::normalize::normalize(want.view_mut(), &how);
+            let err = want
+                .iter()
+                .zip(image)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            // Normalising again changes nothing: the image is normalised already.
+            assert!(err < 1e-4, "{err}");
+        }
+    }
+
+    #[test]
+    fn noise_patches_replace_white_noise() {
+        let cfg = TrainConfig {
+            ctf: false,
+            ..single_config(16)
         };
         let trainer = Trainer::new(cfg, Device::Cpu).unwrap();
         // Two constant patches, 5 and 7: every simulated image is its clean image plus one.

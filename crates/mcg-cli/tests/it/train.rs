@@ -15,8 +15,19 @@ pub fn tiny_set_of(dir: &Path, preset: &str) -> std::path::PathBuf {
 /// 64 particles of `preset` at a `box`² box of `apix` Å in DIR/data (32 calibration images, no
 /// HDF5); returns the STAR file.
 fn set_of(dir: &Path, preset: &str, box_size: &str, apix: &str) -> std::path::PathBuf {
+    set_with(dir, preset, box_size, apix, &[])
+}
+
+/// [`set_of`] with more synth flags.
+fn set_with(
+    dir: &Path,
+    preset: &str,
+    box_size: &str,
+    apix: &str,
+    extra: &[&str],
+) -> std::path::PathBuf {
     let out = dir.join("data");
-    ok(&[
+    let mut args = vec![
         "synth",
         "--preset",
         preset,
@@ -32,7 +43,9 @@ fn set_of(dir: &Path, preset: &str, box_size: &str, apix: &str) -> std::path::Pa
         "--out",
         s(&out),
         "-q",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
     out.join("particles.star")
 }
 
@@ -1045,4 +1058,97 @@ fn train_downsamples_on_the_fly_and_scales_the_manifest_sigma() {
         msg.contains("--downsample") && msg.contains("even"),
         "{msg}"
     );
+}
+
+/// `train` inspects the data: it finds RELION's background normalisation (and its radius),
+/// applies it to both real and simulated images, takes the simulated shifts from the
+/// metadata when it has any, measures the contrast and warns when --invert would make the
+/// particles dark; a dark set is warned about until --invert is given.
+#[test]
+fn train_matches_the_datas_normalisation_shifts_and_contrast() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = set_with(
+        dir.path(),
+        "hsp90-discrete",
+        "16",
+        "10",
+        &["--normalize", "background:6", "--max-shift", "10"],
+    );
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let run = dir.path().join("run");
+    ok(&as_strs(&train_command(
+        &star,
+        &file,
+        &run,
+        &["--steps", "1"],
+    )));
+    let doc = run_config(&run);
+    assert_eq!(
+        doc["train"]["normalization"],
+        serde_json::json!({"kind": "background", "radius_px": 6.0}),
+        "{doc}"
+    );
+    assert_eq!(doc["train"]["shifts"], true);
+    let found = doc["data"]["normalization_found"].as_str().unwrap();
+    assert!(
+        found.contains("background") && found.contains("6 px"),
+        "{found}"
+    );
+    assert!(doc["data"]["contrast_z"].as_f64().unwrap() > 3.0, "{doc}");
+    assert!(doc["data"].get("inverted").is_none(), "{doc}");
+
+    // Flags override what was found: Gaussian shifts, no normalisation.
+    let run2 = dir.path().join("run2");
+    ok(&as_strs(&train_command(
+        &star,
+        &file,
+        &run2,
+        &[
+            "--steps",
+            "1",
+            "--shift-sigma",
+            "1.5",
+            "--normalize",
+            "none",
+        ],
+    )));
+    let doc = run_config(&run2);
+    assert_eq!(
+        doc["train"]["normalization"],
+        serde_json::json!({"kind": "none"})
+    );
+    assert_eq!(doc["train"]["shifts"], false);
+    assert_eq!(doc["train"]["shift_sigma_px"].as_f64(), Some(1.5));
+
+    // Bright particles inverted: a warning that names the flag, and the run records it.
+    let run3 = dir.path().join("run3");
+    let mut args = train_command(&star, &file, &run3, &["--steps", "1", "--invert"]);
+    args.retain(|a| a != "-q");
+    let out = crate::run(&as_strs(&args));
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("leave --invert out"), "{err}");
+    assert_eq!(run_config(&run3)["data"]["inverted"], true);
+    // Resuming keeps --invert; asking for it on a run trained without it is refused.
+    let more = train_command(&star, &file, &run3, &["--steps", "2", "--resume"]);
+    ok(&as_strs(&more));
+    assert_eq!(run_config(&run3)["data"]["inverted"], true);
+    let msg = fails(&as_strs(&train_command(
+        &star,
+        &file,
+        &run,
+        &["--steps", "2", "--resume", "--invert"],
+    )));
+    assert!(msg.contains("--invert"), "{msg}");
+
+    // A bad normalisation is refused naming the flag, before anything is written.
+    let msg = fails(&as_strs(&train_command(
+        &star,
+        &file,
+        &dir.path().join("bad"),
+        &["--steps", "1", "--normalize", "sideways"],
+    )));
+    assert!(msg.contains("--normalize"), "{msg}");
+    assert!(!dir.path().join("bad").join("config.json").exists());
 }
