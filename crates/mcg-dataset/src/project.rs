@@ -234,6 +234,7 @@ pub fn project(s: &ProjectSettings, progress: &dyn Monitor) -> Result<Value> {
     let config = SimulationConfig {
         ctf: s.ctf,
         noise_sigma,
+        noise_spectrum: None,
         normalization: s.normalization,
         seed: s.seed,
     };

@@ -365,6 +365,7 @@ impl Plan {
         let config = SimulationConfig {
             ctf,
             noise_sigma,
+            noise_spectrum: None,
             normalization: s.normalization,
             seed: s.seed,
         };
