@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
-use mcg_dataset::synth::{self as lib, LandscapeSource, Sharding, SynthSettings};
+use anyhow::{Result, bail, ensure};
+use mcg_dataset::synth::{self as lib, LandscapeSource, NoiseModel, Sharding, SynthSettings};
 use mcg_physics::normalize::Normalization;
 use serde_json::json;
 
@@ -27,8 +27,19 @@ pub enum Preset {
     Hsp90Open,
 }
 
+/// The bundles of imaging conditions (`--conditions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Conditions {
+    /// The Multi-CryoGAN paper's: −10 dB, white noise, no shifts, no normalisation.
+    Paper,
+    /// CryoBench-like: −20 dB, realistic coloured noise, Gaussian shifts of σ = 2 pixels,
+    /// background normalisation (RELION's), bright particles.
+    Realistic,
+}
+
 /// Synthesise a particle set of a conformational landscape: each particle gets a conformation
-/// drawn from the landscape, a uniform random pose, a CTF and white noise.
+/// drawn from the landscape, a uniform random pose, a CTF and Gaussian noise (white, or coloured
+/// with --noise).
 ///
 /// Rigid-body landscapes are projected body by body (one Fourier slice per body, no volume per
 /// image). Writes OUT/particles.mrcs, OUT/particles.star (RELION 3.1; the true motion
@@ -45,6 +56,19 @@ pub enum Preset {
 /// ../shared/data/structures/hsp90; without them they use a built-in Hsp90-like phantom (logged
 /// and recorded in the manifest).
 ///
+/// Noise: σ is set by --snr-db (σ² is the noise's pixel variance, whatever its spectrum);
+/// --noise realistic colours it with a model of real cryo-EM noise (power falling about 10×
+/// from DC to Nyquist: a detector-like sinc² fall-off times a rise below 15 % of Nyquist),
+/// --noise spectrum:FILE.json with a measured spectrum ({"box_size": N, "power": [one value per
+/// radius 0, 1, … ⌈N/√2⌉ in Fourier index units]}; its scale does not matter). The manifest
+/// records the spectrum scaled to σ². --background K also writes K pure-noise images
+/// (same noise, same normalisation, no particle) to OUT/background.mrcs, like patches boxed
+/// from empty micrograph regions, for `train --noise-stack`.
+///
+/// --conditions realistic sets CryoBench-like conditions: --snr-db -20, --noise realistic,
+/// --shift-sigma 2, --normalize background. Flags given as well override the bundle's values
+/// (--max-shift R > 0 replaces its Gaussian shifts).
+///
 /// Large sets: --shard K/M makes the K-th of M parts (1 ≤ K ≤ M) in OUT/shards/K-of-M, the
 /// same images the whole set would hold there; `multicryogan merge-shards OUT` then writes one
 /// STAR over all shards. --shards M makes every shard in turn and merges. A finished shard is
@@ -54,6 +78,7 @@ pub enum Preset {
     multicryogan synth --preset hsp90-discrete --n 100000 --out hsp90-discrete\n  \
     multicryogan synth --landscape my-landscape.json --n 20000 --box 64 --apix 2.5 --out mine\n  \
     multicryogan synth --preset hsp90-continuous --n 10000000 --shard 3/100 --out big\n  \
+    multicryogan synth --preset hsp90-discrete --n 50000 --box 64 --conditions realistic --background 2000 --out hard\n  \
     multicryogan merge-shards big")]
 pub struct Args {
     /// A built-in landscape.
@@ -76,9 +101,24 @@ pub struct Args {
     /// Master seed: the same seed and settings give the same data, bit for bit.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Noise level, dB (data-set level: mean clean-image variance over the box divided by σ²).
-    #[arg(long, default_value_t = -10.0, value_name = "DB", allow_hyphen_values = true, value_parser = crate::util::finite_f64)]
-    snr_db: f64,
+    /// Imaging conditions: paper (the defaults below) or realistic (CryoBench-like: −20 dB,
+    /// realistic coloured noise, Gaussian shifts of σ = 2 pixels, background normalisation).
+    /// Flags given as well override the bundle's values.
+    #[arg(long, value_enum, default_value = "paper")]
+    conditions: Conditions,
+    /// Noise level, dB (data-set level: mean clean-image variance over the box divided by σ²,
+    /// σ² the noise's pixel variance). Default: −10 (−20 with --conditions realistic).
+    #[arg(long, value_name = "DB", allow_hyphen_values = true, value_parser = crate::util::finite_f64)]
+    snr_db: Option<f64>,
+    /// The noise's power spectrum: white, realistic (a model of cryo-EM background noise) or
+    /// spectrum:FILE.json (a table {"box_size": N, "power": [...]}, scaled to σ²). Default:
+    /// white (realistic with --conditions realistic).
+    #[arg(long, value_name = "KIND", value_parser = parse_noise)]
+    noise: Option<NoiseModel>,
+    /// Write K pure-noise images (the particles' noise and normalisation, no particle) to
+    /// OUT/background.mrcs, like patches boxed from empty micrograph regions (whole sets only).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    background: usize,
     /// No noise (clean images).
     #[arg(long)]
     clean: bool,
@@ -97,12 +137,17 @@ pub struct Args {
     resolution: Option<f64>,
     #[command(flatten)]
     imaging: util::ImagingArgs,
+    /// Gaussian shifts instead of --max-shift: standard deviation in pixels per axis (recorded
+    /// in Å in the STAR file). Default: none (2 with --conditions realistic).
+    #[arg(long, value_name = "PX", value_parser = crate::util::finite_f64)]
+    shift_sigma: Option<f64>,
     /// Oversampling of the projectors' 3D transforms: 2 (fast) or 4 (more accurate).
     #[arg(long, default_value_t = 2, value_name = "S")]
     oversampling: usize,
-    /// Per-image normalisation: none, whole or background.
-    #[arg(long, default_value = "none")]
-    normalize: Normalization,
+    /// Per-image normalisation: none, whole, background or background:RADIUS (pixels; default
+    /// N/2 − 1). Default: none (background with --conditions realistic).
+    #[arg(long)]
+    normalize: Option<Normalization>,
     /// Clean images (particles 1 … K of the whole set) whose mean variance sets σ for
     /// --snr-db.
     #[arg(long, default_value_t = 1000, value_name = "K")]
@@ -173,28 +218,55 @@ impl Args {
             (None, Some(m)) => Sharding::All { m },
             (None, None) => Sharding::Whole,
         };
-        Ok(SynthSettings {
-            landscape,
-            structures: self.structures.clone(),
-            n: self.n,
-            out: self.out.clone(),
-            seed: self.seed,
-            snr_db: self.snr_db,
-            clean: self.clean,
-            ctf: !self.no_ctf,
-            box_size: self.box_size,
-            apix: self.apix,
-            resolution: self.resolution,
-            imaging: self.imaging.settings()?,
-            oversampling: self.oversampling,
-            normalization: self.normalize,
-            calibration_images: self.calibration_images,
-            states: self.states,
-            sharding,
-            h5: !self.no_h5,
-            batch: self.batch,
-            command: std::env::args().collect(),
-        })
+        let mut settings = SynthSettings::new(landscape, self.n, self.out.clone());
+        settings.structures = self.structures.clone();
+        settings.seed = self.seed;
+        settings.clean = self.clean;
+        settings.ctf = !self.no_ctf;
+        settings.box_size = self.box_size;
+        settings.apix = self.apix;
+        settings.resolution = self.resolution;
+        settings.imaging = self.imaging.settings()?;
+        settings.oversampling = self.oversampling;
+        settings.calibration_images = self.calibration_images;
+        settings.states = self.states;
+        settings.sharding = sharding;
+        settings.h5 = !self.no_h5;
+        settings.batch = self.batch;
+        settings.command = std::env::args().collect();
+        settings.background_images = self.background;
+        // The bundle first (it keeps the given --max-shift only when it has no shifts of its
+        // own), then every flag given on top.
+        let max_shift = settings.imaging.max_shift;
+        settings.apply_conditions(match self.conditions {
+            Conditions::Paper => lib::Conditions::Paper,
+            Conditions::Realistic => lib::Conditions::Realistic,
+        });
+        if max_shift > 0.0 {
+            ensure!(
+                self.shift_sigma.is_none(),
+                "--shift-sigma and --max-shift: give one of them (Gaussian or uniform shifts)"
+            );
+            settings.imaging.max_shift = max_shift;
+            settings.imaging.shift_sigma = None;
+        }
+        if let Some(px) = self.shift_sigma {
+            ensure!(
+                px >= 0.0,
+                "--shift-sigma {px}: expected a standard deviation ≥ 0 pixels"
+            );
+            settings.imaging.shift_sigma = Some(px * self.apix);
+        }
+        if let Some(db) = self.snr_db {
+            settings.snr_db = db;
+        }
+        if let Some(noise) = &self.noise {
+            settings.noise = noise.clone();
+        }
+        if let Some(normalization) = self.normalize {
+            settings.normalization = normalization;
+        }
+        Ok(settings)
     }
 }
 
@@ -211,6 +283,23 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         println!("{}", args.out.display());
     }
     Ok(())
+}
+
+/// Parses `--noise`: `white`, `realistic` or `spectrum:FILE` (also `spectrum=FILE`).
+fn parse_noise(text: &str) -> std::result::Result<NoiseModel, String> {
+    match text.trim() {
+        "white" => Ok(NoiseModel::White),
+        "realistic" => Ok(NoiseModel::Realistic),
+        other => match other
+            .strip_prefix("spectrum:")
+            .or_else(|| other.strip_prefix("spectrum="))
+        {
+            Some(path) if !path.is_empty() => Ok(NoiseModel::Spectrum(PathBuf::from(path))),
+            _ => Err(format!(
+                "unknown noise {other:?}: expected white, realistic or spectrum:FILE.json"
+            )),
+        },
+    }
 }
 
 pub fn run_merge(args: MergeArgs, progress: &Progress) -> Result<()> {

@@ -224,6 +224,7 @@ impl ImagingArgs {
             cs: self.cs,
             amplitude_contrast: self.amp_contrast,
             max_shift: self.max_shift,
+            shift_sigma: None,
         };
         settings.validate().map_err(|m| {
             anyhow::anyhow!(

@@ -9,6 +9,7 @@
 //! OUT/particles.h5      the HDF5 container (optional)
 //! OUT/landscape.json    the landscape the particles were drawn from
 //! OUT/manifest.json     every setting, the seed, the noise
+//! OUT/background.mrcs   pure-noise images, when asked for (synth --background K)
 //! OUT/ground_truth/     NAME.mrc for each state, states.json listing them
 //! OUT/shards/K-of-M/    part K of M, each with its own particles and manifest
 //! ```
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use mcg_physics::Volume;
+use mcg_physics::noise::NoiseSpectrum;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -30,6 +32,9 @@ pub const H5: &str = "particles.h5";
 pub const MANIFEST: &str = "manifest.json";
 /// The landscape's file name.
 pub const LANDSCAPE: &str = "landscape.json";
+/// The pure-noise images' file name (patches without a particle, like boxes from empty regions
+/// of a micrograph).
+pub const BACKGROUND: &str = "background.mrcs";
 /// The ground-truth folder's name.
 pub const GROUND_TRUTH: &str = "ground_truth";
 /// The shards' folder name.
@@ -65,6 +70,11 @@ impl DataSetDir {
     /// `particles.h5`.
     pub fn h5(&self) -> PathBuf {
         self.root.join(H5)
+    }
+
+    /// `background.mrcs`.
+    pub fn background(&self) -> PathBuf {
+        self.root.join(BACKGROUND)
     }
 
     /// `manifest.json`.
@@ -113,11 +123,13 @@ impl DataSetDir {
     }
 
     /// Whether the manifest exists, records `settings`, and `particles.star` and
-    /// `particles.mrcs` are beside it: a finished set made with these settings.
+    /// `particles.mrcs` (and `background.mrcs` when it lists one) are beside it: a finished set
+    /// made with these settings.
     pub fn is_complete(&self, settings: &Value) -> bool {
-        self.read_manifest()
-            .is_some_and(|m| &m.settings == settings)
-            && self.star().is_file()
+        self.read_manifest().is_some_and(|m| {
+            &m.settings == settings
+                && (m.outputs.background.is_none() || self.background().is_file())
+        }) && self.star().is_file()
             && self.stack().is_file()
     }
 }
@@ -163,7 +175,8 @@ pub struct Manifest {
 /// The noise of a simulated set, as its manifest records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Noise {
-    /// σ of the white Gaussian noise; `None` for clean images.
+    /// σ of the Gaussian noise (its pixel standard deviation; of the white noise unless
+    /// `spectrum` is given); `None` for clean images.
     pub sigma: Option<f64>,
     /// The SNR in dB that set σ, when one did.
     pub snr_db: Option<f64>,
@@ -173,8 +186,18 @@ pub struct Noise {
     /// How many clean images the calibration used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration_images: Option<usize>,
-    /// The SNR definition, [`mcg_physics::noise::SNR_DEFINITION`].
+    /// The SNR definition, [`mcg_physics::noise::SNR_DEFINITION`] (or
+    /// [`mcg_physics::noise::SNR_DEFINITION_COLOURED`] for coloured noise).
     pub snr_definition: String,
+    /// Where the coloured noise's shape came from: `realistic` (the model of
+    /// [`NoiseSpectrum::realistic`]) or the spectrum file given. Absent for white noise (and in
+    /// older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The coloured noise's power spectrum, scaled to pixel variance σ² (before any
+    /// normalisation), in [`NoiseSpectrum`]'s table form. Absent for white noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spectrum: Option<NoiseSpectrum>,
 }
 
 /// The files a manifest lists, relative to its folder.
@@ -197,6 +220,9 @@ pub struct Outputs {
     /// The HDF5 container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub h5: Option<String>,
+    /// The pure-noise images (`background.mrcs`), when written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<String>,
 }
 
 /// Which part of a whole set a shard holds.

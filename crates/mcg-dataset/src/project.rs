@@ -234,6 +234,7 @@ pub fn project(s: &ProjectSettings, progress: &dyn Monitor) -> Result<Value> {
     let config = SimulationConfig {
         ctf: s.ctf,
         noise_sigma,
+        noise_spectrum: None,
         normalization: s.normalization,
         seed: s.seed,
     };
@@ -302,6 +303,8 @@ pub fn project(s: &ProjectSettings, progress: &dyn Monitor) -> Result<Value> {
             signal_variance,
             calibration_images: signal_variance.map(|_| calibration.len()),
             snr_definition: SNR_DEFINITION.into(),
+            model: None,
+            spectrum: None,
         },
         outputs: Outputs {
             stack: Some(STACK.into()),

@@ -2,7 +2,8 @@
 //! whole or in shards: [`SynthSettings`] in, a data-set folder ([`crate::folder`]) out.
 //!
 //! Each particle gets a conformation drawn from the landscape, a uniform random pose, a CTF
-//! and white noise. Rigid-body landscapes are projected body by body (one Fourier slice per
+//! and Gaussian noise, white (the paper's) or coloured ([`NoiseModel`]); [`Conditions`] bundles
+//! the paper's or CryoBench-like realistic settings. Rigid-body landscapes are projected body by body (one Fourier slice per
 //! body, no volume per image). Interrupted, it keeps only complete files (landscape.json,
 //! ground_truth/, finished shards); the same settings run again remove what a killed run left
 //! and give the files of an uninterrupted run, bit for bit.
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use mcg_formats::mrc::{self, MrcStackWriter};
 use mcg_formats::{ImageRef, OpticsGroup, Particle, ParticleSet, star};
 use mcg_h5::H5Writer;
-use mcg_physics::noise::{self, SNR_DEFINITION};
+use mcg_physics::noise::{self, NoiseSpectrum, SNR_DEFINITION, SNR_DEFINITION_COLOURED};
 use mcg_physics::normalize::Normalization;
 use mcg_physics::simulate::{ImagingParams, RandomImaging, SimulationConfig, SlicePipeline};
 use mcg_synth::landscape::{self, Landscape};
@@ -23,8 +24,8 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::folder::{
-    DataSetDir, GROUND_TRUTH, H5, LANDSCAPE, MANIFEST, Manifest, Noise, Outputs, STACK, STAR,
-    ShardInfo, StatesRecord,
+    BACKGROUND, DataSetDir, GROUND_TRUTH, H5, LANDSCAPE, MANIFEST, Manifest, Noise, Outputs, STACK,
+    STAR, ShardInfo, StatesRecord,
 };
 use crate::guard;
 use crate::hint::WithHint;
@@ -62,6 +63,34 @@ pub enum LandscapeSource {
     /// A landscape JSON file; its structure paths are relative to its folder (or to
     /// [`SynthSettings::structures`]).
     File(PathBuf),
+}
+
+/// The shape of the noise's power spectrum; its level is always set by the SNR (σ² is the
+/// noise's pixel variance).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum NoiseModel {
+    /// White Gaussian noise (the paper's).
+    #[default]
+    White,
+    /// Coloured noise of [`NoiseSpectrum::realistic`]: a detector-like fall-off with excess
+    /// power at low frequency, about 10× more power at DC than at Nyquist.
+    Realistic,
+    /// Coloured noise of the shape in a JSON file of [`NoiseSpectrum`]'s form,
+    /// `{"box_size": N, "power": [P₀, …]}` (N the set's box; the table's scale does not
+    /// matter).
+    Spectrum(PathBuf),
+}
+
+/// Bundles of imaging conditions; single settings given afterwards override them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Conditions {
+    /// The Multi-CryoGAN paper's: −10 dB, white noise, no shifts, no normalisation (the
+    /// defaults of [`SynthSettings::new`]).
+    #[default]
+    Paper,
+    /// CryoBench-like: −20 dB, the realistic coloured noise, Gaussian shifts of σ = 2 pixels
+    /// per axis, RELION's background normalisation (radius N/2 − 1), bright particles.
+    Realistic,
 }
 
 /// Whether the set is made whole or in parts.
@@ -128,6 +157,14 @@ pub struct SynthSettings {
     pub batch: usize,
     /// The command line recorded in the manifests (empty from a library call).
     pub command: Vec<String>,
+    /// The noise's spectrum shape.
+    pub noise: NoiseModel,
+    /// Pure-noise images written to OUT/background.mrcs (the particles' noise spectrum, σ and
+    /// normalisation, no particle); 0 for none. Whole sets only.
+    pub background_images: usize,
+    /// The bundle [`SynthSettings::apply_conditions`] applied last, recorded in the manifest
+    /// when not the paper's.
+    pub conditions: Conditions,
 }
 
 impl SynthSettings {
@@ -156,6 +193,32 @@ impl SynthSettings {
             h5: true,
             batch: 4096,
             command: Vec::new(),
+            noise: NoiseModel::White,
+            background_images: 0,
+            conditions: Conditions::Paper,
+        }
+    }
+
+    /// Sets the values of a bundle of conditions (see [`Conditions`]); the shifts are in pixels
+    /// of the current [`Self::apix`], so set the pixel size first. Settings changed afterwards
+    /// override the bundle's.
+    pub fn apply_conditions(&mut self, conditions: Conditions) {
+        self.conditions = conditions;
+        match conditions {
+            Conditions::Paper => {
+                self.snr_db = -10.0;
+                self.noise = NoiseModel::White;
+                self.imaging.max_shift = 0.0;
+                self.imaging.shift_sigma = None;
+                self.normalization = Normalization::None;
+            }
+            Conditions::Realistic => {
+                self.snr_db = -20.0;
+                self.noise = NoiseModel::Realistic;
+                self.imaging.max_shift = 0.0;
+                self.imaging.shift_sigma = Some(2.0 * self.apix);
+                self.normalization = Normalization::Background { radius_px: None };
+            }
         }
     }
 
@@ -183,6 +246,7 @@ struct Plan {
     imaging: RandomImaging,
     config: SimulationConfig,
     n: usize,
+    background_images: usize,
     seed: u64,
     /// Settings as recorded in manifests; runs with equal settings make equal data.
     settings: Value,
@@ -253,16 +317,23 @@ pub fn synthesize(s: &SynthSettings, progress: &dyn Monitor) -> Result<Value> {
 /// The files synth writes in OUT (and each shard folder) must not be one of its inputs, such as
 /// `--landscape OUT/landscape.json`.
 fn refuse_overwriting_inputs(s: &SynthSettings) -> Result<()> {
-    let LandscapeSource::File(landscape) = &s.landscape else {
+    let mut inputs: Vec<PathBuf> = Vec::new();
+    if let LandscapeSource::File(landscape) = &s.landscape {
+        inputs.push(landscape.clone());
+    }
+    if let NoiseModel::Spectrum(spectrum) = &s.noise {
+        inputs.push(spectrum.clone());
+    }
+    if inputs.is_empty() {
         return Ok(());
-    };
+    }
     guard::refuse_writing_over_inputs(
-        std::slice::from_ref(landscape),
+        &inputs,
         &s.out,
-        [LANDSCAPE, MANIFEST, STAR, STACK, H5],
+        [LANDSCAPE, MANIFEST, STAR, STACK, H5, BACKGROUND],
         "the output",
     )
-        .with_hint("write the data set to another folder than the one holding its landscape file, or rename the landscape file")
+        .with_hint("write the data set to another folder than the one holding its landscape or spectrum file, or rename that file")
 }
 
 impl Plan {
@@ -329,6 +400,20 @@ impl Plan {
             .context("--oversampling")?;
         let pipeline = SlicePipeline::new(s.box_size, s.apix);
         let ctf = s.ctf;
+        let shape = noise_shape(s)?;
+        if s.background_images > 0 {
+            ensure!(
+                !s.clean,
+                "--background {}: a clean set has no noise to make background images of",
+                s.background_images
+            );
+            ensure!(
+                s.sharding == Sharding::Whole,
+                "--background {}: background images are made with whole sets only, not with \
+                 --shard or --shards",
+                s.background_images
+            );
+        }
 
         // σ from the clean images of particles 0 … K−1 of the whole set, the same in every shard.
         let (noise_sigma, noise) = if s.clean {
@@ -340,6 +425,8 @@ impl Plan {
                     signal_variance: None,
                     calibration_images: None,
                     snr_definition: SNR_DEFINITION.into(),
+                    model: None,
+                    spectrum: None,
                 },
             )
         } else {
@@ -358,18 +445,31 @@ impl Plan {
                     snr_db: Some(s.snr_db),
                     signal_variance: Some(s2),
                     calibration_images: Some(k),
-                    snr_definition: SNR_DEFINITION.into(),
+                    snr_definition: if shape.is_some() {
+                        SNR_DEFINITION_COLOURED
+                    } else {
+                        SNR_DEFINITION
+                    }
+                    .into(),
+                    model: shape.as_ref().map(|(name, _)| name.clone()),
+                    spectrum: shape
+                        .as_ref()
+                        .map(|(_, p)| p.scaled_to_variance(sigma * sigma)),
                 },
             )
         };
         let config = SimulationConfig {
             ctf,
             noise_sigma,
+            noise_spectrum: shape.as_ref().map(|(_, p)| p.clone()),
             normalization: s.normalization,
             seed: s.seed,
         };
+        config
+            .validate(s.box_size)
+            .map_err(|e| anyhow::anyhow!("the noise and normalisation settings: {e}"))?;
         let landscape_json: Value = serde_json::from_str(&molecule.landscape().to_json_string())?;
-        let settings = json!({
+        let mut settings = json!({
             "preset": s.preset().map(|p| format!("{p:?}")),
             "landscape_file": s.landscape_file().map(|p| p.display().to_string()),
             "landscape": landscape_json,
@@ -383,11 +483,19 @@ impl Plan {
             "imaging": imaging,
             "pose": "uniform on SO(3)",
             "ctf": ctf,
-            "noise": if s.clean { Value::Null } else { json!({"snr_db": s.snr_db, "calibration_images": s.calibration_images.max(1)}) },
+            "noise": noise_settings(s, shape.as_ref()),
             "oversampling": s.oversampling,
             "normalization": s.normalization,
             "states": s.states,
         });
+        // Keys that older sets lack are added only when used, so that their settings (and
+        // whether a folder is complete) read as before.
+        if s.background_images > 0 {
+            settings["background_images"] = json!(s.background_images);
+        }
+        if s.conditions != Conditions::Paper {
+            settings["conditions"] = json!(format!("{:?}", s.conditions).to_lowercase());
+        }
         Ok(Self {
             molecule,
             projector,
@@ -396,11 +504,66 @@ impl Plan {
             imaging,
             config,
             n: s.n,
+            background_images: s.background_images,
             seed: s.seed,
             settings,
             noise,
         })
     }
+}
+
+/// The coloured noise's shape, named (`realistic` or the file), or `None` for white noise. A
+/// spectrum file is read and checked here, before anything is written; errors name the file
+/// and the field.
+fn noise_shape(s: &SynthSettings) -> Result<Option<(String, NoiseSpectrum)>> {
+    match &s.noise {
+        NoiseModel::White => Ok(None),
+        NoiseModel::Realistic => Ok(Some((
+            "realistic".into(),
+            NoiseSpectrum::realistic(s.box_size, 1.0),
+        ))),
+        NoiseModel::Spectrum(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the noise spectrum {}", path.display()))?;
+            // serde's message names the field ("missing field `power`", "power[3]: …").
+            let spectrum: NoiseSpectrum = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+                .with_hint("a noise spectrum file is {\"box_size\": N, \"power\": [P0, P1, …]} with ⌈N/√2⌉ + 1 powers ≥ 0, one per radius 0, 1, … in Fourier index units")?;
+            ensure!(
+                spectrum.box_size() == s.box_size,
+                "{}: box_size: {}, expected the set's box, --box {}",
+                path.display(),
+                spectrum.box_size(),
+                s.box_size
+            );
+            Ok(Some((path.display().to_string(), spectrum)))
+        }
+    }
+}
+
+/// The noise part of the recorded settings: null for a clean set; the SNR and calibration, and
+/// for coloured noise its model and a fingerprint of its table (the table's floats would not
+/// read back bit for bit, and equal settings must compare equal).
+fn noise_settings(s: &SynthSettings, shape: Option<&(String, NoiseSpectrum)>) -> Value {
+    if s.clean {
+        return Value::Null;
+    }
+    let mut noise = json!({"snr_db": s.snr_db, "calibration_images": s.calibration_images.max(1)});
+    if let Some((model, spectrum)) = shape {
+        noise["model"] = json!(model);
+        noise["spectrum_fingerprint"] = json!(format!("{:016x}", fingerprint(spectrum.power())));
+    }
+    noise
+}
+
+/// FNV-1a over the bits of `values`.
+fn fingerprint(values: &[f64]) -> u64 {
+    values
+        .iter()
+        .flat_map(|v| v.to_bits().to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// The Hsp90 molecule from the structure files, or the phantom when they are not found (an
@@ -528,6 +691,9 @@ fn run_whole(plan: &Plan, s: &SynthSettings, progress: &dyn Monitor) -> Result<V
     let start = Instant::now();
     let h5 = s.h5.then(|| out.h5());
     let made = simulate_range(plan, 0..plan.n, &out, h5.as_deref(), s.batch, progress)?;
+    if plan.background_images > 0 {
+        write_background(plan, &out, s.batch, progress)?;
+    }
     let elapsed = start.elapsed().as_secs_f64();
     let outputs = Outputs {
         stack: Some(STACK.into()),
@@ -535,6 +701,7 @@ fn run_whole(plan: &Plan, s: &SynthSettings, progress: &dyn Monitor) -> Result<V
         ground_truth: Some(GROUND_TRUTH.into()),
         landscape: Some(LANDSCAPE.into()),
         h5: h5.is_some().then(|| H5.into()),
+        background: (plan.background_images > 0).then(|| BACKGROUND.into()),
         ..Outputs::default()
     };
     let manifest = manifest(plan, s, &made, outputs, elapsed, None);
@@ -548,6 +715,36 @@ fn run_whole(plan: &Plan, s: &SynthSettings, progress: &dyn Monitor) -> Result<V
         json!({"out": s.out, "images": plan.n, "images_per_second": plan.n as f64 / elapsed,
         "noise_sigma": plan.config.noise_sigma, "class_counts": made.class_counts}),
     )
+}
+
+/// Writes OUT/background.mrcs: the plan's pure-noise images, normalised like the particles.
+fn write_background(
+    plan: &Plan,
+    out: &DataSetDir,
+    batch: usize,
+    progress: &dyn Monitor,
+) -> Result<()> {
+    let (n_box, apix) = (plan.pipeline.box_size(), plan.pipeline.apix());
+    let count = plan.background_images;
+    let mrc = MrcStackWriter::create(&out.background(), n_box, n_box, apix)?;
+    let bar = progress.bar(count as u64, "background");
+    let sinks = write_overlapped(
+        Sinks { mrc, h5: None },
+        count,
+        batch,
+        n_box,
+        progress,
+        |first, images| {
+            let len = images.dim().0;
+            plan.pipeline.background(&plan.config, first as u64, images);
+            bar.inc(len as u64);
+            Ok(())
+        },
+    )?;
+    bar.finish();
+    sinks.mrc.finish()?;
+    info!(images = count, "wrote {}", out.background().display());
+    Ok(())
 }
 
 /// Shard K of M in OUT/shards/K-of-M; skipped when already complete. Returns its image count.

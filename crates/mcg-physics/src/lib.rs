@@ -39,4 +39,8 @@ pub enum PhysicsError {
         value: f64,
         expected: &'static str,
     },
+    /// A noise power spectrum table is malformed (`field` is its JSON field, such as
+    /// `power[3]`).
+    #[error("bad noise spectrum: {field}: {problem}")]
+    Spectrum { field: String, problem: String },
 }

@@ -1,5 +1,5 @@
-//! White Gaussian noise at a data-set-level SNR (`ARCHITECTURE.md`, "Conventions", "Noise and
-//! SNR").
+//! Gaussian noise at a data-set-level SNR (`ARCHITECTURE.md`, "Conventions", "Noise and SNR"):
+//! white here, coloured by a radially symmetric power spectrum in [`spectrum`].
 //!
 //! SNR is a power ratio `s²/σ²`: `s²` is the variance of the clean, CTF-modulated images over the
 //! whole box, averaged over the data set ([`SignalVarianceEstimate`], on at least 1,000 clean
@@ -8,10 +8,21 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rand_distr::{Distribution, StandardNormal};
 
+pub mod spectrum;
+
+pub use spectrum::{ColouredNoise, NoiseSpectrum, add_coloured_noise};
+
 /// The SNR definition, in one sentence, for data-set manifests (record it next to `σ`).
 pub const SNR_DEFINITION: &str = "SNR = s²/σ² (power ratio; dB = 10·log10 SNR), where s² is the \
     variance of the clean, CTF-modulated images over the whole box, averaged over the data set, \
     and σ is the standard deviation of the added white Gaussian noise";
+
+/// [`SNR_DEFINITION`] for coloured noise ([`NoiseSpectrum`]): σ is the noise's pixel standard
+/// deviation, whatever its spectrum.
+pub const SNR_DEFINITION_COLOURED: &str = "SNR = s²/σ² (power ratio; dB = 10·log10 SNR), where \
+    s² is the variance of the clean, CTF-modulated images over the whole box, averaged over the \
+    data set, and σ² is the pixel variance of the added coloured Gaussian noise (the mean of its \
+    power spectrum over the frequencies of the box)";
 
 /// The noise standard deviation `σ = √(s² / 10^(snr_db/10))` (image intensity units) that gives
 /// `snr_db` decibels for signal variance `s²` (intensity units squared).

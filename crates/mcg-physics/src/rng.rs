@@ -32,6 +32,8 @@ pub enum Purpose {
     Calibration,
     /// Conformations of simulated particles.
     Conformation,
+    /// The noise of pure-background images (patches without a particle).
+    BackgroundNoise,
     /// Anything else, with a caller-chosen tag.
     Other(u32),
 }
@@ -45,6 +47,7 @@ impl Purpose {
             Purpose::Noise => 4,
             Purpose::Calibration => 5,
             Purpose::Conformation => 6,
+            Purpose::BackgroundNoise => 7,
             Purpose::Other(t) => 0x1_0000_0000 | u64::from(t),
         }
     }
