@@ -16,6 +16,7 @@ mod sample;
 mod synth;
 mod train;
 mod util;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,7 @@ enum Command {
     /// plays them as a movie.
     Sample(sample::Args),
     Report(report::Args),
+    Validate(validate::Args),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
     Ctf(ctf::Args),
     /// Fourier shell correlation of two maps: the curve, the resolution at FSC 0.5 and 0.143,
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run(*a, &progress),
         Command::Sample(a) => sample::run(a, &progress),
         Command::Report(a) => report::run(a, &progress),
+        Command::Validate(a) => validate::run(a, &progress),
         Command::Fsc(a) => fsc::run(a),
         Command::Align(a) => align::run(a),
     };

@@ -29,7 +29,8 @@ use crate::util;
 #[derive(Debug, ClapArgs)]
 #[command(after_help = "Examples:\n  \
     multicryogan report --run run --truth hsp90-discrete --out run/report\n  \
-    multicryogan report --run run --out run/report")]
+    multicryogan report --run run --out run/report\n  \
+    multicryogan report --run run_half1 --half-set run_half2 --out run_half1/report")]
 pub struct Args {
     /// The run folder of `multicryogan train`.
     #[arg(long, value_name = "DIR")]
@@ -48,6 +49,12 @@ pub struct Args {
     /// time, evenly chosen; 0: none.
     #[arg(long, default_value_t = 8)]
     history: usize,
+    /// The run of the other half set (trained on the other half of the particles): adds the
+    /// gold-standard half-set validation of `multicryogan validate` (the FSC between matched
+    /// conformations of the two runs, their FSCCC matrices and probabilities) to the page and
+    /// to metrics.json (`half_set`).
+    #[arg(long, value_name = "DIR")]
+    half_set: Option<PathBuf>,
     /// cpu, cuda or auto (the GPU when one is usable) for sampling the generator.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -64,6 +71,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         l: args.l,
         history: args.history,
         device: args.device,
+        half_set: args.half_set,
     };
     let metrics = report(&settings, progress)?;
     if args.json {

@@ -54,6 +54,7 @@ pub mod convert;
 pub mod downsample;
 pub mod folder;
 pub mod guard;
+pub mod halves;
 pub mod hint;
 pub mod input;
 pub mod inspect;

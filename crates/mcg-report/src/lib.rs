@@ -24,12 +24,21 @@
 //! ```
 //!
 //! The crate's tests run this on a small synthetic set and a short run.
+//!
+//! Without a truth, [`validate()`] compares two runs trained on independent halves of a
+//! particle set (the gold standard): B aligned onto A, their conformations matched along the
+//! landscape, the FSC of each pair with its 0.143 resolution, and the agreement of their FSCCC
+//! matrices and probabilities, into `validation.json` ([`Validation`]); `report` adds the same
+//! comparison with [`ReportSettings::half_set`].
 
 // `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
 #![deny(unsafe_code)]
 
 pub mod plot;
 mod report;
+pub mod validate;
 
+pub use mcg_runfiles::Validation;
 pub use mcg_runfiles::{Metrics, metrics};
 pub use report::{OUTPUTS, ReportSettings, report};
+pub use validate::{ValidateSettings, validate};

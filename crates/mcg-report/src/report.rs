@@ -44,6 +44,10 @@ pub struct ReportSettings {
     pub history: usize,
     /// Where G is sampled.
     pub device: DeviceChoice,
+    /// The run of the other half set (`multicryogan train` on the other half of the
+    /// particles): adds the gold-standard half-set validation ([`crate::validate`]) to the
+    /// page and to `metrics.json` (`half_set`).
+    pub half_set: Option<PathBuf>,
 }
 
 impl ReportSettings {
@@ -57,14 +61,15 @@ impl ReportSettings {
             l: 20,
             history: 8,
             device: DeviceChoice::Auto,
+            half_set: None,
         }
     }
 }
 
 /// One section of the HTML page.
-struct Section {
-    title: String,
-    html: String,
+pub(crate) struct Section {
+    pub(crate) title: String,
+    pub(crate) html: String,
 }
 
 /// The page's parts as the report makes them, assembled result first ([`Page::sections`]).
@@ -77,6 +82,8 @@ struct Page {
     fsccc: Option<Section>,
     /// Slices and projections along the latent segment.
     montage: Option<Section>,
+    /// The comparison with the other half set's run.
+    half_set: Option<Section>,
     /// The evidence: FSC curves, training curves and images, quality over time.
     fsc_curves: Option<Section>,
     training: Option<Section>,
@@ -100,6 +107,7 @@ impl Page {
                 self.landscape,
                 self.fsccc,
                 self.montage,
+                self.half_set,
                 self.fsc_curves,
                 self.training,
                 self.history,
@@ -166,6 +174,9 @@ fn summary(m: &Metrics) -> String {
             "The FSCCC matrix differs from the truth's by {mad:.3} on average."
         ));
     }
+    if let Some(v) = &m.half_set {
+        parts.push(crate::validate::summary(v));
+    }
     let text = parts.join(" ");
     let mut chars = text.chars();
     chars
@@ -193,7 +204,7 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("not reached".into(), |x| format!("{x:.digits$}"))
 }
 
-fn img_tag(path: &Path, alt: &str) -> Result<String> {
+pub(crate) fn img_tag(path: &Path, alt: &str) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(format!(
         "<img alt=\"{alt}\" src=\"data:image/png;base64,{}\">",
@@ -209,8 +220,8 @@ fn slice_and_projection(v: &Volume) -> (Array2<f32>, Array2<f32>) {
     (slice, projection)
 }
 
-/// The files a report writes in its folder.
-pub const OUTPUTS: [&str; 10] = [
+/// The files a report writes in its folder (the last two only with a half set).
+pub const OUTPUTS: [&str; 12] = [
     "training_wasserstein.png",
     "training_losses.png",
     "images.png",
@@ -221,10 +232,12 @@ pub const OUTPUTS: [&str; 10] = [
     "fsccc.png",
     "metrics.json",
     "report.html",
+    "fsc_halves.png",
+    "fsccc_halves.png",
 ];
 
 /// The files directly in `dir`.
-fn files_in(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -255,8 +268,12 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
         Some(dir) => Some(GroundTruth::load(dir, trained.apix)?),
         None => None,
     };
+    if let Some(b) = &s.half_set {
+        crate::validate::check_compatible(&s.run, b)?;
+    }
     let inputs: Vec<PathBuf> = std::iter::once(&s.run)
         .chain(&s.truth)
+        .chain(&s.half_set)
         .flat_map(|dir| files_in(dir))
         .collect();
     guard::refuse_writing_over_inputs(&inputs, &s.out, OUTPUTS, "the report's")?;
@@ -402,11 +419,7 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
         run: s.run.display().to_string(),
         training,
         alignment: AlignmentRecord {
-            euler_deg: Euler {
-                rot: transform.pose().rot,
-                tilt: transform.pose().tilt,
-                psi: transform.pose().psi,
-            },
+            euler_deg: Euler::of(&transform),
             flipped: transform.flipped,
             shift_angstrom: transform.shift_angstrom(trained.apix),
             alpha_0_is_first_state: forward,
@@ -416,6 +429,7 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
         fsccc: None,
         probabilities: None,
         continuous: None,
+        half_set: None,
     };
 
     // Montage of slices and projections.
@@ -654,15 +668,8 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
         });
 
         // Discrete probabilities, or β(α).
-        let ends_area = area(&aligned[0], &aligned[l])?;
-        let to_first: Vec<f64> = aligned_cells
-            .iter()
-            .map(|v| area(&aligned[0], v))
-            .collect::<Result<_>>()?;
-        let to_second: Vec<f64> = aligned_cells
-            .iter()
-            .map(|v| area(&aligned[l], v))
-            .collect::<Result<_>>()?;
+        let (ends_area, to_first, to_second) =
+            paper_rule(&aligned[0], &aligned[l], &aligned_cells, &cfg)?;
         let threshold = midpoint_threshold(ends_area);
         let p = discrete_probabilities(&to_first, &to_second, threshold);
         let p_paper = discrete_probabilities(&to_first, &to_second, 0.5);
@@ -818,9 +825,37 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
     }
     bar.finish();
 
+    if let Some(b) = &s.half_set {
+        // The other half's run, compared with this one's landscape in this run's own frame.
+        let landscape = crate::validate::sample_run(&trained, l)?;
+        let v = crate::validate::against(&s.run, &landscape, b, l, dev)?;
+        page.half_set = Some(crate::validate::section(&v, out)?);
+        metrics.half_set = Some(v);
+    }
+
     guard::write_json_atomic(&out.join("metrics.json"), &metrics)?;
-    write_html(&out.join("report.html"), &s.run, &page.sections(&metrics))?;
+    let run = escape(&s.run.display().to_string());
+    write_html(
+        &out.join("report.html"),
+        &format!("multicryogan report: {run}"),
+        "multicryogan report",
+        &format!("Run: <code>{run}</code>. Numbers: <code>metrics.json</code>."),
+        &page.sections(&metrics),
+    )?;
     Ok(metrics)
+}
+
+/// The paper's rule's inputs: the AreaFSC of the two ends, and of each cell's map with the
+/// first end and with the last (`M[0, L]`, `M[0, n]`, `M[L, n]`).
+pub(crate) fn paper_rule(
+    first: &Volume,
+    last: &Volume,
+    cells: &[Volume],
+    cfg: &FscConfig,
+) -> Result<(f64, Vec<f64>, Vec<f64>)> {
+    let area = |a: &Volume, b: &Volume| -> Result<f64> { Ok(fsc(a, b, cfg)?.area()) };
+    let to = |end: &Volume| -> Result<Vec<f64>> { cells.iter().map(|v| area(end, v)).collect() };
+    Ok((area(first, last)?, to(first)?, to(last)?))
 }
 
 /// Which truth state sits at latent position `alpha` of a reconstruction oriented `forward`:
@@ -879,7 +914,7 @@ fn range_of<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
     })
 }
 
-fn rows_of(m: &Array2<f64>) -> Vec<Vec<f64>> {
+pub(crate) fn rows_of(m: &Array2<f64>) -> Vec<Vec<f64>> {
     m.rows().into_iter().map(|r| r.to_vec()).collect()
 }
 
@@ -898,19 +933,28 @@ fn snapshots(run: &Path, count: usize) -> Vec<(u64, PathBuf)> {
     picked.into_iter().map(|i| all[i].clone()).collect()
 }
 
-fn write_html(path: &Path, run: &Path, sections: &[Section]) -> Result<()> {
-    let escape = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
+/// `s` with `&`, `<` and `>` escaped for HTML.
+pub(crate) fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// An HTML page: `title` (escaped text) in the browser's title bar, `heading` on the page,
+/// `intro` (HTML) under it, then the sections.
+pub(crate) fn write_html(
+    path: &Path,
+    title: &str,
+    heading: &str,
+    intro: &str,
+    sections: &[Section],
+) -> Result<()> {
     let mut page = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>multicryogan report: {run}</title>\n\
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>\n\
          <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
          img{{max-width:100%;display:block;margin:0.5em 0}}table{{border-collapse:collapse;margin:0.5em 0}}\
          td,th{{border:1px solid #bbb;padding:0.25em 0.6em;text-align:right}}h2{{border-bottom:1px solid #ddd}}</style>\n\
-         </head><body><h1>multicryogan report</h1><p>Run: <code>{run}</code>. Numbers: <code>metrics.json</code>.</p>\n",
-        run = escape(&run.display().to_string())
+         </head><body><h1>{heading}</h1><p>{intro}</p>\n"
     );
     for s in sections {
         page += &format!("<h2>{}</h2>\n{}\n", escape(&s.title), s.html);

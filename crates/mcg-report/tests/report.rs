@@ -1,5 +1,9 @@
 //! The report called as a library: a small continuous set made with `mcg_dataset`, a short
-//! run trained with `mcg_train`, and `mcg_report::report` against the set's truth.
+//! run trained with `mcg_train`, and `mcg_report::report` against the set's truth; and the
+//! half-set validation (`validate` module) of such runs against each other.
+
+#[path = "report/validate.rs"]
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +20,14 @@ use mcg_testdata::SMALL_PAPER_RECIPE as SMALL;
 
 /// 64 continuous Hsp90 particles of 16² at 10 Å, and a 2-step run on them.
 fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = set(dir);
+    let config: TrainConfig = serde_json::from_str(SMALL).unwrap();
+    let run = train(&data, config, &dir.join("run"));
+    (data, run)
+}
+
+/// 64 continuous Hsp90 particles of 16² at 10 Å in DIR/data.
+fn set(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     let mut s = SynthSettings::new(LandscapeSource::Preset(Preset::Hsp90Continuous), 64, &data);
     s.box_size = 16;
@@ -23,13 +35,16 @@ fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
     s.calibration_images = 32;
     s.h5 = false;
     synthesize(&s, &Silent::new()).unwrap();
+    data
+}
 
+/// A 2-step run of `config` (σ from the manifest) on the set in `data`, into `run`.
+fn train(data: &Path, mut config: TrainConfig, run: &Path) -> PathBuf {
     let star = data.join("particles.star");
     let (set, images) = mcg_dataset::input::particles(&star, &Default::default()).unwrap();
     let (_, sigma) = mcg_dataset::folder::noise_sigma_beside(&star)
         .unwrap()
         .expect("synth records σ");
-    let mut config: TrainConfig = serde_json::from_str(SMALL).unwrap();
     config.noise_sigma = Some(sigma);
     let images: Box<dyn mcg_formats::ImageSource> = images;
     let apix = images.pixel_size();
@@ -51,9 +66,8 @@ fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
             contrast_z: None,
         },
     };
-    let run = dir.join("run");
     let opts = RunOptions {
-        out: run.clone(),
+        out: run.to_path_buf(),
         steps: Some(2),
         minutes: None,
         resume: false,
@@ -69,7 +83,7 @@ fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
         &AtomicBool::new(false),
     )
     .unwrap();
-    (data, run)
+    run.to_path_buf()
 }
 
 #[test]
@@ -114,8 +128,10 @@ fn a_continuous_run_is_scored_against_its_truth_result_first() {
     assert!(ends.alpha_0.fsc.area.is_finite());
     assert_eq!(metrics.training.steps, 2);
 
-    // metrics.json is the returned value, and reads back as one.
+    // metrics.json is the returned value, and reads back as one; without --half-set it has no
+    // half_set field.
     let text = std::fs::read_to_string(out.join("metrics.json")).unwrap();
+    assert!(!text.contains("half_set"));
     assert_eq!(text, serde_json::to_string_pretty(&metrics).unwrap() + "\n");
     // serde_json's default float parser may miss the last bit, so the read-back is compared
     // to a relative 1e-15.

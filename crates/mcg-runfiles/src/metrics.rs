@@ -30,6 +30,9 @@ pub struct Metrics {
     /// β(α) and the Wasserstein-1 distance (continuous landscapes with a truth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continuous: Option<Continuous>,
+    /// The gold-standard comparison with the run of the other half set (`report --half-set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_set: Option<Validation>,
 }
 
 /// How long the run trained.
@@ -70,6 +73,18 @@ pub struct Euler {
     pub tilt: f64,
     /// Psi.
     pub psi: f64,
+}
+
+impl Euler {
+    /// The rotation of `transform` as RELION Euler angles.
+    pub fn of(transform: &mcg_eval::Transform) -> Self {
+        let pose = transform.pose();
+        Self {
+            rot: pose.rot,
+            tilt: pose.tilt,
+            psi: pose.psi,
+        }
+    }
 }
 
 /// The FSC of both ends.
@@ -226,4 +241,142 @@ pub struct Continuous {
     /// particles' values).
     #[serde(deserialize_with = "crate::run::nan_if_null")]
     pub wasserstein1: f64,
+}
+
+/// Gold-standard validation without a ground truth (`validation.json`, and `half_set` in a
+/// report's `metrics.json`): two runs trained on independent halves of a particle set, B's
+/// landscape aligned onto A's by one rigid transform and matched to it point by point, and the
+/// FSC between matched conformations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    /// The run of the first half set (the frame everything is compared in).
+    pub run_a: String,
+    /// The run of the second half set, aligned onto the first.
+    pub run_b: String,
+    /// What the landscapes are: `continuous` (G along α), `mixture` (K components) or
+    /// `single` (one volume).
+    pub landscape: String,
+    /// The maps' box edge, voxels.
+    pub box_size: usize,
+    /// Their voxel size, Å.
+    #[serde(rename = "pixel_size_A")]
+    pub pixel_size: f64,
+    /// The one rigid transform (rotation, hand, shift) that puts B's consensus onto A's.
+    pub alignment: HalfAlignment,
+    /// Continuous landscapes: whether B's α runs against A's (B's α = 1 end is A's α = 0 end).
+    pub reversed: bool,
+    /// Mixtures: B's component matched to each of A's components, in A's order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permutation: Option<Vec<usize>>,
+    /// Frequencies of every curve below, as fractions of Nyquist (shell i at i/(N/2)).
+    pub frequency_nyquist_fraction: Vec<f64>,
+    /// The FSC of the two consensus maps (the mean along α, or the π-weighted mean of the
+    /// components).
+    pub consensus: HalfFsc,
+    /// The FSC between matched conformations: one point per latent position (α = m/L) or
+    /// component of A.
+    pub points: Vec<MatchedPoint>,
+    /// The matched points' 0.143 resolutions summarised.
+    pub resolution: GoldSummary,
+    /// The two halves' FSCCC matrices, B's in A's order (multi mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsccc: Option<HalfFsccc>,
+    /// The state probabilities of each half, B's in A's order.
+    pub probabilities: HalfProbabilities,
+}
+
+/// The rigid transform that aligns B onto A.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HalfAlignment {
+    /// The rotation as RELION Euler angles, degrees.
+    pub euler_deg: Euler,
+    /// Whether B's hand was flipped.
+    pub flipped: bool,
+    /// The shift, Å (x, y, z).
+    #[serde(rename = "shift_A")]
+    pub shift_angstrom: [f64; 3],
+    /// Normalised correlation of the consensus maps before the alignment.
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub correlation_before: f64,
+    /// And after it (equal to the one before when the identity was kept).
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub correlation: f64,
+}
+
+/// One FSC between the halves, with its gold-standard (0.143) resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HalfFsc {
+    /// The 0.5 and 0.143 crossings (`None`: not reached) and AreaFSC.
+    pub fsc: ResolutionRecord,
+    /// The 0.143 resolution, Å: the crossing, or Nyquist (2 × pixel size) when the curve never
+    /// falls below 0.143.
+    #[serde(rename = "gold_standard_A")]
+    pub gold_standard_angstrom: f64,
+    /// The same as a fraction of Nyquist (1 when the curve never falls below 0.143).
+    pub gold_standard_nyquist_fraction: f64,
+    /// The curve, one value per shell (see `frequency_nyquist_fraction`).
+    pub curve: Vec<f64>,
+}
+
+/// A conformation of A, the conformation of B matched to it and their FSC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatchedPoint {
+    /// `α = 0.25` or `component 1`.
+    pub label: String,
+    /// A's latent position (a mixture's component: the middle of its cell of α).
+    pub alpha_a: f64,
+    /// B's matched latent position.
+    pub alpha_b: f64,
+    /// Mixtures: B's matched component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_b: Option<usize>,
+    /// The FSC of the pair.
+    pub fsc: HalfFsc,
+}
+
+/// The matched points' 0.143 resolutions at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoldSummary {
+    /// Median over the points, Å.
+    #[serde(rename = "median_A")]
+    pub median_angstrom: f64,
+    /// Median over the points, fraction of Nyquist.
+    pub median_nyquist_fraction: f64,
+    /// The worst point, Å.
+    #[serde(rename = "worst_A")]
+    pub worst_angstrom: f64,
+    /// The worst point, fraction of Nyquist.
+    pub worst_nyquist_fraction: f64,
+    /// Mean AreaFSC over the points: 1 when the halves agree everywhere.
+    pub mean_area_fsc: f64,
+}
+
+/// The two halves' FSCCC matrices (AreaFSC between every pair of one half's conformations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HalfFsccc {
+    /// A's.
+    pub a: Vec<Vec<f64>>,
+    /// B's, rows and columns in A's order (reversed or permuted).
+    pub b: Vec<Vec<f64>>,
+    /// Mean absolute difference of the two.
+    pub mean_abs_difference: f64,
+    /// Largest absolute difference.
+    pub max_abs_difference: f64,
+}
+
+/// The state probabilities of each half.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HalfProbabilities {
+    /// How they are measured: the mixture's π, or the paper's rule on L cells of the segment.
+    pub rule: String,
+    /// The states, in A's order.
+    pub states: Vec<String>,
+    /// A's probabilities.
+    pub a: Vec<f64>,
+    /// B's, in A's order.
+    pub b: Vec<f64>,
+    /// Largest absolute difference.
+    pub max_abs_difference: f64,
+    /// Total variation distance, ½ Σ |a − b|.
+    pub total_variation: f64,
 }

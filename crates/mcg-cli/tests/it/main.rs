@@ -8,6 +8,7 @@ mod recovery;
 mod report;
 mod synth;
 mod train;
+mod validate;
 
 use std::path::Path;
 use std::process::Output;

@@ -7,18 +7,15 @@ use serde_json::Value;
 use crate::train::{SMALL, tiny_set_of};
 use crate::{ok, s};
 
-#[test]
-fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
-    let dir = tempfile::tempdir().unwrap();
-    let star = tiny_set_of(dir.path(), "hsp90-continuous");
-    let data = star.parent().unwrap().to_path_buf();
-    let config = dir.path().join("small.json");
+/// A 2-step run of the small paper recipe on the set `star`, in DIR/run.
+pub fn small_run(dir: &std::path::Path, star: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("small.json");
     std::fs::write(&config, SMALL).unwrap();
-    let run = dir.path().join("run");
+    let run = dir.join("run");
     ok(&[
         "train",
         "--particles",
-        s(&star),
+        s(star),
         "--out",
         s(&run),
         "--steps",
@@ -29,6 +26,15 @@ fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
         "cpu",
         "-q",
     ]);
+    run
+}
+
+#[test]
+fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set_of(dir.path(), "hsp90-continuous");
+    let data = star.parent().unwrap().to_path_buf();
+    let run = small_run(dir.path(), &star);
     // A wrong --truth is found before anything is written (issue 13, class 2).
     let wrong = dir.path().join("wrong-report");
     let msg = crate::fails(&[
