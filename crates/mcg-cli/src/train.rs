@@ -202,6 +202,21 @@ pub struct Args {
     /// to the simulated images instead of white noise: one random patch per image.
     #[arg(long, value_name = "MRCS")]
     noise_stack: Option<PathBuf>,
+    /// The simulated images' noise: auto (coloured with the manifest's spectrum when the set
+    /// has one, else white), white (Gaussian of σ), or coloured (the manifest's spectrum, else
+    /// the radially averaged power spectrum estimated from 1,000 particles' background outside
+    /// --noise-radius). Recorded in config.json. Background patches instead: --noise-stack.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        conflicts_with = "noise_stack"
+    )]
+    noise: NoiseChoice,
+    /// Radius in pixels outside which --noise coloured measures the particles' background
+    /// (default: the normalisation's background radius, else 3/4 of half the box).
+    #[arg(long, value_name = "PX", value_parser = crate::util::finite_f64)]
+    noise_radius: Option<f64>,
     /// Seconds between checkpoints.
     #[arg(long, value_parser = crate::util::finite_f64)]
     checkpoint_seconds: Option<f64>,
@@ -356,7 +371,17 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         choose_shifts(&mut config, &args, &set);
     }
     let apix = images.pixel_size();
-    let (sigma, sigma_source) = noise_sigma(&args, &config, images.as_ref(), downsampled_from)?;
+    let (mut sigma, mut sigma_source) =
+        noise_sigma(&args, &config, images.as_ref(), downsampled_from)?;
+    let spectrum = coloured_noise(&args, &config, images.as_ref(), downsampled_from)?;
+    if let Some((spectrum, source)) = &spectrum {
+        // The spectrum's own variance, unless the settings give σ.
+        if config.noise_sigma.is_none() {
+            sigma = spectrum.variance().sqrt();
+            sigma_source = source.clone();
+        }
+        info!(source = %source, "coloured noise");
+    }
     info!(sigma, source = %sigma_source, "noise");
     config.noise_sigma = Some(sigma);
     config
@@ -364,6 +389,9 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the training settings")?;
     let mut physics = DataPhysics::from_set(&set, apix, sigma);
+    if let Some((spectrum, _)) = &spectrum {
+        physics = physics.with_spectrum(spectrum, dev);
+    }
     if let Some(path) = &args.noise_stack {
         physics.noise_patches = Some(noise_patches(path, n, dev)?);
     }
@@ -383,6 +411,9 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             inverted,
             normalization_found: look.normalization.map(|d| d.to_string()),
             contrast_z: look.contrast.map(|c| c.z),
+            noise_spectrum: spectrum
+                .as_ref()
+                .map(|(s, _)| s.scaled_to_variance(sigma * sigma)),
         },
     };
     let init_volumes = args
@@ -654,6 +685,77 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     if let Some(v) = args.lr_d {
         config.lr_d = v;
     }
+}
+
+/// The `--noise` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NoiseChoice {
+    /// Coloured when the set's manifest records a spectrum, else white.
+    Auto,
+    /// White Gaussian noise of σ.
+    White,
+    /// Coloured: the manifest's spectrum, else one estimated from the particles' background.
+    Coloured,
+}
+
+/// The coloured noise's spectrum and where it came from, or `None` for white noise: the
+/// manifest's (cropped as the images are with --downsample), else, with --noise coloured, the
+/// background's of 1,000 images spread over the set, as the trainer reads them.
+fn coloured_noise(
+    args: &Args,
+    config: &TrainConfig,
+    images: &dyn mcg_formats::ImageSource,
+    downsampled_from: Option<usize>,
+) -> Result<Option<(mcg_physics::noise::NoiseSpectrum, String)>> {
+    if args.noise == NoiseChoice::White || args.noise_stack.is_some() {
+        return Ok(None);
+    }
+    let n = images.box_size();
+    if let Some((path, spectrum)) = mcg_dataset::folder::noise_spectrum_beside(&args.particles)? {
+        return Ok(Some(match downsampled_from {
+            Some(from) => (
+                spectrum
+                    .cropped(n)
+                    .with_context(|| format!("{}: noise.spectrum", path.display()))?,
+                format!(
+                    "{}'s spectrum, cropped {from} → {n} (--downsample)",
+                    path.display()
+                ),
+            ),
+            None => (spectrum, format!("{}'s spectrum", path.display())),
+        }));
+    }
+    if args.noise != NoiseChoice::Coloured {
+        return Ok(None);
+    }
+    let radius = args.noise_radius.unwrap_or_else(|| {
+        config
+            .normalization
+            .background_radius(n)
+            .unwrap_or(0.375 * n as f64)
+    });
+    ensure!(
+        radius.is_finite() && radius >= 0.0 && radius < n as f64 / 2.0,
+        "--noise-radius {radius}: expected a radius from 0 to below half the box ({} px)",
+        n / 2
+    );
+    let count = 1000.min(images.len());
+    let indices: Vec<usize> = (0..count).map(|i| i * images.len() / count).collect();
+    let mut sample = ndarray::Array3::zeros((count, n, n));
+    images
+        .read_batch(&indices, sample.view_mut())
+        .with_context(|| format!("reading {}", args.particles.display()))?;
+    let spectrum = mcg_physics::noise::NoiseSpectrum::estimate_background(sample.view(), radius)
+        .with_context(|| {
+            format!(
+                "{}: estimating the noise spectrum",
+                args.particles.display()
+            )
+        })?;
+    Ok(Some((
+        spectrum,
+        format!("the background outside {radius} px of {count} images"),
+    )))
 }
 
 /// σ and where it came from. A manifest's σ is that of the particles' own box: Fourier-cropped

@@ -154,6 +154,57 @@ mod tests {
         })
     }
 
+    /// Coloured noise cropped from 32² to 16² has the spectrum `NoiseSpectrum::cropped` says
+    /// (the trainer's coloured noise after `--downsample` relies on it).
+    #[test]
+    fn cropped_coloured_noise_has_the_cropped_spectrum() {
+        use mcg_physics::noise::{NoiseSpectrum, add_coloured_noise};
+        use rand::SeedableRng;
+        let spectrum = NoiseSpectrum::realistic(32, 3.0);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut small = Array3::<f32>::zeros((3000, 16, 16));
+        for mut out in small.axis_iter_mut(Axis(0)) {
+            let mut image = Array2::<f32>::zeros((32, 32));
+            add_coloured_noise(image.view_mut(), &spectrum, &mut rng);
+            out.assign(&crop(image.view(), 16));
+        }
+        let want = spectrum.cropped(16).unwrap();
+        let found = NoiseSpectrum::estimate_background(small.view(), 0.0).unwrap();
+        let variance =
+            small.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / small.len() as f64;
+        // The new Nyquist column (and the Nyquist row's kx = 0) of a real image holds only
+        // the Hermitian-symmetric part of what was cropped: half its power. Below Nyquist the
+        // table is exact.
+        let m = 16i64;
+        let mut expected = 0.0;
+        for ky in -m / 2..m / 2 {
+            for kx in -m / 2..m / 2 {
+                let r = ((kx * kx + ky * ky) as f64).sqrt();
+                let half = kx == -m / 2 || (ky == -m / 2 && kx == 0);
+                expected += want.power_at(r) * if half { 0.5 } else { 1.0 };
+            }
+        }
+        expected /= (m * m) as f64;
+        assert!(
+            (variance / expected - 1.0).abs() < 0.02,
+            "{variance} vs {expected}"
+        );
+        for shell in 2..=7 {
+            let (got, expected) = (found.power()[shell], want.power()[shell]);
+            assert!(
+                (got / expected - 1.0).abs() < 0.08,
+                "shell {shell}: {got} vs {expected}"
+            );
+        }
+        // White noise of σ becomes white noise of σ·m/n.
+        let white = NoiseSpectrum::white(32, 2.0).cropped(16).unwrap();
+        assert!(
+            (white.variance() - 1.0).abs() < 1e-12,
+            "{}",
+            white.variance()
+        );
+    }
+
     /// Cropping a band-limited 64² image to 32² samples it exactly on the coarser grid (the
     /// same cosines at half the frequency index), pixel values kept.
     #[test]

@@ -278,6 +278,26 @@ pub fn noise_sigma_beside(particles: &Path) -> Result<Option<(PathBuf, f64)>> {
     Ok(Some((path, sigma)))
 }
 
+/// The coloured noise's spectrum recorded in the manifest beside a particle file (scaled to
+/// the pixel variance σ², see [`Noise::spectrum`]): `Ok(None)` when there is no readable
+/// manifest or it records white noise, an error naming the file and the field when the
+/// recorded spectrum is not a valid one.
+pub fn noise_spectrum_beside(particles: &Path) -> Result<Option<(PathBuf, NoiseSpectrum)>> {
+    let Some(path) = particles.parent().map(|p| p.join(MANIFEST)) else {
+        return Ok(None);
+    };
+    let Some(doc) = read_json::<Value>(&path) else {
+        return Ok(None);
+    };
+    let field = &doc["noise"]["spectrum"];
+    if field.is_null() {
+        return Ok(None);
+    }
+    let spectrum = NoiseSpectrum::deserialize(field)
+        .with_context(|| format!("{}: noise.spectrum", path.display()))?;
+    Ok(Some((path, spectrum)))
+}
+
 /// A JSON file as `T`, or `None` when it is missing or does not parse.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()

@@ -64,6 +64,7 @@ fn train(data: &Path, mut config: TrainConfig, run: &Path) -> PathBuf {
             inverted: false,
             normalization_found: None,
             contrast_z: None,
+            noise_spectrum: None,
         },
     };
     let opts = RunOptions {

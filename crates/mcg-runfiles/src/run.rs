@@ -84,6 +84,10 @@ pub struct DataDescription {
     /// its standard error, as read (before `--invert`); positive means bright particles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrast_z: Option<f64>,
+    /// The coloured noise's power spectrum (scaled to σ²), when the simulated noise is
+    /// coloured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_spectrum: Option<mcg_physics::noise::NoiseSpectrum>,
 }
 
 /// The files a run writes in its folder (see [`RunDir`]).

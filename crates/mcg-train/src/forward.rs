@@ -283,6 +283,17 @@ impl ForwardModel {
         }
     }
 
+    /// Adds coloured Gaussian noise (libtorch's generator) of amplitude filter `filter`
+    /// (`[N][N/2 + 1]`, √P of [`mcg_physics::noise::NoiseSpectrum::amplitude_filter`]): white
+    /// noise, transformed, filtered and transformed back (`norm = "backward"` both ways, as
+    /// the filter's definition requires), so its pixel variance is the spectrum's.
+    pub fn add_coloured_noise(images: &Tensor, filter: &Tensor) -> Tensor {
+        let n = images.size()[images.dim() - 1];
+        let white = images.randn_like();
+        let spectrum = white.fft_rfft2(None::<&[i64]>, [-2i64, -1], "backward") * filter;
+        images + spectrum.fft_irfft2(Some(&[n, n][..]), [-2i64, -1], "backward")
+    }
+
     /// Images `[B][N][N]` normalised one by one as [`mcg_physics::normalize::normalize`]
     /// does on the CPU (the same pixels, population standard deviation, a constant region only
     /// centred), differentiably: the simulated images' twin of the data's normalisation.
@@ -342,6 +353,47 @@ mod tests {
     use mcg_physics::{Shift, Volume};
     use ndarray::Array3;
     use rand::Rng;
+
+    #[test]
+    fn coloured_noise_has_the_spectrum_it_is_given() {
+        let n = 16usize;
+        let spectrum = mcg_physics::noise::NoiseSpectrum::realistic(n, 2.5);
+        let filter =
+            Tensor::from_slice(&spectrum.amplitude_filter()).view([n as i64, (n / 2 + 1) as i64]);
+        tch::manual_seed(4);
+        let zeros = Tensor::zeros([4000, n as i64, n as i64], (Kind::Float, Device::Cpu));
+        let noise = ForwardModel::add_coloured_noise(&zeros, &filter);
+        let values: Vec<f32> = noise.flatten(0, -1).try_into().unwrap();
+        let images = Array3::from_shape_vec((4000, n, n), values).unwrap();
+        let variance =
+            images.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / images.len() as f64;
+        assert!(
+            (variance / 2.5 - 1.0).abs() < 0.02,
+            "pixel variance {variance}, expected 2.5"
+        );
+        // The physics crate's estimator (whole images) finds the spectrum shell by shell.
+        let found =
+            mcg_physics::noise::NoiseSpectrum::estimate_background(images.view(), 0.0).unwrap();
+        // The model averaged over the estimator's shells (radius rounded to the nearest
+        // integer), on the full grid of signed frequencies.
+        let h = (n / 2) as i64;
+        let mut sums = vec![(0.0, 0usize); n];
+        for ky in -h..h {
+            for kx in -h..h {
+                let r = ((kx * kx + ky * ky) as f64).sqrt();
+                let e = &mut sums[r.round() as usize];
+                e.0 += spectrum.power_at(r);
+                e.1 += 1;
+            }
+        }
+        for (shell, &(sum, count)) in sums.iter().enumerate().take(n / 2 + 1).skip(1) {
+            let (got, want) = (found.power()[shell], sum / count as f64);
+            assert!(
+                (got / want - 1.0).abs() < 0.05,
+                "shell {shell}: {got} vs {want}"
+            );
+        }
+    }
 
     #[test]
     fn normalisation_matches_the_cpu_normalisation() {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use mcg_formats::{ImageSource, ParticleSet};
+use mcg_physics::noise::NoiseSpectrum;
 use mcg_physics::normalize::Normalization;
 use mcg_physics::rng::{Purpose, stream};
 use mcg_physics::simulate::ImagingParams;
@@ -546,9 +547,25 @@ pub struct DataPhysics {
     /// Background patches `[K][N][N]` on the training device (e.g. boxed from empty regions of
     /// the micrographs): each simulated image gets one, drawn at random, instead of white noise.
     pub noise_patches: Option<Tensor>,
+    /// Coloured noise (when there are no noise patches): the amplitude filter √P of its power
+    /// spectrum, `[N][N/2 + 1]` in `rfft2`'s layout on the training device, scaled to the
+    /// pixel variance σ² ([`DataPhysics::with_spectrum`]); `None`: white noise of σ.
+    pub noise_filter: Option<Tensor>,
 }
 
 impl DataPhysics {
+    /// Coloured noise of `spectrum`'s shape and pixel variance σ² (σ = `noise_sigma`) on
+    /// `device`, instead of white noise.
+    pub fn with_spectrum(mut self, spectrum: &NoiseSpectrum, device: Device) -> Self {
+        let n = spectrum.box_size() as i64;
+        let scaled = spectrum.scaled_to_variance(self.noise_sigma * self.noise_sigma);
+        let filter = Tensor::from_slice(&scaled.amplitude_filter())
+            .view([n, n / 2 + 1])
+            .to_device(device);
+        self.noise_filter = Some(filter);
+        self
+    }
+
     /// From a particle set; σ is given (from a manifest or a flag).
     pub fn from_set(set: &ParticleSet, apix: f64, noise_sigma: f64) -> Self {
         let particles = set
@@ -565,6 +582,7 @@ impl DataPhysics {
             apix,
             noise_sigma,
             noise_patches: None,
+            noise_filter: None,
         }
     }
 }
@@ -1061,7 +1079,10 @@ impl Trainer {
                 );
                 clean + patches.index_select(0, &pick)
             }
-            None => ForwardModel::add_noise(clean, data.noise_sigma),
+            None => match &data.noise_filter {
+                Some(filter) => ForwardModel::add_coloured_noise(clean, filter),
+                None => ForwardModel::add_noise(clean, data.noise_sigma),
+            },
         };
         ForwardModel::normalize(&noisy, &self.config.normalization)
     }
@@ -2118,6 +2139,7 @@ mod tests {
             apix: 2.5,
             noise_sigma: 1.0,
             noise_patches: None,
+            noise_filter: None,
         };
         let shifts = |c: TrainConfig| -> Vec<Shift> {
             let t = Trainer::new(c, Device::Cpu).unwrap();
@@ -2162,6 +2184,7 @@ mod tests {
             apix: 5.0,
             noise_sigma: 3.0,
             noise_patches: None,
+            noise_filter: None,
         };
         let images = trainer.simulate(&data, 0);
         let images: Vec<f32> = images.flatten(0, -1).try_into().unwrap();
@@ -2201,6 +2224,7 @@ mod tests {
             apix: 5.0,
             noise_sigma: 100.0,
             noise_patches: Some(patches),
+            noise_filter: None,
         };
         let with_patches = trainer.simulate(&data, 0);
         data.noise_patches = None;
@@ -2262,6 +2286,7 @@ mod tests {
                 apix: 5.0,
                 noise_sigma: 0.0,
                 noise_patches: None,
+                noise_filter: None,
             };
             let feed = Prefetcher::start(source.clone(), 16, 3, 0);
             let want = profile(vol.data().as_slice().unwrap(), n);
@@ -2357,6 +2382,7 @@ mod tests {
             apix: 5.0,
             noise_sigma: 1.0,
             noise_patches: None,
+            noise_filter: None,
         };
         let feed = Prefetcher::start(source, 16, 2, 0);
         let mut last = None;

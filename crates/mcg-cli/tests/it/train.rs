@@ -1152,3 +1152,104 @@ fn train_matches_the_datas_normalisation_shifts_and_contrast() {
     assert!(msg.contains("--normalize"), "{msg}");
     assert!(!dir.path().join("bad").join("config.json").exists());
 }
+
+/// The simulated noise follows the data's: a set made with coloured noise is trained with its
+/// manifest's spectrum (cropped with --downsample), `--noise white` turns it off, and
+/// `--noise coloured` on a set without a recorded spectrum estimates one from the particles'
+/// background, near the truth.
+#[test]
+fn train_simulates_coloured_noise_from_the_manifest_or_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = set_with(
+        dir.path(),
+        "hsp90-discrete",
+        "32",
+        "5",
+        &["--noise", "realistic", "--snr-db", "0"],
+    );
+    let data = star.parent().unwrap().to_path_buf();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap())
+            .unwrap();
+    let truth: mcg_physics::noise::NoiseSpectrum =
+        serde_json::from_value(manifest["noise"]["spectrum"].clone()).unwrap();
+    let file = dir.path().join("settings.json");
+    std::fs::write(
+        &file,
+        SMALL_DEFAULT.replace("\"box_size\": 16", "\"box_size\": 32"),
+    )
+    .unwrap();
+    let spectrum_of = |run: &Path| -> Option<mcg_physics::noise::NoiseSpectrum> {
+        let doc = run_config(run);
+        let field = &doc["data"]["noise_spectrum"];
+        (!field.is_null()).then(|| serde_json::from_value(field.clone()).unwrap())
+    };
+    let close = |a: &[f64], b: &[f64], tol: f64| {
+        a.iter()
+            .zip(b)
+            .skip(1)
+            .all(|(x, y)| (x / y - 1.0).abs() < tol)
+    };
+
+    // auto: the manifest's spectrum, σ its own.
+    let run = dir.path().join("auto");
+    ok(&as_strs(&train_command(
+        &star,
+        &file,
+        &run,
+        &["--steps", "1"],
+    )));
+    let got = spectrum_of(&run).expect("a coloured run records its spectrum");
+    assert!(close(got.power(), truth.power(), 1e-9), "{got:?}");
+    let sigma = run_config(&run)["data"]["noise_sigma"].as_f64().unwrap();
+    assert!((sigma * sigma / truth.variance() - 1.0).abs() < 1e-9);
+
+    // --noise white: none.
+    let run = dir.path().join("white");
+    ok(&as_strs(&train_command(
+        &star,
+        &file,
+        &run,
+        &["--steps", "1", "--noise", "white"],
+    )));
+    assert!(spectrum_of(&run).is_none());
+
+    // --downsample 16: the spectrum cropped as the images are.
+    let run = dir.path().join("small");
+    let small = SMALL_DEFAULT;
+    let small_file = dir.path().join("small.json");
+    std::fs::write(&small_file, small).unwrap();
+    ok(&as_strs(&train_command(
+        &star,
+        &small_file,
+        &run,
+        &["--steps", "1", "--downsample", "16"],
+    )));
+    let got = spectrum_of(&run).unwrap();
+    assert!(close(got.power(), truth.cropped(16).unwrap().power(), 1e-9));
+
+    // Without the manifest, --noise coloured measures the background (outside 3/4 of the
+    // half box): the same shape as the truth, within the blur of the mask and the particle's
+    // leakage.
+    std::fs::remove_file(data.join("manifest.json")).unwrap();
+    let run = dir.path().join("estimated");
+    ok(&as_strs(&train_command(
+        &star,
+        &file,
+        &run,
+        &["--steps", "1", "--noise", "coloured"],
+    )));
+    let got = spectrum_of(&run).unwrap();
+    let ratio = got.variance() / truth.variance();
+    assert!(
+        (0.9..1.3).contains(&ratio),
+        "variance {} vs {}",
+        got.variance(),
+        truth.variance()
+    );
+    let (g, t) = (got.power(), truth.power());
+    assert!(
+        g[2] / g[16] > 0.5 * t[2] / t[16],
+        "{g:?} vs {t:?}: the fall with frequency is lost"
+    );
+}

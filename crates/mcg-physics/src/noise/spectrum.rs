@@ -188,6 +188,28 @@ impl NoiseSpectrum {
             .collect()
     }
 
+    /// The spectrum of this noise Fourier-cropped to `m`² (`m` ≤ the box, even), as
+    /// `downsample` crops images: pixel values kept, so the unnormalised transform of the crop
+    /// is `(m/n)²` times the original's below the new Nyquist, and `P` (per `N²`) becomes
+    /// `(m/n)²·P` at the same frequency index. White noise of σ becomes white noise of
+    /// σ·m/n.
+    /// (At the new Nyquist column a real crop keeps only the Hermitian-symmetric part, half
+    /// the power there, which a radial table does not represent.)
+    pub fn cropped(&self, m: usize) -> Result<Self, PhysicsError> {
+        let n = self.box_size;
+        if m < 2 || !m.is_multiple_of(2) || m > n {
+            return Err(PhysicsError::Spectrum {
+                field: "box_size".into(),
+                problem: format!("a crop to {m}: expected an even box from 2 to {n}"),
+            });
+        }
+        let ratio = (m as f64 / n as f64).powi(2);
+        let power = (0..shell_count(m))
+            .map(|i| self.power_at(i as f64) * ratio)
+            .collect();
+        Self::new(m, power)
+    }
+
     /// The radially averaged noise power spectrum of the background of `images` (`[K][N][N]`,
     /// `N` even): the pixels outside the circle of `radius_px` pixels about pixel `(N/2, N/2)`,
     /// or the whole image when `radius_px` is 0 (a stack of pure-background patches).
