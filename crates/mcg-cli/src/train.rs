@@ -31,7 +31,7 @@ use mcg_dataset::input;
 /// part; unknown fields are errors), then the flags. σ of the simulated noise: --noise-sigma,
 /// else the data set's manifest.json (as written by synth), else estimated from the images'
 /// outer annulus.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Examples:\n  \
     multicryogan train --particles hsp90/particles.star --out run --minutes 20\n  \
     multicryogan train --particles hsp90/particles.h5 --out run --steps 5000 --device cuda\n  \
@@ -252,6 +252,14 @@ pub struct Args {
     /// Do not shift the simulated images, even when the metadata has shifts.
     #[arg(long)]
     no_shifts: bool,
+    /// Gold-standard validation: split the particles at random (by --seed) into two halves,
+    /// train one run on each (OUT/half1 with --seed, OUT/half2 with --seed + 1: independent
+    /// starts), one after the other with the same settings and budget each, then compare them
+    /// as `multicryogan validate` does into OUT/validation (the half-set FSC along the
+    /// landscape and its 0.143 resolution, the halves' FSCCC matrices and probabilities).
+    /// With --resume each half continues.
+    #[arg(long)]
+    half_sets: bool,
     #[command(flatten)]
     locate: crate::util::LocateArgs,
     /// Print a JSON summary on stdout.
@@ -260,14 +268,56 @@ pub struct Args {
 }
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
+    if args.half_sets {
+        return half_sets(args, progress);
+    }
+    train(&args, None, progress)
+}
+
+/// `--half-sets`: a run on each half of the particles, then their validation.
+fn half_sets(args: Args, progress: &Progress) -> Result<()> {
+    let seed = args.seed.unwrap_or(0);
+    let mut runs = Vec::new();
+    for half in 0..2 {
+        let mut one = args.clone();
+        one.out = args.out.join(format!("half{}", half + 1));
+        one.seed = Some(seed + half as u64);
+        one.json = false;
+        if !args.resume {
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+        }
+        info!(half = half + 1, out = %one.out.display(), "half set");
+        train(&one, Some((half, seed)), progress)?;
+        runs.push(one.out);
+    }
+    let settings = mcg_report::ValidateSettings {
+        run_a: runs[0].clone(),
+        run_b: runs[1].clone(),
+        out: args.out.join("validation"),
+        l: 20,
+        device: args.device,
+    };
+    let v = mcg_report::validate(&settings, progress)?;
+    if args.json {
+        util::print_json(&serde_json::to_value(&v)?)?;
+    } else {
+        println!("{}", mcg_report::validate::summary(&v));
+        println!("{}", settings.out.join("validation.html").display());
+    }
+    Ok(())
+}
+
+/// One run; `half`: on half `h` (0 or 1) of the particles as split by `seed`.
+fn train(args: &Args, half: Option<(usize, u64)>, progress: &Progress) -> Result<()> {
     if let Some(t) = args.threads {
         ensure!(t > 0, "--threads must be at least 1");
         device::set_threads(t);
     }
     let dev = device::select(args.device)?;
     info!(device = ?dev, "device");
-    let mut config = base_config(&args)?;
-    apply_flags(&mut config, &args);
+    let mut config = base_config(args)?;
+    apply_flags(&mut config, args);
     let normalize = match args.normalize.as_str() {
         "auto" => None,
         text => Some(parse_normalization(text)?),
@@ -300,6 +350,18 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         "--skip-non-finite trains without them; or fix or remove those images",
         progress,
     )?;
+    let images = match half {
+        Some((h, seed)) => {
+            ensure!(
+                set.len() >= 2,
+                "{}: --half-sets needs at least 2 particles",
+                args.particles.display()
+            );
+            let [a, b] = mcg_dataset::halves::half_split(set.len(), seed);
+            input::subset(&mut set, images, if h == 0 { a } else { b })
+        }
+        None => images,
+    };
     let recorded = if args.resume {
         Some(
             RunDir::new(&args.out)
@@ -321,7 +383,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         }
         None => args.invert,
     };
-    let look = inspect_images(&args, images.as_ref(), inverted, recorded.is_none())?;
+    let look = inspect_images(args, images.as_ref(), inverted, recorded.is_none())?;
     let from = images.box_size();
     let downsampled_from = args.downsample.map(|_| from);
     let images = match args.downsample {
@@ -368,12 +430,12 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--normalize {}: {e}", config.normalization))?,
     );
     if !args.resume {
-        choose_shifts(&mut config, &args, &set);
+        choose_shifts(&mut config, args, &set);
     }
     let apix = images.pixel_size();
     let (mut sigma, mut sigma_source) =
-        noise_sigma(&args, &config, images.as_ref(), downsampled_from)?;
-    let spectrum = coloured_noise(&args, &config, images.as_ref(), downsampled_from)?;
+        noise_sigma(args, &config, images.as_ref(), downsampled_from)?;
+    let spectrum = coloured_noise(args, &config, images.as_ref(), downsampled_from)?;
     if let Some((spectrum, source)) = &spectrum {
         // The spectrum's own variance, unless the settings give σ.
         if config.noise_sigma.is_none() {
@@ -414,6 +476,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
             noise_spectrum: spectrum
                 .as_ref()
                 .map(|(s, _)| s.scaled_to_variance(sigma * sigma)),
+            half_set: half.map(|(h, seed)| (h + 1, seed)),
         },
     };
     let init_volumes = args

@@ -128,10 +128,19 @@ pub fn without_non_finite(
         .collect();
     ensure!(!keep.is_empty(), "{what}: none is left");
     tracing::warn!("{what}: going on without them (--skip-non-finite)");
+    Ok((subset(set, images, keep), bad.len()))
+}
+
+/// The particles `keep` (0-based, each below `set.len()`, in that order) of a set and its
+/// images: the set's particles and extra columns kept in step with the images.
+pub fn subset(
+    set: &mut ParticleSet,
+    images: Box<dyn ImageSource>,
+    keep: Vec<usize>,
+) -> Box<dyn ImageSource> {
     set.particles = keep.iter().map(|&i| set.particles[i].clone()).collect();
     for (_, values) in &mut set.extra {
         *values = keep.iter().map(|&i| values[i].clone()).collect();
     }
-    let images: Box<dyn ImageSource> = images;
-    Ok((Box::new(Subset::new(images, keep)), bad.len()))
+    Box::new(Subset::new(images, keep))
 }

@@ -65,6 +65,7 @@ fn train(data: &Path, mut config: TrainConfig, run: &Path) -> PathBuf {
             normalization_found: None,
             contrast_z: None,
             noise_spectrum: None,
+            half_set: None,
         },
     };
     let opts = RunOptions {

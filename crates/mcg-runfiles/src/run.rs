@@ -88,6 +88,10 @@ pub struct DataDescription {
     /// coloured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_spectrum: Option<mcg_physics::noise::NoiseSpectrum>,
+    /// `train --half-sets`: which half of the particles (1 or 2) the run trained on, and the
+    /// seed of the random split (`mcg_dataset::halves::half_split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_set: Option<(usize, u64)>,
 }
 
 /// The files a run writes in its folder (see [`RunDir`]).

@@ -1253,3 +1253,52 @@ fn train_simulates_coloured_noise_from_the_manifest_or_the_background() {
         "{g:?} vs {t:?}: the fall with frequency is lost"
     );
 }
+
+/// `--half-sets` trains a run on each random half of the particles (independent seeds) and
+/// validates them against each other; `--resume` continues both halves.
+#[test]
+fn half_sets_train_two_halves_and_validate_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let star = tiny_set(dir.path());
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, SMALL_DEFAULT).unwrap();
+    let out = dir.path().join("gold");
+    let args = train_command(
+        &star,
+        &file,
+        &out,
+        &["--steps", "1", "--half-sets", "--seed", "9"],
+    );
+    ok(&as_strs(&args));
+    let (a, b) = (
+        run_config(&out.join("half1")),
+        run_config(&out.join("half2")),
+    );
+    assert_eq!(a["data"]["half_set"], serde_json::json!([1, 9]));
+    assert_eq!(b["data"]["half_set"], serde_json::json!([2, 9]));
+    assert_eq!(
+        a["data"]["images"].as_u64().unwrap() + b["data"]["images"].as_u64().unwrap(),
+        64
+    );
+    assert_eq!(a["data"]["images"], 32);
+    assert_eq!(a["train"]["seed"], 9);
+    assert_eq!(b["train"]["seed"], 10);
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("validation").join("validation.json")).unwrap(),
+    )
+    .unwrap();
+    let res = v["resolution"]["median_nyquist_fraction"].as_f64().unwrap();
+    assert!(res > 0.0 && res <= 1.0 + 1e-9, "{res}");
+    // Resuming continues both halves to the new total.
+    let more = train_command(
+        &star,
+        &file,
+        &out,
+        &["--steps", "2", "--half-sets", "--seed", "9", "--resume"],
+    );
+    ok(&as_strs(&more));
+    for half in ["half1", "half2"] {
+        let m = metrics(&out.join(half));
+        assert_eq!(m.last().unwrap()["step"], 2, "{half}");
+    }
+}
