@@ -37,13 +37,13 @@ commands:
   bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
            (--quick: a short run).
            Among them the step cost (issue 15): seconds per G step of the default recipe
-           (mixture generator, fast step, same batch settings) at --boxes 32,64,128 on
-           synthetic sets of 160 Å, median of --timed-steps 6 (--quick: 3) steps after 2
-           warm-up steps, with images/s, the train process's peak memory and the ratios to
-           the smallest box; on the CPU, and on CUDA where nvidia-smi lists a GPU
-           (--device auto, the default; cpu: the CPU only; cuda: CUDA too, its failure an
-           error). --step-cost: that part alone (bench.json then holds only its figures,
-           with part: step-cost).
+           (mixture generator, fast step, same batch settings; past the warm start) at
+           --boxes 32,64,128 on synthetic sets of 160 Å, median of --timed-steps 6
+           (--quick: 3) steps after 2 warm-up steps, with images/s, the train process's
+           peak memory and the ratios to the smallest box; on the CPU, and on CUDA where
+           nvidia-smi lists a GPU (--device auto, the default; cpu: the CPU only; cuda:
+           CUDA too, its failure an error). --step-cost: that part alone (bench.json then
+           holds only its figures, with part: step-cost).
            --quality: Multi-CryoGAN's quality against training time instead: trains on the
            Hsp90 benchmark in segments of --every 2.5 minutes, scores each with `report`,
            and writes the time each target was first met, the final metrics and a figure

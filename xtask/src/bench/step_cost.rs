@@ -4,12 +4,13 @@
 //! For each box a small synthetic Hsp90 set of the same physical extent (160 Å: 5 Å pixels at
 //! 32², 2.5 Å at 64², 1.25 Å at 128²) is made with `multicryogan synth`, then the default recipe
 //! (the mixture generator, the fast step, the default batch settings, the same at every box)
-//! trains on it for a few steps. The step time is the median of the steps after a warm-up, from
-//! metrics.jsonl (the trainer's own clock, so neither starting up, reading the set nor the
-//! files written at the end count; batches are prefetched). Images per second are the
-//! trainer's simulated images per second (batch × (k + 1) per G step), median over the same
-//! steps; the peak resident memory is the train process's VmHWM. The ratios to the smallest
-//! box come from the same run.
+//! trains on it for a few steps past its warm start (`--warm-steps 0`: the steps with the
+//! mixture's K components, which make most of a run; the warm start's consensus is one volume).
+//! The step time is the median of the steps after a warm-up, from metrics.jsonl (the trainer's
+//! own clock, so neither starting up, reading the set nor the files written at the end count;
+//! batches are prefetched); the shortest step is kept too, since on a shared machine the others'
+//! load lengthens steps. Images per second: simulated images per G step (batch × (k + 1)) over
+//! the median step; the peak resident memory is the train process's VmHWM. The ratios to the smallest box come from the same run.
 
 use std::path::Path;
 
@@ -114,7 +115,7 @@ pub struct Row {
     pub step_seconds: Vec<f64>,
     /// Their median.
     pub seconds_per_step: f64,
-    /// Median simulated images per second over the same steps.
+    /// Simulated images per G step (batch × (k + 1)) over `seconds_per_step`.
     pub images_per_second: f64,
     pub peak_rss_mib: Option<f64>,
     /// `seconds_per_step` over that of the smallest box on the same device.
@@ -142,15 +143,14 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// The seconds and images/s of each step after the first `warmup`, from metrics lines as
-/// (step, time since the start, images/s): a step's seconds are its time less the line
-/// before's.
-pub fn step_times(lines: &[(u64, f64, f64)], warmup: u64) -> (Vec<f64>, Vec<f64>) {
+/// The seconds of each step after the first `warmup`, from metrics lines as (step, time since
+/// the start): a step's seconds are its time less the line before's.
+pub fn step_times(lines: &[(u64, f64)], warmup: u64) -> Vec<f64> {
     lines
         .windows(2)
         .filter(|w| w[1].0 > warmup && w[1].0 == w[0].0 + 1)
-        .map(|w| (w[1].1 - w[0].1, w[1].2))
-        .unzip()
+        .map(|w| w[1].1 - w[0].1)
+        .collect()
 }
 
 /// Sets each row's ratio to the smallest box of its device.
@@ -260,17 +260,21 @@ fn time_box(
             &steps,
             "--log-every",
             "1",
+            // The steps after the warm start, which make most of a run: the mixture's K
+            // components each simulated and transformed (the warm start's consensus is one).
+            "--warm-steps",
+            "0",
             "--device",
             device,
             "--quiet",
             "--json",
         ],
     )?;
-    let lines: Vec<(u64, f64, f64)> = mcg_runfiles::read_metrics(&run)?
+    let lines: Vec<(u64, f64)> = mcg_runfiles::read_metrics(&run)?
         .iter()
-        .map(|l| (l.step, l.time, l.images_per_second))
+        .map(|l| (l.step, l.time))
         .collect();
-    let (step_seconds, images_per_second) = step_times(&lines, WARMUP_STEPS as u64);
+    let step_seconds = step_times(&lines, WARMUP_STEPS as u64);
     anyhow::ensure!(
         !step_seconds.is_empty(),
         "{}: no step after the {WARMUP_STEPS} warm-up steps",
@@ -285,17 +289,29 @@ fn time_box(
         "warm_steps": t["warm_steps"],
     });
     std::fs::remove_dir_all(&run).ok();
+    let seconds_per_step = median(&step_seconds);
     let row = Row {
         device: device.into(),
         box_size: b,
         pixel_size: config.data.pixel_size,
-        seconds_per_step: median(&step_seconds),
-        images_per_second: median(&images_per_second),
+        seconds_per_step,
+        images_per_second: images_per_step(&settings) / seconds_per_step,
         step_seconds,
         peak_rss_mib: m.peak_rss_mib,
         ratio: f64::NAN,
     };
     Ok((row, settings))
+}
+
+/// Simulated images per G step, batch × (k + 1), from the run's settings (NaN without them).
+pub fn images_per_step(settings: &Value) -> f64 {
+    match (
+        settings["batch_size"].as_u64(),
+        settings["d_steps"].as_u64(),
+    ) {
+        (Some(b), Some(k)) => (b * (k + 1)) as f64,
+        _ => f64::NAN,
+    }
 }
 
 /// One row as bench.json holds it (`reference` is the box the ratio is to).
@@ -306,6 +322,7 @@ fn row_json(r: &Row, reference: usize) -> Value {
         "pixel_size_A": r.pixel_size,
         "seconds_per_step": r.seconds_per_step,
         "step_seconds": r.step_seconds,
+        "shortest_step_seconds": shortest(&r.step_seconds),
         "images_per_second": r.images_per_second,
         "peak_rss_mib": r.peak_rss_mib,
         "ratio_to_reference_box": r.ratio,
@@ -324,7 +341,8 @@ pub fn json(c: &StepCost) -> Value {
         entry[format!("{}/{reference}", r.box_size)] = json!(r.ratio);
     }
     json!({
-        "recipe": "the default (mixture generator, fast step), default batch settings at every box",
+        "recipe": "the default (mixture generator, fast step), default batch settings at every box, \
+            past the warm start (--warm-steps 0)",
         "settings": c.settings,
         "images_per_set": IMAGES,
         "extent_A": EXTENT_A,
@@ -344,15 +362,15 @@ pub fn print_table(c: &StepCost) {
     let reference = c.options.boxes[0];
     println!(
         "\nstep cost (default recipe, {} images a G step; median of {} steps after {WARMUP_STEPS}):",
-        c.settings["batch_size"].as_u64().unwrap_or(0)
-            * (1 + c.settings["d_steps"].as_u64().unwrap_or(0)),
+        images_per_step(&c.settings),
         c.options.timed_steps,
     );
     println!(
-        "{:<7} {:>6} {:>11} {:>10} {:>14} {:>9} {:>9}",
+        "{:<7} {:>6} {:>11} {:>9} {:>10} {:>14} {:>9} {:>9}",
         "device",
         "box",
         "s / G step",
+        "shortest",
         "images/s",
         "peak RSS MiB",
         format!("× {reference}²"),
@@ -360,10 +378,11 @@ pub fn print_table(c: &StepCost) {
     );
     for r in &c.rows {
         println!(
-            "{:<7} {:>6} {:>11.3} {:>10.0} {:>14} {:>9.2} {:>9.0}",
+            "{:<7} {:>6} {:>11.3} {:>9.3} {:>10.0} {:>14} {:>9.2} {:>9.0}",
             r.device.to_uppercase(),
             format!("{}²", r.box_size),
             r.seconds_per_step,
+            shortest(&r.step_seconds),
             r.images_per_second,
             r.peak_rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
             r.ratio,
@@ -373,6 +392,11 @@ pub fn print_table(c: &StepCost) {
     for (device, why) in &c.not_timed {
         println!("{device}: not timed ({why})");
     }
+}
+
+/// The shortest of `steps` (NaN when empty).
+fn shortest(steps: &[f64]) -> f64 {
+    steps.iter().copied().reduce(f64::min).unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]
@@ -425,20 +449,17 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+        assert_eq!(shortest(&[3.0, 1.0, 2.0]), 1.0);
         // Steps 1–5, cumulative times; step 1 holds the start-up.
-        let lines = [
-            (1, 5.0, 10.0),
-            (2, 6.5, 20.0),
-            (3, 7.0, 30.0),
-            (4, 8.0, 40.0),
-            (5, 8.25, 50.0),
-        ];
-        let (secs, ips) = step_times(&lines, 2);
-        assert_eq!(secs, [0.5, 1.0, 0.25]);
-        assert_eq!(ips, [30.0, 40.0, 50.0]);
+        let lines = [(1, 5.0), (2, 6.5), (3, 7.0), (4, 8.0), (5, 8.25)];
+        assert_eq!(step_times(&lines, 2), [0.5, 1.0, 0.25]);
         // A gap in the steps (a coarser log) times nothing across it.
-        let (secs, _) = step_times(&[(1, 1.0, 1.0), (3, 2.0, 1.0), (4, 2.5, 1.0)], 1);
-        assert_eq!(secs, [0.5]);
+        assert_eq!(step_times(&[(1, 1.0), (3, 2.0), (4, 2.5)], 1), [0.5]);
+        assert_eq!(
+            images_per_step(&json!({"batch_size": 32, "d_steps": 4})),
+            160.0
+        );
+        assert!(images_per_step(&Value::Null).is_nan());
     }
 
     #[test]
@@ -491,6 +512,7 @@ mod tests {
         assert_eq!(last["pixel_ratio"], 16.0);
         assert_eq!(last["seconds_per_step"], 2.0);
         assert_eq!(last["step_seconds"], json!([2.0]));
+        assert_eq!(last["shortest_step_seconds"], 2.0);
         assert_eq!(last["images_per_second"], 80.0);
         assert_eq!(last["peak_rss_mib"], 100.0);
         assert!(doc["not_timed"]["cuda"].as_str().unwrap().contains("GPU"));
