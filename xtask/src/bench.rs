@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 use crate::{setup, util};
 
+mod step_cost;
+
 /// One measured figure.
 struct Figure {
     name: String,
@@ -19,18 +21,103 @@ struct Figure {
     detail: Value,
 }
 
-pub fn run(rest: &[String]) -> Result<()> {
+/// What `cargo xtask bench` (without `--quality`) was asked to run.
+#[derive(Debug, Clone, PartialEq)]
+struct Options {
+    quick: bool,
+    /// `--step-cost`: the step cost across boxes alone, not every benchmark.
+    step_cost_only: bool,
+    step_cost: step_cost::Options,
+}
+
+fn parse(rest: &[String]) -> Result<Options> {
     let quick = rest.iter().any(|a| a == "--quick");
+    let mut o = Options {
+        quick,
+        step_cost_only: false,
+        step_cost: step_cost::Options::new(quick),
+    };
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--quick" => {}
+            "--step-cost" => o.step_cost_only = true,
+            "--boxes" => o.step_cost.boxes = step_cost::parse_boxes(value()?)?,
+            "--timed-steps" => o.step_cost.timed_steps = step_cost::parse_count(a, value()?)?,
+            "--device" => o.step_cost.device = step_cost::DeviceChoice::parse(value()?)?,
+            other => anyhow::bail!(
+                "bench: unknown argument {other:?} (expected --quick, --quality, --step-cost, \
+                 --boxes, --timed-steps, --device; `cargo xtask --help` describes them)"
+            ),
+        }
+    }
+    Ok(o)
+}
+
+pub fn run(rest: &[String]) -> Result<()> {
     setup::run()?;
-    util::cargo(&["build", "--release", "--bin", "multicryogan"])?;
-    let root = util::root();
-    let bin = root.join("target/release/multicryogan");
+    let bin = crate::release_cli()?;
     if rest.iter().any(|a| a == "--quality") {
         return crate::quality::run(&bin, rest);
     }
+    let options = parse(rest)?;
+    let quick = options.quick;
+    let root = util::root();
     let work = root.join("bench-results/work");
     std::fs::create_dir_all(&work).context("creating bench-results/work")?;
 
+    let mut figures = Vec::new();
+    if !options.step_cost_only {
+        figures.extend(every_other_figure(&bin, &work, quick)?);
+    }
+    // Issue 15: the default step's cost at several boxes, and its growth with the box.
+    let (step_figures, step_cost) = step_cost::run(&bin, &work, &options.step_cost)?;
+    figures.extend(step_figures);
+
+    let machine = machine();
+    println!("\nmachine: {}", machine["cpu"].as_str().unwrap_or("?"));
+    for f in &figures {
+        println!(
+            "{:<72} {:>12.1} {:<9} {}",
+            f.name,
+            f.value,
+            f.unit,
+            f.target
+                .as_deref()
+                .map(|t| format!("(target {t})"))
+                .unwrap_or_default()
+        );
+    }
+    step_cost::print_table(&step_cost);
+    let doc = document(machine, &options, &figures, step_cost::json(&step_cost));
+    let path = root.join("bench-results/bench.json");
+    util::write_atomic(
+        &path,
+        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+    )?;
+    std::fs::remove_dir_all(&work).ok();
+    println!("written: {}", path.display());
+    Ok(())
+}
+
+/// bench.json: the machine, whether the run was short, every figure, and the step cost's table
+/// with its ratios (`part` names the one part run alone, null for the whole bench).
+fn document(machine: Value, options: &Options, figures: &[Figure], step_cost: Value) -> Value {
+    json!({
+        "machine": machine,
+        "quick": options.quick,
+        "part": options.step_cost_only.then_some("step-cost"),
+        "results": figures.iter().map(|f| json!({
+            "name": f.name, "value": f.value, "unit": f.unit, "target": f.target, "detail": f.detail,
+        })).collect::<Vec<_>>(),
+        "step_cost": step_cost,
+    })
+}
+
+/// Every benchmark before issue 15's: simulation, synthetic sets, the training step, reading,
+/// evaluation.
+fn every_other_figure(bin: &Path, work: &Path, quick: bool) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let sizes: &[(usize, usize)] = if quick {
         &[(32, 10_000), (64, 2_000), (128, 500)]
@@ -40,7 +127,7 @@ pub fn run(rest: &[String]) -> Result<()> {
     for &(box_size, n) in sizes {
         let out = work.join(format!("project_{box_size}"));
         let (secs, report) = timed(
-            &bin,
+            bin,
             &[
                 "project",
                 "--n",
@@ -97,7 +184,7 @@ pub fn run(rest: &[String]) -> Result<()> {
             if !h5 {
                 args.push("--no-h5");
             }
-            let (secs, report) = timed(&bin, &args)?;
+            let (secs, report) = timed(bin, &args)?;
             let manifest: Value = std::fs::read_to_string(out.join("manifest.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
@@ -123,34 +210,13 @@ pub fn run(rest: &[String]) -> Result<()> {
     // configuration on the CPU, for both projectors, measured from metrics.jsonl after the
     // first steps; and the PyTorch reference of the same step when python3 has PyTorch.
     let data = work.join("train_data");
-    util::run(
-        &bin,
-        &[
-            "synth",
-            "--preset",
-            "hsp90-discrete",
-            "--n",
-            "4000",
-            "--seed",
-            "1",
-            "--quiet",
-            "--no-h5",
-            "--out",
-            &data.to_string_lossy(),
-        ],
-    )?;
+    discrete_set(bin, &data, 4000, &[])?;
     let train_steps = if quick { 4 } else { 8 };
-    figures.extend(train_step_figures(
-        &bin,
-        work.as_path(),
-        &data,
-        "cpu",
-        train_steps,
-    )?);
+    figures.extend(train_step_figures(bin, work, &data, "cpu", train_steps)?);
     // The same on the GPU, where this machine has one.
     if gpu_names().is_some() {
         // A GPU without a usable CUDA libtorch (DEVELOPERS.md, "GPUs") costs these figures only.
-        match train_step_figures(&bin, work.as_path(), &data, "cuda", 4 * train_steps) {
+        match train_step_figures(bin, work, &data, "cuda", 4 * train_steps) {
             Ok(f) => figures.extend(f),
             Err(e) => eprintln!("bench: the CUDA step could not be timed: {e:#}"),
         }
@@ -160,7 +226,7 @@ pub fn run(rest: &[String]) -> Result<()> {
 
     let star = work.join("project_32/particles.star");
     let (secs, report) = timed(
-        &bin,
+        bin,
         &["info", &star.to_string_lossy(), "--read-images", "--json"],
     )?;
     let n = sizes[0].1;
@@ -173,37 +239,29 @@ pub fn run(rest: &[String]) -> Result<()> {
     });
 
     // Issue 5: evaluation (FSC, alignment, FSCCC).
-    figures.extend(eval_figures(&bin, &work)?);
+    figures.extend(eval_figures(bin, work)?);
+    Ok(figures)
+}
 
-    let machine = machine();
-    println!("\nmachine: {}", machine["cpu"].as_str().unwrap_or("?"));
-    for f in &figures {
-        println!(
-            "{:<72} {:>12.1} {:<9} {}",
-            f.name,
-            f.value,
-            f.unit,
-            f.target
-                .as_deref()
-                .map(|t| format!("(target {t})"))
-                .unwrap_or_default()
-        );
-    }
-    let doc = json!({
-        "machine": machine,
-        "quick": quick,
-        "results": figures.iter().map(|f| json!({
-            "name": f.name, "value": f.value, "unit": f.unit, "target": f.target, "detail": f.detail,
-        })).collect::<Vec<_>>(),
-    });
-    let path = root.join("bench-results/bench.json");
-    util::write_atomic(
-        &path,
-        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
-    )?;
-    std::fs::remove_dir_all(&work).ok();
-    println!("written: {}", path.display());
-    Ok(())
+/// A training set for the step timings: `n` Hsp90 discrete images (data seed 1, no HDF5) into
+/// `out`, with `extra` arguments of `multicryogan synth` (e.g. the box).
+fn discrete_set(bin: &Path, out: &Path, n: usize, extra: &[&str]) -> Result<()> {
+    let (n, out) = (n.to_string(), out.to_string_lossy());
+    let mut args = vec![
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        &n,
+        "--seed",
+        "1",
+        "--quiet",
+        "--no-h5",
+        "--out",
+        &out,
+    ];
+    args.extend(extra);
+    util::run(bin, &args)
 }
 
 /// FSC, alignment and FSCCC timings: in process, from mcg-eval's `eval_bench` example (which
@@ -430,12 +488,54 @@ fn step_time(run: &Path) -> Result<(f64, f64)> {
 
 /// Runs the CLI, returning the wall time and its JSON report (stdout).
 fn timed(bin: &Path, args: &[&str]) -> Result<(f64, Value)> {
+    measured(bin, args).map(|m| (m.secs, m.report))
+}
+
+/// What one run of the CLI measured.
+struct Measured {
+    secs: f64,
+    /// Its JSON report (stdout), or null.
+    report: Value,
+    /// Its peak resident memory (VmHWM), MiB, where /proc shows it.
+    peak_rss_mib: Option<f64>,
+}
+
+/// Runs the CLI like [`timed`], and meanwhile reads its resident memory's high-water mark
+/// (VmHWM of /proc/PID/status) every 20 ms until it ends: the last reading is the peak up to at
+/// most 20 ms before the end.
+fn measured(bin: &Path, args: &[&str]) -> Result<Measured> {
     let start = Instant::now();
-    let out = std::process::Command::new(bin)
+    let child = std::process::Command::new(bin)
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {}", bin.display()))?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = None;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                // Gone, or a zombie without memory lines: the process has ended.
+                let Some(kib) = std::fs::read_to_string(&status_file)
+                    .ok()
+                    .and_then(|t| vm_hwm_kib(&t))
+                else {
+                    break;
+                };
+                peak = Some(kib);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let out = child.wait_with_output();
     let secs = start.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_kib = watcher.join().ok().flatten();
+    let out = out.with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
         anyhow::bail!(
             "{} {} failed:\n{}",
@@ -445,17 +545,40 @@ fn timed(bin: &Path, args: &[&str]) -> Result<(f64, Value)> {
         );
     }
     let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    Ok((secs, report))
+    Ok(Measured {
+        secs,
+        report,
+        peak_rss_mib: peak_kib.map(|kib| kib as f64 / 1024.0),
+    })
+}
+
+/// The `VmHWM:` line of a /proc/PID/status text, in KiB.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
 }
 
 /// CPU model, core count, memory and OS of this machine.
 pub fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
+    // lscpu's "Model name" (which also names ARM cores), else /proc/cpuinfo's "model name".
+    let named = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.trim_start().strip_prefix(key))
+            .and_then(|rest| rest.trim_start().strip_prefix(':'))
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+    };
+    let cpu = util::output("lscpu", &[])
+        .and_then(|t| named(&t, "Model name"))
+        .or_else(|| {
+            named(
+                &std::fs::read_to_string("/proc/cpuinfo").ok()?,
+                "model name",
+            )
+        })
         .unwrap_or_else(|| "unknown".into());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = meminfo
@@ -483,4 +606,87 @@ pub fn gpu_names() -> Option<Vec<String>> {
         .map(|l| l.trim().to_string())
         .collect();
     (!gpus.is_empty()).then_some(gpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Options> {
+        parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn bench_arguments_select_the_step_cost_and_its_settings() {
+        let all = parsed(&[]).unwrap();
+        assert!(!all.quick && !all.step_cost_only);
+        assert_eq!(all.step_cost, step_cost::Options::new(false));
+        assert_eq!(all.step_cost.boxes, [32, 64, 128]);
+        let quick = parsed(&["--quick"]).unwrap();
+        assert_eq!(quick.step_cost.timed_steps, 3);
+        let own = parsed(&[
+            "--step-cost",
+            "--boxes",
+            "64,32",
+            "--timed-steps",
+            "10",
+            "--device",
+            "cpu",
+        ])
+        .unwrap();
+        assert!(own.step_cost_only);
+        assert_eq!(own.step_cost.boxes, [32, 64]);
+        assert_eq!(own.step_cost.timed_steps, 10);
+        assert_eq!(own.step_cost.device, step_cost::DeviceChoice::Cpu);
+        // --quick after --timed-steps keeps the given count.
+        let given = parsed(&["--timed-steps", "5", "--quick"]).unwrap();
+        assert_eq!(given.step_cost.timed_steps, 5);
+        for bad in [
+            ["--boxes"].as_slice(),
+            &["--stepcost"],
+            &["--device", "gpu"],
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bench_json_keeps_its_fields_and_adds_the_step_cost() {
+        let figure = Figure {
+            name: "n".into(),
+            value: 1.5,
+            unit: "s",
+            target: None,
+            detail: json!({"a": 1}),
+        };
+        let options = parsed(&["--step-cost"]).unwrap();
+        let doc = document(
+            json!({"cpu": "x"}),
+            &options,
+            &[figure],
+            json!({"rows": []}),
+        );
+        assert_eq!(doc["machine"]["cpu"], "x");
+        assert_eq!(doc["quick"], false);
+        assert_eq!(doc["part"], "step-cost");
+        assert_eq!(
+            doc["results"],
+            json!([{"name": "n", "value": 1.5, "unit": "s", "target": null, "detail": {"a": 1}}])
+        );
+        assert_eq!(doc["step_cost"]["rows"], json!([]));
+        let whole = document(Value::Null, &parsed(&[]).unwrap(), &[], Value::Null);
+        assert!(whole["part"].is_null());
+    }
+
+    #[test]
+    fn peak_memory_is_read_from_proc_status() {
+        let status = "Name:\tmulticryogan\nVmPeak:\t  900 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(204_800));
+        assert_eq!(vm_hwm_kib("Name:\tzombie\nState:\tZ\n"), None);
+        if Path::new("/proc/self/status").is_file() {
+            let m = measured(Path::new("sleep"), &["0.2"]).unwrap();
+            assert!(m.peak_rss_mib.is_some_and(|mib| mib > 0.0));
+            assert!(m.report.is_null());
+        }
+    }
 }

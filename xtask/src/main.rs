@@ -36,6 +36,14 @@ commands:
            `multicryogan report`
   bench    set up, build in release mode, run every benchmark, write bench-results/bench.json
            (--quick: a short run).
+           Among them the step cost (issue 15): seconds per G step of the default recipe
+           (mixture generator, fast step, same batch settings; past the warm start) at
+           --boxes 32,64,128 on synthetic sets of 160 Å, median of --timed-steps 6
+           (--quick: 3) steps after 2 warm-up steps, with images/s, the train process's
+           peak memory and the ratios to the smallest box; on the CPU, and on CUDA where
+           nvidia-smi lists a GPU (--device auto, the default; cpu: the CPU only; cuda:
+           CUDA too, its failure an error). --step-cost: that part alone (bench.json then
+           holds only its figures, with part: step-cost).
            --quality: Multi-CryoGAN's quality against training time instead: trains on the
            Hsp90 benchmark in segments of --every 2.5 minutes, scores each with `report`,
            and writes the time each target was first met, the final metrics and a figure
@@ -430,7 +438,7 @@ fn report(rest: &[String]) -> Result<()> {
 /// Builds the release CLI and returns its path.
 fn release_cli() -> Result<std::path::PathBuf> {
     util::cargo(&["build", "--release", "--bin", "multicryogan"])?;
-    Ok(util::root().join("target/release/multicryogan"))
+    Ok(util::target_dir().join("release/multicryogan"))
 }
 
 #[cfg(test)]
