@@ -298,14 +298,7 @@ fn half_sets(args: Args, progress: &Progress) -> Result<()> {
         l: 20,
         device: args.device,
     };
-    let v = mcg_report::validate(&settings, progress)?;
-    if args.json {
-        util::print_json(&serde_json::to_value(&v)?)?;
-    } else {
-        println!("{}", mcg_report::validate::summary(&v));
-        println!("{}", settings.out.join("validation.html").display());
-    }
-    Ok(())
+    crate::validate::validate_and_print(&settings, args.json, progress)
 }
 
 /// One run; `half`: on half `h` (0 or 1) of the particles as split by `seed`.

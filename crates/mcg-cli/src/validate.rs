@@ -58,8 +58,18 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         l: args.l,
         device: args.device,
     };
-    let v = validate(&settings, progress)?;
-    if args.json {
+    validate_and_print(&settings, args.json, progress)
+}
+
+/// Validates and prints validation.json (`json`) or the summary and the page's path: what
+/// `validate` and `train --half-sets` print.
+pub fn validate_and_print(
+    settings: &ValidateSettings,
+    json: bool,
+    progress: &Progress,
+) -> Result<()> {
+    let v = validate(settings, progress)?;
+    if json {
         util::print_json(&serde_json::to_value(&v)?)?;
     } else {
         println!("{}", mcg_report::validate::summary(&v));
