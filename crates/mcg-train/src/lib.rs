@@ -1,11 +1,12 @@
 //! The Multi-CryoGAN trainer on libtorch (`tch`): the differentiable twin of the physics crate,
 //! the generator and discriminator, the WGAN-GP losses and the training loop.
 //!
-//! Only this crate (and the CLI that links it) depends on libtorch.
+//! The device physics (forward model, the data's physics, the device choice) lives in
+//! `mcg-forward`, which the classification shares; `forward` is re-exported here.
 
 pub mod adam;
 pub mod device;
-pub mod forward;
+pub use mcg_forward::forward;
 pub mod invariant;
 pub mod models;
 pub mod run;
