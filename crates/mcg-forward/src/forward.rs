@@ -262,6 +262,23 @@ impl ForwardModel {
         padded.narrow(1, lo, n).narrow(2, lo, n).narrow(3, lo, n) / &self.correction
     }
 
+    /// The volumes `[V][N][N][N]` of a spectrum gridded by trilinear back-projection
+    /// (`centred`, `[V][2N][2N][2N]` complex, index `N` the origin, each voxel the
+    /// trilinear-weighted mean of the slice values around it): such a grid holds the
+    /// continuous spectrum convolved with the trilinear kernel, i.e. the map times
+    /// `Π sinc²(π u / 2N)`, which is divided out here (the gridding correction of a
+    /// reconstruction, where [`ForwardModel::volumes_from_centred`] inverts a projector's grid).
+    pub fn volumes_from_gridded(&self, centred: &Tensor) -> Tensor {
+        let n = self.n;
+        let lo = n / 2;
+        let dims = [-3i64, -2, -1];
+        let plain = centred.fft_ifftshift(&dims[..]) * &self.centring;
+        let padded = plain
+            .fft_ifftn(None::<&[i64]>, &dims[..], "backward")
+            .real();
+        padded.narrow(1, lo, n).narrow(2, lo, n).narrow(3, lo, n) * &self.correction
+    }
+
     /// [`ForwardModel::spectra`] as a complex `[V][2N][2N][2N]` grid (the periodic planes
     /// dropped): the form [`ForwardModel::volumes_from_centred`] inverts.
     pub fn centred_spectra(&self, volumes: &Tensor) -> Tensor {
