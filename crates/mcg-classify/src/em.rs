@@ -137,16 +137,25 @@ pub fn expectation(
     let batch = ((batch_bytes / per_image) as usize).clamp(1, 4096);
     let top = SIGNIFICANT.min(s * kr);
 
-    let t2t = Tensor::cat(&[templates.real(), templates.imag()], 1)
-        .transpose(0, 1)
-        .contiguous(); // [2F][KR]
-    let power_t = templates.abs().square().transpose(0, 1).contiguous(); // [F][KR]
+    // One matrix product gives the whole log-posterior: the images' rows
+    // [Re a·o, Im a·o, −q/2, 1] against the templates' columns [Re t, Im t, |t|², log π − log SR].
+    let prior: Vec<f32> = log_pi
+        .iter()
+        .flat_map(|&lp| std::iter::repeat_n((lp - ((s * r) as f64).ln()) as f32, r as usize))
+        .collect();
+    let prior = Tensor::from_slice(&prior).to_device(device).view([kr, 1]);
+    let tt = Tensor::cat(
+        &[
+            templates.real(),
+            templates.imag(),
+            templates.abs().square(),
+            prior,
+        ],
+        1,
+    )
+    .transpose(0, 1)
+    .contiguous(); // [3F + 1][KR]
     let ramps_conj = ramps.narrow(1, 0, f).conj(); // [S][F]
-    let log_pi_t = Tensor::from_slice(&log_pi.iter().map(|&v| v as f32).collect::<Vec<_>>())
-        .to_device(device)
-        .view([1, 1, k, 1]);
-    let log_norm = ((s * r) as f64).ln();
-
     let mut num = Tensor::zeros([2 * kr, f], (Kind::ComplexFloat, device));
     let mut den = Tensor::zeros([2 * kr, f], (Kind::Float, device));
     let mut log_likelihood = vec![0.0; count];
@@ -164,10 +173,17 @@ pub fn expectation(
             let rows = Tensor::from_slice(&idx).to_device(device);
             let sub = terms.select(&rows, f);
             let shifted = sub.a.unsqueeze(1) * ramps_conj.unsqueeze(0); // [B][S][F]
-            let x = Tensor::cat(&[shifted.real(), shifted.imag()], 2).view([b * s, 2 * f]);
-            let cross = x.matmul(&t2t).view([b, s, k, r]);
-            let quad = sub.q.matmul(&power_t).view([b, 1, k, r]);
-            let logp = (cross - quad * 0.5 + &log_pi_t - log_norm).view([b, s * kr]);
+            let x = Tensor::cat(
+                &[
+                    shifted.real(),
+                    shifted.imag(),
+                    (&sub.q * -0.5).unsqueeze(1).expand([b, s, f], false),
+                    Tensor::ones([b, s, 1], (Kind::Float, device)),
+                ],
+                2,
+            )
+            .view([b * s, 3 * f + 1]);
+            let logp = x.matmul(&tt).view([b, s * kr]);
             let lse = logp.logsumexp([1i64].as_slice(), true); // [B][1]
             let constant = sub
                 .yy

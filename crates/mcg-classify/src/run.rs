@@ -21,6 +21,9 @@ use crate::em::{self, RotationGrid, expectation, maximisation, templates};
 use crate::images::{Frequencies, ImageTerms, offset_ramps};
 use crate::init::{self, Init, hard_sums};
 
+/// Rounds of K = 1 EM that turn the reference into the data's mean map before the split.
+pub const CONSENSUS_ROUNDS: usize = 2;
+
 /// Images per class below which a class cannot be reconstructed.
 pub const MIN_IMAGES_PER_CLASS: usize = 100;
 
@@ -426,11 +429,22 @@ fn start_classes(
         scale *= c;
         v *= c;
     }
-    let t = templates(model, &v, &grid, &freqs);
-    let exp = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, &|| {
-        monitor.cancelled()
-    });
-    monitor.check_cancelled()?;
+    // The data's own mean map (K = 1 EM at the starting resolution): the residuals whose
+    // principal component splits the classes must be centred on the data, not on the
+    // reference's own errors.
+    let e_step = |v: &Tensor| -> Result<em::Expectation> {
+        let t = templates(model, v, &grid, &freqs);
+        let e = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, &|| {
+            monitor.cancelled()
+        });
+        monitor.check_cancelled()?;
+        Ok(e)
+    };
+    let mut exp = e_step(&v)?;
+    for _ in 0..CONSENSUS_ROUNDS {
+        v = maximisation(model, &grid, &freqs, &exp, &v, s.tau_fudge, r0).full;
+        exp = e_step(&v)?;
+    }
     let poses: init::Poses = exp.best.iter().map(|b| [b[0], b[2]]).collect();
     let class = match s.init {
         Init::Pca => {
