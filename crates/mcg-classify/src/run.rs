@@ -22,7 +22,7 @@ use crate::images::{Frequencies, ImageTerms, offset_ramps};
 use crate::init::{self, Init, hard_sums};
 
 /// Rounds of K = 1 EM that turn the reference into the data's mean map before the split.
-pub const CONSENSUS_ROUNDS: usize = 2;
+pub const CONSENSUS_ROUNDS: usize = 3;
 
 /// Images per class below which a class cannot be reconstructed.
 pub const MIN_IMAGES_PER_CLASS: usize = 100;
@@ -50,6 +50,8 @@ pub struct ClassifySettings {
     pub coarse_step_deg: f64,
     /// The starting resolution, as a fraction of Nyquist.
     pub initial_resolution: f64,
+    /// The resolution the consensus is refined to before the split, as a fraction of Nyquist.
+    pub consensus_resolution: f64,
     /// In-plane offsets searched around each image's recorded shift: radius in pixels (0: the
     /// recorded shifts are used as they are; `None`: 2 pixels when the set records shifts,
     /// else 0).
@@ -86,6 +88,7 @@ impl Default for ClassifySettings {
             angular_step_deg: 7.5,
             coarse_step_deg: 15.0,
             initial_resolution: 0.3,
+            consensus_resolution: 0.55,
             offset_range_px: None,
             offset_step_px: 1.0,
             tau_fudge: 2.0,
@@ -432,19 +435,32 @@ fn start_classes(
     // The data's own mean map (K = 1 EM at the starting resolution): the residuals whose
     // principal component splits the classes must be centred on the data, not on the
     // reference's own errors.
-    let e_step = |v: &Tensor| -> Result<em::Expectation> {
-        let t = templates(model, v, &grid, &freqs);
+    let e_step = |v: &Tensor, grid: &RotationGrid, freqs: &Tensor| -> Result<em::Expectation> {
+        let t = templates(model, v, grid, freqs);
         let e = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, &|| {
             monitor.cancelled()
         });
         monitor.check_cancelled()?;
         Ok(e)
     };
-    let mut exp = e_step(&v)?;
+    // The consensus refined against the data (K = 1 EM, the frequency limit rising by two
+    // pixels a round up to `consensus_resolution`): the residuals split by their principal
+    // component must be centred on the data's own mean map, with the images well aligned, not
+    // on the reference's errors.
+    let mut exp = e_step(&v, &grid, &freqs)?;
+    let r_end = em::radius_of(s.consensus_resolution, n).max(r0);
+    let mut r = r0;
+    let (mut grid, mut freqs, mut f, mut step) = (grid, freqs, f, step);
     for _ in 0..CONSENSUS_ROUNDS {
-        v = maximisation(model, &grid, &freqs, &exp, &v, s.tau_fudge, r0).full;
-        exp = e_step(&v)?;
+        v = maximisation(model, &grid, &freqs, &exp, &v, s.tau_fudge, r).full;
+        r = (r + 2.0).min(r_end);
+        f = freqs_all.count_within(r);
+        freqs = freqs_all.tensor(f, dev);
+        step = angular_step(r, s.angular_step_deg, s.coarse_step_deg);
+        grid = RotationGrid::new(step, dev);
+        exp = e_step(&v, &grid, &freqs)?;
     }
+    let r0 = r;
     let poses: init::Poses = exp.best.iter().map(|b| [b[0], b[2]]).collect();
     let class = match s.init {
         Init::Pca => {

@@ -58,6 +58,10 @@ pub struct Args {
     /// The starting resolution, as a fraction of Nyquist.
     #[arg(long, default_value_t = 0.3, value_parser = util::finite_f64)]
     initial_resolution: f64,
+    /// The resolution, as a fraction of Nyquist, to which the reference is refined into the
+    /// data's mean map before the classes are split from it.
+    #[arg(long, default_value_t = 0.55, value_parser = util::finite_f64)]
+    consensus_resolution: f64,
     /// Radius in pixels of the in-plane offsets searched around each recorded shift (default:
     /// 2 when the set records shifts, else 0).
     #[arg(long, value_name = "PX", value_parser = util::finite_f64)]
@@ -104,6 +108,11 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         args.initial_resolution
     );
     ensure!(
+        args.consensus_resolution > 0.0 && args.consensus_resolution <= 1.0,
+        "--consensus-resolution: found {}, expected a fraction of Nyquist in (0, 1]",
+        args.consensus_resolution
+    );
+    ensure!(
         args.tau_fudge > 0.0,
         "--tau-fudge: found {}, expected a number > 0",
         args.tau_fudge
@@ -127,6 +136,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         init: args.init,
         angular_step_deg: args.angular_step,
         initial_resolution: args.initial_resolution,
+        consensus_resolution: args.consensus_resolution,
         offset_range_px: args.offset_range,
         tau_fudge: args.tau_fudge,
         ctf: !args.no_ctf,
