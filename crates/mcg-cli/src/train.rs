@@ -80,76 +80,17 @@ pub struct Args {
     /// (--components K --component-coarsening 1). A fresh run only.
     #[arg(long, value_name = "MRC", num_args = 1.., value_delimiter = ',', conflicts_with = "resume")]
     init: Vec<PathBuf>,
-    /// Weight of the moment-matching term of G's loss: the mean and covariance of the images'
-    /// low-frequency Fourier coefficients against the data's (0: off).
-    #[arg(long, value_parser = crate::util::finite_f64)]
-    moment_weight: Option<f64>,
-    /// Weight of the invariant-distribution term of G's loss: the energy distance between the
-    /// data's and the simulated images' distributions of rotation-invariant features (ring
-    /// power spectrum, radial profile); 0: off.
-    #[arg(long, value_parser = crate::util::finite_f64)]
-    invariant_weight: Option<f64>,
-    /// Mixture: when the warm start ends, start the components as the consensus dilated by
-    /// 1 − D ..= 1 + D about the box centre (a split along the particle's extent); 0: their
-    /// small random start.
-    #[arg(long, value_name = "D", value_parser = crate::util::finite_f64)]
-    split_dilation: Option<f64>,
-    /// For this many G steps after the warm start only the mixture's components and π learn,
-    /// from the invariant term alone (needs --invariant-weight); 0: none.
-    #[arg(long, value_name = "STEPS")]
-    invariant_only_steps: Option<u64>,
-    /// Mixture, unconditional D: π from a classifier of the components (π = C⁻¹μ, as the
-    /// conditional critic's) instead of D's gradient.
-    #[arg(long, value_name = "true|false")]
-    pi_classifier: Option<bool>,
-    /// π follows the classifier only while it tells the components apart by at least this
-    /// (C's mean diagonal less its mean off-diagonal entry; default 0.05).
-    #[arg(long, value_name = "S", value_parser = crate::util::finite_f64)]
-    pi_separation: Option<f64>,
-    /// How π is estimated when not by D's gradient: with --pi-classifier or the conditional
-    /// critic, `shift` (π = C⁻¹μ, black-box label-shift estimation) or `em` (π moves to the
-    /// mean posterior of the real images); or `invariant` (no classifier: π minimises the
-    /// energy distance of the invariant features, from running means of its terms).
-    #[arg(long, value_name = "shift|em")]
-    pi_estimator: Option<mcg_train::train::PiEstimator>,
     /// Mixture: whether the simulated images follow π (`false`: the GAN simulates its
-    /// components in equal shares and π, from --pi-estimator, is only estimated and reported).
+    /// components in equal shares, and π is only learnt and reported).
     #[arg(long, value_name = "true|false")]
     pi_feedback: Option<bool>,
-    /// Spreading pressure on the components, relative to the GAN's gradient (0: none).
-    #[arg(long, value_parser = crate::util::finite_f64)]
-    spread: Option<f64>,
     /// D scores packs of this many images at once (PacGAN); 1 scores images one by one.
     #[arg(long)]
     pack: Option<usize>,
-    /// Conditional critic (mixture generator; off by default, use with --component-init 0.02):
-    /// D sees each image with its component; a classifier trained on simulated images names
-    /// the components of the real ones, and π is estimated from its outputs on the data.
-    #[arg(long, value_name = "true|false")]
-    conditional: Option<bool>,
-    /// Conditional critic: the rate of the running means (the classifier's outputs on real and
-    /// on simulated images) from which π is estimated.
-    #[arg(long, value_name = "RATE", value_parser = crate::util::finite_f64)]
-    pi_rate: Option<f64>,
-    /// Conditional critic: weight of the classifier's cross-entropy on simulated images in G's
-    /// loss (InfoGAN's term; 0: none).
-    #[arg(long, value_name = "W", value_parser = crate::util::finite_f64)]
-    classifier_weight: Option<f64>,
     /// Standard deviation of the components' random starting differences (density units; 1e-3
-    /// by default, about 0.02 with --conditional true).
+    /// by default).
     #[arg(long, value_name = "SIGMA", value_parser = crate::util::finite_f64)]
     component_init: Option<f64>,
-    /// Conditional critic: the temperature (0 < T ≤ 1) of the posterior that real images'
-    /// components are drawn from when the components start, rising to 1 over --sharpen-steps.
-    #[arg(long, value_name = "T", value_parser = crate::util::finite_f64)]
-    sharpen: Option<f64>,
-    /// Generator steps after the warm start over which the temperature rises to 1.
-    #[arg(long, value_name = "STEPS")]
-    sharpen_steps: Option<u64>,
-    /// Conditional critic: order each batch by component, so that D's packs hold one
-    /// component's images.
-    #[arg(long, value_name = "true|false")]
-    sorted_packs: Option<bool>,
     /// The forward model's projector: fourier (central slices) or real-space (line integrals).
     #[arg(long, value_name = "KIND")]
     projector: Option<mcg_train::forward::Projector>,
@@ -623,7 +564,9 @@ fn base_config(args: &Args) -> Result<TrainConfig> {
     if let Some(path) = &args.config {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return serde_json::from_str(&text)
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        return TrainConfig::from_settings_json(value)
             .with_context(|| format!("{}: not valid training settings", path.display()));
     }
     if args.resume {
@@ -681,56 +624,14 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     if let Some(v) = args.blur_steps {
         config.blur_steps = v;
     }
-    if let Some(v) = args.moment_weight {
-        config.moment_weight = v;
-    }
-    if let Some(v) = args.invariant_weight {
-        config.invariant_weight = v;
-    }
-    if let Some(v) = args.split_dilation {
-        config.split_dilation = v;
-    }
-    if let Some(v) = args.invariant_only_steps {
-        config.invariant_only_steps = v;
-    }
-    if let Some(v) = args.pi_classifier {
-        config.pi_classifier = v;
-    }
-    if let Some(v) = args.pi_separation {
-        config.pi_separation = v;
-    }
-    if let Some(v) = args.pi_estimator {
-        config.pi_estimator = v;
-    }
     if let Some(v) = args.pi_feedback {
         config.pi_feedback = v;
-    }
-    if let Some(v) = args.spread {
-        config.spread = v;
     }
     if let Some(v) = args.pack {
         config.model.pack = v;
     }
-    if let Some(v) = args.conditional {
-        config.model.conditional = v;
-    }
-    if let Some(v) = args.pi_rate {
-        config.pi_rate = v;
-    }
-    if let Some(v) = args.classifier_weight {
-        config.classifier_weight = v;
-    }
     if let Some(v) = args.component_init {
         config.model.component_init = v;
-    }
-    if let Some(v) = args.sharpen {
-        config.sharpen = v;
-    }
-    if let Some(v) = args.sharpen_steps {
-        config.sharpen_steps = v;
-    }
-    if let Some(v) = args.sorted_packs {
-        config.sorted_packs = v;
     }
     if let Some(v) = args.projector {
         config.projector = v;

@@ -7,7 +7,6 @@
 pub mod adam;
 pub mod device;
 pub use mcg_forward::forward;
-pub mod invariant;
 pub mod models;
 pub mod run;
 pub mod train;

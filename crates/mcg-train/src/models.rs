@@ -70,17 +70,8 @@ pub struct ModelConfig {
     /// PacGAN: D scores packs of this many independent images at once (as channels), so it can
     /// see a lack of diversity among the simulated images. 1: one image at a time.
     pub pack: usize,
-    /// Conditional critic (multi mode's mixture generator only; ignored otherwise): D sees each
-    /// image with its component, and a classifier Q, trained on simulated images whose
-    /// component is known, names the component of each real image (drawn from its posterior
-    /// under π). Each component is then held to the real images that look like it, and π is
-    /// estimated from Q's outputs on the data (see [`crate::train::TrainConfig::pi_rate`]).
-    /// Without it nothing tells apart a mixture's components that start alike.
-    pub conditional: bool,
     /// Standard deviation of the components' random starting differences (density units, on
-    /// their coarse grid). With the conditional critic use about 0.02 (a third of the Hsp90
-    /// consensus's σ), large enough that its classifier can tell the components apart at once,
-    /// so that each draws the real images that resemble it; 1e-3 (the default) otherwise.
+    /// their coarse grid).
     pub component_init: f64,
 }
 
@@ -141,7 +132,6 @@ impl Default for ModelConfig {
             component_coarsening: 2,
             leaky_slope: 0.2,
             pack: 8,
-            conditional: false,
             component_init: 1e-3,
         }
     }
@@ -184,18 +174,12 @@ impl ModelConfig {
         }
     }
 
-    /// Whether D is conditional: [`ModelConfig::conditional`] with multi mode's mixture.
-    pub fn is_conditional(&self) -> bool {
-        self.conditional && self.architecture() == Architecture::Mixture
-    }
-
     /// The paper's model: its 3D CNN generator, D's LeakyReLU slope of 0.01, one image per score.
     pub fn paper() -> Self {
         Self {
             generator: GeneratorKind::Cnn,
             leaky_slope: 0.01,
             pack: 1,
-            conditional: false,
             component_init: 1e-3,
             ..Self::default()
         }
@@ -594,105 +578,6 @@ impl Generator {
         })
     }
 
-    /// Starts the mixture's components as the base volume dilated about the box centre by
-    /// factors spread evenly over 1 − `delta` ..= 1 + `delta` (mass kept), from the most
-    /// compact to the most extended: a split along the particle's extent, the direction in
-    /// which conformations most often differ and which the pose-free statistics see best
-    /// (a projection's radial profile). No-op for the other generators or `delta` = 0.
-    pub fn split_by_dilation(&mut self, delta: f64) {
-        if delta == 0.0 {
-            return;
-        }
-        let Body::Mixture { base, parts, .. } = &mut self.body else {
-            return;
-        };
-        let k = parts.size()[0];
-        let coarse = parts.size()[1];
-        let n = self.n;
-        tch::no_grad(|| {
-            let device = base.device();
-            let input = base
-                .clamp_min(0.0)
-                .view([1, 1, n, n, n])
-                .expand([k, 1, n, n, n], true);
-            let scales: Vec<f32> = (0..k)
-                .map(|i| {
-                    let t = if k == 1 {
-                        0.0
-                    } else {
-                        2.0 * i as f64 / (k - 1) as f64 - 1.0
-                    };
-                    (1.0 + delta * t) as f32
-                })
-                .collect();
-            // grid_sample's output point x reads the input at x / s: a dilation by s. The
-            // normalised coordinates with align_corners = false put the centre between the
-            // two middle voxels, half a voxel from the box centre N/2; shifting the grid by
-            // half a voxel centres the dilation on N/2.
-            let mut theta = vec![0f32; (k * 12) as usize];
-            let half = 1.0 / n as f64;
-            for (i, s) in scales.iter().enumerate() {
-                let inv = 1.0 / *s as f64;
-                for d in 0..3 {
-                    theta[i * 12 + d * 4 + d] = inv as f32;
-                    theta[i * 12 + d * 4 + 3] = (half * (1.0 - inv)) as f32;
-                }
-            }
-            let theta = Tensor::from_slice(&theta).view([k, 3, 4]).to_device(device);
-            let grid = Tensor::affine_grid_generator(&theta, [k, 1, n, n, n], false);
-            let dilated = input.grid_sampler(&grid, 0, 0, false).squeeze_dim(1)
-                / Tensor::from_slice(&scales)
-                    .to_device(device)
-                    .pow_tensor_scalar(3)
-                    .view([k, 1, 1, 1]);
-            let diff = dilated - base.clamp_min(0.0).unsqueeze(0);
-            let diff = if coarse == n {
-                diff
-            } else {
-                diff.unsqueeze(1)
-                    .adaptive_avg_pool3d([coarse, coarse, coarse])
-                    .squeeze_dim(1)
-            };
-            parts.copy_(&diff);
-        });
-    }
-
-    /// Spreading pressure on the components (voxel and mixture generators), applied to their
-    /// gradients before the optimiser step: each component's gradient gets
-    /// `−strength · rms(gradient) · dev / rms(dev)`, where dev is the component about the
-    /// π-weighted mean of the components (mixture) or the component itself (voxel), so that
-    /// the components drift apart at a rate set relative to the GAN's own gradient. Near the
-    /// consensus the GAN's loss is flattest along the real heterogeneity (moving components
-    /// along it keeps the simulated images realistic, moving them any other way does not), so
-    /// a weak push separates them along it; beyond the true states the data push back.
-    pub fn spread(&mut self, strength: f64) {
-        if strength <= 0.0 {
-            return;
-        }
-        // The components, with the mixture's logits.
-        let (parts, logits) = match &self.body {
-            Body::Voxel { parts, .. } => (parts, None),
-            Body::Mixture { parts, logits, .. } => (parts, Some(logits)),
-            Body::Single { .. } | Body::Cnn { .. } => return,
-        };
-        let mut grad = parts.grad();
-        if !grad.defined() {
-            return;
-        }
-        tch::no_grad(|| {
-            let dev = match logits {
-                Some(logits) => parts - weighted_mean(parts, logits),
-                None => parts.shallow_clone(),
-            };
-            let rms_dev = dev.square().mean(Kind::Float).sqrt().double_value(&[]);
-            let rms_grad = grad.square().mean(Kind::Float).sqrt().double_value(&[]);
-            if rms_dev > 0.0 && rms_grad > 0.0 {
-                let push = dev * (strength * rms_grad / rms_dev);
-                let _ = grad.g_sub_(&push);
-            }
-        });
-    }
-
     /// Restores the constraints after an optimiser step: the single (or base) volume is clamped
     /// to ≥ 0.
     pub fn project_constraints(&mut self) {
@@ -738,7 +623,7 @@ pub struct Discriminator {
     pack: i64,
 }
 
-/// D's and Q's 2D CNN: three strided 4×4 convolutions with LeakyReLUs and a linear layer to
+/// D's 2D CNN: three strided 4×4 convolutions with LeakyReLUs and a linear layer to
 /// `outputs` scores, on inputs of `channels` planes of `n`² (consecutive rows of the input
 /// are gathered into them).
 fn critic_net(path: &nn::Path, cfg: &ModelConfig, channels: i64, outputs: i64) -> nn::Sequential {
@@ -781,12 +666,7 @@ impl Discriminator {
     /// Builds D for `n`² images under `path`.
     pub fn new(path: &nn::Path, cfg: &ModelConfig) -> Self {
         let pack = cfg.pack.max(1) as i64;
-        let planes = if cfg.is_conditional() {
-            1 + cfg.components as i64
-        } else {
-            1
-        };
-        let net = critic_net(path, cfg, pack * planes, 1);
+        let net = critic_net(path, cfg, pack, 1);
         Self { net, pack }
     }
 
@@ -795,99 +675,41 @@ impl Discriminator {
         self.pack as usize
     }
 
-    /// Scores `[B / pack]` of images `[B][N][N]` (consecutive images form a pack), or, for a
-    /// conditional D, of images with their components' planes `[B][1 + K][N][N]` (see
-    /// [`with_components`]).
+    /// Scores `[B / pack]` of images `[B][N][N]` (consecutive images form a pack).
     pub fn score(&self, images: &Tensor) -> Tensor {
         self.net.forward(images).squeeze_dim(1)
     }
 }
 
-/// Images `[B][N][N]` with their components `[B][K]` (one-hot rows, or zeros for none) as
-/// constant planes: `[B][1 + K][N][N]`, a conditional D's input.
-pub fn with_components(images: &Tensor, components: &Tensor) -> Tensor {
-    let s = images.size();
-    let k = components.size()[1];
-    let planes = components
-        .view([s[0], k, 1, 1])
-        .expand([s[0], k, s[1], s[2]], false);
-    Tensor::cat(&[images.unsqueeze(1), planes], 1)
-}
-
-/// The classifier Q of a conditional critic (see [`ModelConfig::conditional`]): the logits
-/// `[B][K]` of an image's component, under equal prior probabilities (it is trained on
-/// balanced batches of simulated images); and the running means from which π is estimated
-/// (see [`crate::train::TrainConfig::pi_rate`]), kept with the weights.
+/// D's WGAN-GP loss and its parts, on the device.
 #[derive(Debug)]
-pub struct Classifier {
-    net: nn::Sequential,
-    /// Running mean of Q's output on real images, `[K]`.
-    real_output: Tensor,
-    /// Running mean of Q's output on simulated images of each component, `[K][K]` (row: the
-    /// output, column: the component).
-    confusion: Tensor,
+pub struct CriticLosses {
+    /// The loss, −wasserstein + λ·penalty.
+    pub loss: Tensor,
+    /// The Wasserstein estimate E[D(real)] − E[D(fake)].
+    pub wasserstein: Tensor,
+    /// The gradient penalty.
+    pub penalty: Tensor,
 }
 
-impl Classifier {
-    /// Builds Q for `n`² images and `cfg.components` components under `path`.
-    pub fn new(path: &nn::Path, cfg: &ModelConfig) -> Self {
-        let k = cfg.components as i64;
-        let real_output = path.zeros_no_train("real_output", &[k]);
-        let confusion = path.zeros_no_train("confusion", &[k, k]);
-        tch::no_grad(|| {
-            let _ = real_output.shallow_clone().fill_(1.0 / k as f64);
-            let _ = confusion.shallow_clone().fill_(1.0 / k as f64);
-        });
+impl CriticLosses {
+    /// The loss of a Wasserstein estimate and a penalty of weight `lambda`.
+    pub fn new(wasserstein: Tensor, penalty: Tensor, lambda: f64) -> Self {
+        let loss = -&wasserstein + &penalty * lambda;
         Self {
-            net: critic_net(path, cfg, 1, k),
-            real_output,
-            confusion,
+            loss,
+            wasserstein,
+            penalty,
         }
     }
 
-    /// Component logits `[B][K]` of images `[B][N][N]`.
-    pub fn logits(&self, images: &Tensor) -> Tensor {
-        self.net.forward(images)
-    }
-
-    /// Takes `rate` of this step's mean outputs on real images (`[K]`) and on simulated images
-    /// of each component (`[K][K]`) into the running means, and returns π = C⁻¹μ from them
-    /// (clipped to at least 1 %, normalised), or `None` while Q cannot yet tell the components
-    /// apart (C's mean diagonal less than `separation` above its mean off-diagonal entry).
-    pub fn update_shift(
-        &mut self,
-        real: &Tensor,
-        confusion: &Tensor,
-        rate: f64,
-        separation: f64,
-    ) -> Option<Tensor> {
-        tch::no_grad(|| {
-            let keep = 1.0 - rate;
-            self.real_output
-                .copy_(&(&self.real_output * keep + real * rate));
-            self.confusion
-                .copy_(&(&self.confusion * keep + confusion * rate));
-            let k = self.confusion.size()[0];
-            let diag = self
-                .confusion
-                .diagonal(0, 0, 1)
-                .mean(Kind::Float)
-                .double_value(&[]);
-            let off = (self.confusion.sum(Kind::Float).double_value(&[]) - diag * k as f64)
-                / (k * k - k) as f64;
-            if diag - off < separation {
-                return None;
-            }
-            let pi = Tensor::linalg_solve(
-                &self.confusion.to_kind(Kind::Double),
-                &self.real_output.to_kind(Kind::Double).unsqueeze(1),
-                true,
-            )
-            .squeeze_dim(1)
-            .clamp_min(0.01);
-            let pi = &pi / pi.sum(Kind::Double);
-            Some(pi.to_kind(Kind::Float))
-        })
+    /// The same values, out of the autograd graph.
+    pub fn detach(&self) -> Self {
+        Self {
+            loss: self.loss.detach(),
+            wasserstein: self.wasserstein.detach(),
+            penalty: self.penalty.detach(),
+        }
     }
 }
 
@@ -909,19 +731,17 @@ pub fn gradient_penalty(
     (norms - 1.0).square().mean(Kind::Float)
 }
 
-/// The discriminator's WGAN-GP loss, E[D(fake)] − E[D(real)] + λ·penalty, and its parts
-/// (Wasserstein estimate E[D(real)] − E[D(fake)], penalty).
+/// The discriminator's WGAN-GP loss, E[D(fake)] − E[D(real)] + λ·penalty, and its parts.
 pub fn discriminator_loss(
     d: &Discriminator,
     real: &Tensor,
     fake: &Tensor,
     eps: &Tensor,
     lambda: f64,
-) -> (Tensor, Tensor, Tensor) {
+) -> CriticLosses {
     let wasserstein = d.score(real).mean(Kind::Float) - d.score(fake).mean(Kind::Float);
     let penalty = gradient_penalty(|x| d.score(x), real, fake, eps);
-    let loss = -&wasserstein + &penalty * lambda;
-    (loss, wasserstein, penalty)
+    CriticLosses::new(wasserstein, penalty, lambda)
 }
 
 /// The generator's loss, −E[D(fake)].
@@ -1012,59 +832,6 @@ mod tests {
         });
         g.project_constraints();
         assert!(g.batch(8, true).volumes.min().double_value(&[]) >= 0.0);
-    }
-
-    #[test]
-    fn a_dilation_split_makes_a_compact_and_an_extended_component_about_the_centre() {
-        // A Gaussian blob of σ 2.5 voxels at the centre (16, 16, 16) of a 32³ box, components
-        // at full resolution and on a 16³ grid: dilated by 0.9 and 1.1, each component keeps
-        // the mass, stays centred, and has 0.9 and 1.1 times the blob's radius of gyration.
-        let n = 32i64;
-        let axis = Tensor::arange(n, (Kind::Float, Device::Cpu)) - 16.0;
-        let (z, y, x) = (
-            axis.view([n, 1, 1]).expand([n, n, n], false),
-            axis.view([1, n, 1]).expand([n, n, n], false),
-            axis.view([1, 1, n]).expand([n, n, n], false),
-        );
-        let r2 = &z * &z + &y * &y + &x * &x;
-        let blob = (&r2 / (-2.0 * 2.5 * 2.5)).exp();
-        let stats = |v: &Tensor| -> (f64, f64, f64) {
-            let m = v.sum(Kind::Double).double_value(&[]);
-            let cz = (v * &z).sum(Kind::Double).double_value(&[]) / m;
-            let rg = ((v * &r2).sum(Kind::Double).double_value(&[]) / m).sqrt();
-            (m, cz, rg)
-        };
-        let (m0, _, rg0) = stats(&blob);
-        for coarsening in [1, 2] {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let cfg = ModelConfig {
-                box_size: n as usize,
-                generator: GeneratorKind::Mixture,
-                components: 2,
-                component_coarsening: coarsening,
-                spherical_mask: false,
-                ..ModelConfig::default()
-            };
-            let mut g = Generator::new(&(vs.root() / "g"), &cfg);
-            let mut vars = vs.variables();
-            tch::no_grad(|| vars.get_mut("g.volume").unwrap().copy_(&blob));
-            g.split_by_dilation(0.1);
-            let comps = g.batch(4, true).volumes;
-            let tol = if coarsening == 1 { 0.01 } else { 0.03 };
-            for (i, want) in [0.9, 1.1].iter().enumerate() {
-                let (m, cz, rg) = stats(&comps.get(i as i64));
-                assert!(
-                    (m / m0 - 1.0).abs() < tol,
-                    "component {i}: mass {m} against {m0}"
-                );
-                assert!(cz.abs() < 0.02, "component {i}: centre moved to z = {cz}");
-                assert!(
-                    (rg / rg0 - want).abs() < 2.0 * tol,
-                    "coarsening {coarsening}, component {i}: Rg ratio {} against {want}",
-                    rg / rg0
-                );
-            }
-        }
     }
 
     #[test]
