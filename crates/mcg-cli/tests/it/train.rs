@@ -250,7 +250,7 @@ fn sigterm_saves_the_checkpoint_and_the_run_resumes() {
             &star,
             &file,
             &run,
-            &[&["--checkpoint-seconds", "100000"], extra].concat(),
+            &[&["--set", "checkpoint_seconds=100000"], extra].concat(),
         )
     };
     let output = signal_after_lines(&args(&["--steps", "1000000"]), &run, 3, "TERM");
@@ -854,7 +854,7 @@ fn sigkill_then_resume_gives_the_uninterrupted_run() {
     std::fs::write(&file, SMALL_DEFAULT).unwrap();
     let steps = "40";
     let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
-    let every_step = ["--checkpoint-seconds", "0"];
+    let every_step = ["--set", "checkpoint_seconds=0"];
     ok(&as_strs(&train_command(
         &star,
         &file,
