@@ -179,10 +179,13 @@ fn is_closed_pipe_message(message: &str) -> bool {
 
 /// Whether an error comes from writing to a closed pipe (e.g. [`print_json`] into `head`).
 pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    let broken = Some(std::io::ErrorKind::BrokenPipe);
     e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        cause.downcast_ref::<std::io::Error>().map(|io| io.kind()) == broken
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(|json| json.io_error_kind())
+                == broken
     })
 }
 
