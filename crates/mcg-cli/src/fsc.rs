@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, anyhow, ensure};
+use mcg_eval::EvalError;
 use mcg_eval::fsc::{Binning, FscConfig, FscCurve, Mask, THRESHOLDS, fsc};
 use mcg_formats::mrc;
 use serde_json::{Value, json};
@@ -32,7 +33,8 @@ pub struct Args {
     #[arg(long, value_name = "MRC", conflicts_with = "mask_radius")]
     mask: Option<PathBuf>,
     /// Spherical hard mask: keep the voxels within this radius (Å) of the box centre (voxel N/2)
-    /// in both maps, zero the rest.
+    /// in both maps, zero the rest. A mask (this or --mask) must keep at least 8·N voxels of an
+    /// N³ box (16 per shell out to Nyquist), else the FSC is refused.
     #[arg(long, value_name = "Å", value_parser = crate::util::finite_f64)]
     mask_radius: Option<f64>,
     /// Shells: `standard` (shell i = radii rounding to i, i = 0 … N/2, at i/(N·apix) Å⁻¹) or
@@ -85,7 +87,15 @@ pub fn run(args: Args) -> Result<()> {
         binning: args.binning,
         mask,
     };
-    let curve = fsc(&a, &b, &config)?;
+    let curve = fsc(&a, &b, &config).map_err(|e| match e {
+        // The library knows a mask, the user gave an option: name it.
+        EvalError::MaskTooSmall { .. } => match (&args.mask, args.mask_radius) {
+            (Some(path), _) => anyhow!("--mask {}: {e}", path.display()),
+            (None, Some(r)) => anyhow!("--mask-radius {r}: {e}"),
+            (None, None) => anyhow!(e),
+        },
+        other => anyhow!(other),
+    })?;
     if let Some(png) = &args.plot {
         let name = |p: &std::path::Path| {
             p.file_name()

@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod align;
+mod classify;
 mod convert;
 mod ctf;
 mod fsc;
@@ -58,6 +59,7 @@ enum Command {
     /// Volumes along a trained run's latent segment (α = 0 … 1) and a ChimeraX script that
     /// plays them as a movie.
     Sample(sample::Args),
+    Classify(Box<classify::Args>),
     Report(report::Args),
     Validate(validate::Args),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::MergeShards(a) => synth::run_merge(a, &progress),
         Command::Train(a) => train::run(*a, &progress),
         Command::Sample(a) => sample::run(a, &progress),
+        Command::Classify(a) => classify::run(*a, &progress),
         Command::Report(a) => report::run(a, &progress),
         Command::Validate(a) => validate::run(a, &progress),
         Command::Fsc(a) => fsc::run(a),

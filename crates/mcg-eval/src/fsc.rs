@@ -67,6 +67,42 @@ pub enum Mask {
     Map(Array3<f32>),
 }
 
+/// The least effective voxel count a mask must keep per shell out to Nyquist: a mask of an
+/// `N³` box must keep at least `16 · N/2 = 8N` voxels ([`min_mask_voxels`]; 128 at N = 16,
+/// about a ball of radius 3 voxels; 512 at N = 64, radius 5), else [`fsc`] refuses it
+/// ([`EvalError::MaskTooSmall`]).
+///
+/// Why: the masked maps hold only as many independent numbers as the mask keeps voxels, and
+/// the curve spends them on its N/2 shells. With `K` numbers per shell, the FSC of unrelated
+/// maps has a standard deviation of about `1/√K`; at `K = 16` that is 0.25, so the 0.5
+/// threshold stands two standard deviations above chance. Below it the curve says nothing: a
+/// mask of one voxel makes both spectra the same phase ramp, and the FSC is 1 in every shell
+/// whatever the maps. This is a floor against degenerate masks, not a quality guarantee (a
+/// real mask keeps far more).
+pub const MIN_MASK_VOXELS_PER_SHELL: usize = 16;
+
+/// The least effective voxel count ([`effective_voxels`]) accepted for a mask of an `n³` box:
+/// [`MIN_MASK_VOXELS_PER_SHELL`] for each of the `n/2` shells out to Nyquist.
+pub fn min_mask_voxels(n: usize) -> usize {
+    MIN_MASK_VOXELS_PER_SHELL * (n / 2)
+}
+
+/// The effective number of voxels a mask keeps: `(Σ|w|)² / Σw²` (Kish's effective sample
+/// size), which is the count of kept voxels for a 0/1 mask, does not change when the mask is
+/// scaled (nor does the FSC), and counts a soft mask's faint voxels for little. 0 for an
+/// all-zero mask.
+pub fn effective_voxels(mask: &Array3<f32>) -> f64 {
+    let (sum, sum_sq) = mask.iter().fold((0.0f64, 0.0f64), |(s, q), &w| {
+        let w = f64::from(w);
+        (s + w.abs(), q + w * w)
+    });
+    if sum_sq > 0.0 {
+        sum * sum / sum_sq
+    } else {
+        0.0
+    }
+}
+
 /// The settings of an FSC computation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FscConfig {
@@ -156,7 +192,8 @@ impl FscCurve {
 /// The FSC of maps `a` and `b` (same box and voxel size) under `config`.
 ///
 /// Errors name which input is at fault: different boxes or voxel sizes, a mask of another box,
-/// a negative or non-finite mask radius, or non-finite voxels.
+/// a negative or non-finite mask radius, a mask that keeps fewer voxels than
+/// [`min_mask_voxels`] ([`EvalError::MaskTooSmall`]), or non-finite voxels.
 pub fn fsc(a: &Volume, b: &Volume, config: &FscConfig) -> Result<FscCurve, EvalError> {
     check_pair(a, b, "the first map", "the second map")?;
     let n = a.box_size();
@@ -254,10 +291,11 @@ pub(crate) fn check_pair(
     Ok(())
 }
 
-/// The mask as voxel weights, or `None` for no mask.
+/// The mask as voxel weights, or `None` for no mask; refuses a mask that keeps fewer voxels
+/// than [`min_mask_voxels`].
 fn mask_array(mask: Option<&Mask>, n: usize, apix: f32) -> Result<Option<Array3<f32>>, EvalError> {
-    match mask {
-        None => Ok(None),
+    let weights = match mask {
+        None => return Ok(None),
         Some(Mask::Sphere { radius_a }) => {
             if !(radius_a.is_finite() && *radius_a > 0.0) {
                 return Err(EvalError::Input {
@@ -267,10 +305,10 @@ fn mask_array(mask: Option<&Mask>, n: usize, apix: f32) -> Result<Option<Array3<
             }
             let r2 = (radius_a / f64::from(apix)).powi(2);
             let c = (n / 2) as f64;
-            Ok(Some(Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            Array3::from_shape_fn((n, n, n), |(z, y, x)| {
                 let d2 = (x as f64 - c).powi(2) + (y as f64 - c).powi(2) + (z as f64 - c).powi(2);
                 if d2 <= r2 { 1.0 } else { 0.0 }
-            })))
+            })
         }
         Some(Mask::Map(m)) => {
             if m.dim() != (n, n, n) {
@@ -288,9 +326,20 @@ fn mask_array(mask: Option<&Mask>, n: usize, apix: f32) -> Result<Option<Array3<
                     problem: "non-finite values; expected finite weights".into(),
                 });
             }
-            Ok(Some(m.clone()))
+            m.clone()
         }
+    };
+    let kept = effective_voxels(&weights);
+    let needed = min_mask_voxels(n);
+    if kept < needed as f64 {
+        return Err(EvalError::MaskTooSmall {
+            kept,
+            needed,
+            box_size: n,
+            shells: n / 2,
+        });
     }
+    Ok(Some(weights))
 }
 
 /// The half spectrum of `volume` times `mask`; fails on non-finite voxels.

@@ -30,4 +30,24 @@ pub enum EvalError {
     /// was expected.
     #[error("{what}: {problem}")]
     Input { what: String, problem: String },
+    /// The FSC's mask keeps too few voxels for a shell-wise correlation
+    /// ([`fsc::MIN_MASK_VOXELS_PER_SHELL`]): `kept` is its effective voxel count
+    /// ([`fsc::effective_voxels`]), `needed` the least the box allows. Callers that took the
+    /// mask from an option name it (`--mask-radius`, `--mask`).
+    #[error(
+        "the mask keeps {} voxel(s) of the {box_size}³ box; an FSC over its {shells} shells \
+         needs at least {needed} ({} per shell), expected a larger mask",
+        kept.round(),
+        fsc::MIN_MASK_VOXELS_PER_SHELL
+    )]
+    MaskTooSmall {
+        /// The mask's effective voxel count.
+        kept: f64,
+        /// The least accepted.
+        needed: usize,
+        /// Box edge N of the maps.
+        box_size: usize,
+        /// Shells out to Nyquist, N/2.
+        shells: usize,
+    },
 }

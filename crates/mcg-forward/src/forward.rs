@@ -195,13 +195,101 @@ impl ForwardModel {
     pub fn slices(&self, spectra: &Tensor, rotations: &Tensor, poses_per_volume: i64) -> Tensor {
         let n = self.n;
         let (m, h) = (2 * n, n + 1);
-        let v = spectra.size()[0];
         let b = rotations.size()[0];
-        let points = self.frequencies.unsqueeze(0).matmul(rotations) + n as f64;
-        let grid = (points * (2.0 / m as f64) - 1.0).view([v, poses_per_volume, m, h, 3]);
-        let sampled = spectra.grid_sampler(&grid, 0, 0, true); // [V][2][P][2N][N+1]
-        let parts = sampled.permute([0, 2, 3, 4, 1]).reshape([b, m, h, 2]);
+        let sampled = self.sample_points(spectra, rotations, poses_per_volume, &self.frequencies);
+        let parts = sampled.permute([0, 2, 3, 1]).reshape([b, m, h, 2]);
         parts.contiguous().view_as_complex() * &self.slice_weight
+    }
+
+    /// The one sampling rule of the Fourier projector: the trilinear samples of a centred,
+    /// periodically extended grid `[V][C][2N + 1]³` (index `N` the origin, as from
+    /// [`ForwardModel::spectra`]; `C` channels, e.g. real and imaginary parts) at the in-plane
+    /// `frequencies` (`[F][3]`, `(kx, ky, 0)` in units of the `2N` grid) rotated by each pose
+    /// (`rotations`, `[V·P][3][3]`, volume after volume): the 3D point of image frequency `k`
+    /// under RELION matrix `A` is `Aᵀk`. Returns `[V][C][P][F]`. Its adjoint (autograd's
+    /// gradient) is the trilinear back-projection.
+    pub fn sample_points(
+        &self,
+        grid_values: &Tensor,
+        rotations: &Tensor,
+        poses_per_volume: i64,
+        frequencies: &Tensor,
+    ) -> Tensor {
+        let n = self.n;
+        let m = 2 * n;
+        let v = grid_values.size()[0];
+        let f = frequencies.size()[0];
+        let points = frequencies.unsqueeze(0).matmul(rotations) + n as f64;
+        let grid = (points * (2.0 / m as f64) - 1.0).view([v, poses_per_volume, f, 1, 3]);
+        grid_values.grid_sampler(&grid, 0, 0, true).squeeze_dim(-1)
+    }
+
+    /// Centred 2D spectra (the physics crate's layout, origin at pixel `N/2`) of the projections
+    /// of each volume's [`ForwardModel::spectra`] at `P` poses each, at the `N`-grid image
+    /// frequencies `frequencies` (`[F][3]`, `(kx, ky, 0)` in units of the `N` grid):
+    /// `[V·P][F]` complex. No CTF or shift: the classification applies them on its side.
+    pub fn slice_points(
+        &self,
+        spectra: &Tensor,
+        rotations: &Tensor,
+        poses_per_volume: i64,
+        frequencies: &Tensor,
+    ) -> Tensor {
+        let b = rotations.size()[0];
+        let f = frequencies.size()[0];
+        // An N-grid frequency k is the padded grid's 2k.
+        let doubled = frequencies * 2.0;
+        let sampled = self.sample_points(spectra, rotations, poses_per_volume, &doubled);
+        sampled
+            .permute([0, 2, 3, 1])
+            .reshape([b, f, 2])
+            .contiguous()
+            .view_as_complex()
+    }
+
+    /// The volumes `[V][N][N][N]` whose [`ForwardModel::spectra`] is the centred `2N`-grid
+    /// spectrum `centred` (`[V][2N][2N][2N]` complex, index `N` the origin): its inverse
+    /// transform, cropped to the central `N³` and divided by the gridding correction. The
+    /// inverse of `spectra` (`volumes_from_centred(spectra(v)) = v`, without the periodic planes).
+    pub fn volumes_from_centred(&self, centred: &Tensor) -> Tensor {
+        let n = self.n;
+        let lo = n / 2;
+        let dims = [-3i64, -2, -1];
+        let plain = centred.fft_ifftshift(&dims[..]) * &self.centring;
+        let padded = plain
+            .fft_ifftn(None::<&[i64]>, &dims[..], "backward")
+            .real();
+        padded.narrow(1, lo, n).narrow(2, lo, n).narrow(3, lo, n) / &self.correction
+    }
+
+    /// The volumes `[V][N][N][N]` of a spectrum gridded by trilinear back-projection
+    /// (`centred`, `[V][2N][2N][2N]` complex, index `N` the origin, each voxel the
+    /// trilinear-weighted mean of the slice values around it): such a grid holds the
+    /// continuous spectrum convolved with the trilinear kernel, i.e. the map times
+    /// `Π sinc²(π u / 2N)`, which is divided out here (the gridding correction of a
+    /// reconstruction, where [`ForwardModel::volumes_from_centred`] inverts a projector's grid).
+    pub fn volumes_from_gridded(&self, centred: &Tensor) -> Tensor {
+        let n = self.n;
+        let lo = n / 2;
+        let dims = [-3i64, -2, -1];
+        let plain = centred.fft_ifftshift(&dims[..]) * &self.centring;
+        let padded = plain
+            .fft_ifftn(None::<&[i64]>, &dims[..], "backward")
+            .real();
+        padded.narrow(1, lo, n).narrow(2, lo, n).narrow(3, lo, n) * &self.correction
+    }
+
+    /// [`ForwardModel::spectra`] as a complex `[V][2N][2N][2N]` grid (the periodic planes
+    /// dropped): the form [`ForwardModel::volumes_from_centred`] inverts.
+    pub fn centred_spectra(&self, volumes: &Tensor) -> Tensor {
+        let m = 2 * self.n;
+        self.spectra(volumes)
+            .narrow(2, 0, m)
+            .narrow(3, 0, m)
+            .narrow(4, 0, m)
+            .permute([0, 2, 3, 4, 1])
+            .contiguous()
+            .view_as_complex()
     }
 
     /// Clean images through the Fourier projector: `volumes` `[V][N][N][N]`, each seen at
@@ -448,6 +536,42 @@ mod tests {
     fn to_tensor(v: &Volume) -> Tensor {
         let n = v.box_size() as i64;
         Tensor::from_slice(v.data().as_slice().unwrap()).view([n, n, n])
+    }
+
+    /// `volumes_from_centred` inverts `centred_spectra`, and `slice_points` at an `N`-grid
+    /// frequency `k` is the padded slice of `slices` at `2k` (where the centred-to-plain sign
+    /// is 1): one sampling rule for both.
+    #[test]
+    fn point_slices_agree_with_slices_and_spectra_invert() {
+        let n = 16;
+        let volume = to_tensor(&blobs(n)).unsqueeze(0);
+        let model = ForwardModel::new(n, Device::Cpu);
+        let back = model.volumes_from_centred(&model.centred_spectra(&volume));
+        let err = (&back - &volume).abs().max().double_value(&[]);
+        assert!(err < 1e-4, "round trip error {err}");
+
+        let params: Vec<ImagingParams> = (0..3)
+            .map(|i| RandomImaging::default().draw(5, i))
+            .collect();
+        let physics = BatchPhysics::new(&params, n, 5.0, false, Device::Cpu);
+        let spectra = model.spectra(&volume);
+        let full = model.slices(&spectra, &physics.rotations, 3); // [3][2N][N + 1]
+        let ks: Vec<[i64; 2]> = vec![[1, 0], [0, 1], [3, -2], [5, 4], [0, -6], [7, 0]];
+        let freqs: Vec<f32> = ks
+            .iter()
+            .flat_map(|k| [k[0] as f32, k[1] as f32, 0.0])
+            .collect();
+        let freqs = Tensor::from_slice(&freqs).view([ks.len() as i64, 3]);
+        let points = model.slice_points(&spectra, &physics.rotations, 3, &freqs);
+        let m = 2 * n as i64;
+        for (j, k) in ks.iter().enumerate() {
+            let row = (2 * k[1]).rem_euclid(m);
+            let want = full.select(1, row).select(1, 2 * k[0]);
+            let got = points.select(1, j as i64);
+            let d = (&want - &got).abs().max().double_value(&[]);
+            let scale = want.abs().max().double_value(&[]);
+            assert!(d <= 1e-5 * scale.max(1.0), "k = {k:?}: {d} of {scale}");
+        }
     }
 
     #[test]

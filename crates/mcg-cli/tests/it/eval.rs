@@ -86,6 +86,46 @@ fn fsc_json_has_the_curve_resolutions_and_area() {
     );
 }
 
+/// A mask that keeps too few voxels for a shell-wise FSC is refused naming the option and both
+/// counts (it used to print FSC 1 in every shell); a mask at the floor (8·N voxels) is accepted.
+#[test]
+fn fsc_refuses_masks_that_keep_too_few_voxels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.mrc"), dir.path().join("b.mrc"));
+    write_blobs(&a, 16, 4.0);
+    write_blobs(&b, 16, 4.0);
+    let err = fails(&["fsc", s(&a), s(&b), "--mask-radius", "0.001"]);
+    assert!(
+        err.contains("--mask-radius 0.001")
+            && err.contains("keeps 1 voxel")
+            && err.contains("at least 128"),
+        "{err}"
+    );
+    // A mask file of a few voxels (and one of exactly 128, which passes).
+    let mask_of = |count: usize, name: &str| {
+        let mut m = Array3::<f32>::zeros((16, 16, 16));
+        for v in m.iter_mut().skip(1000).take(count) {
+            *v = 1.0;
+        }
+        let path = dir.path().join(name);
+        mcg_formats::mrc::write_volume(&path, &Volume::new(m, 4.0).unwrap()).unwrap();
+        path
+    };
+    let sparse = mask_of(5, "sparse_mask.mrc");
+    let err = fails(&["fsc", s(&a), s(&b), "--mask", s(&sparse), "--json"]);
+    assert!(
+        err.contains("--mask")
+            && err.contains("sparse_mask.mrc")
+            && err.contains("keeps 5 voxel")
+            && err.contains("at least 128"),
+        "{err}"
+    );
+    let enough = mask_of(128, "enough_mask.mrc");
+    let report: Value =
+        serde_json::from_str(&ok(&["fsc", s(&a), s(&b), "--mask", s(&enough), "--json"])).unwrap();
+    assert_eq!(report["fsc"].as_array().unwrap().len(), 9);
+}
+
 #[test]
 fn align_writes_the_aligned_map_at_the_reference_voxel_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! The `multicryogan` binary, driven as a user drives it. Files written by other programs are
 //! read in place from `../shared/data` (see [`shared`]).
 
+mod classify;
 mod commands;
 mod errors;
 mod eval;

@@ -276,6 +276,18 @@ fn resolution_interpolates_the_first_crossing_and_area_is_the_mean() {
     assert_eq!(curve.nyquist_fraction(), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
 }
 
+/// The standard-binning FSC of `a` and `b` under `mask`.
+fn masked(a: &Volume, b: &Volume, mask: Mask) -> Result<FscCurve, mcg_eval::EvalError> {
+    fsc(
+        a,
+        b,
+        &FscConfig {
+            binning: Binning::Standard,
+            mask: Some(mask),
+        },
+    )
+}
+
 /// A spherical mask, the same mask given as a map, and maps multiplied by it beforehand give
 /// the same curve; the mask changes it.
 #[test]
@@ -295,17 +307,7 @@ fn masks_are_applied_to_both_maps_before_the_transform() {
     });
     let premasked = |v: &Volume| Volume::new(v.data() * &sphere, 2.0).unwrap();
     let plain = fsc(&premasked(&a), &premasked(&b), &FscConfig::default()).unwrap();
-    let with = |mask: Mask| {
-        fsc(
-            &a,
-            &b,
-            &FscConfig {
-                binning: Binning::Standard,
-                mask: Some(mask),
-            },
-        )
-        .unwrap()
-    };
+    let with = |mask: Mask| masked(&a, &b, mask).unwrap();
     assert_eq!(with(Mask::Sphere { radius_a }), plain);
     assert_eq!(with(Mask::Map(sphere.clone())), plain);
     let unmasked = fsc(&a, &b, &FscConfig::default()).unwrap();
@@ -328,6 +330,86 @@ fn masks_are_applied_to_both_maps_before_the_transform() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("mask") && err.contains("16"), "{err}");
+}
+
+/// A mask must keep `8N` voxels (16 per shell out to Nyquist): exactly that many pass, one
+/// fewer is refused with both counts; a one-voxel sphere (whose FSC would be 1 in every shell)
+/// and a soft mask of one voxel over a faint floor are refused; FSCCC applies the same floor.
+#[test]
+fn masks_keeping_too_few_voxels_are_refused() {
+    let n = 16;
+    let needed = 8 * n;
+    assert_eq!(mcg_eval::fsc::min_mask_voxels(n), needed);
+    let (a, b) = (noise(n, 20, 0.2), noise(n, 21, 0.2));
+    let with = |mask: Mask| masked(&a, &b, mask);
+    let first = |count: usize, value: f32| {
+        let mut m = Array3::<f32>::zeros((n, n, n));
+        for v in m.iter_mut().take(count) {
+            *v = value;
+        }
+        m
+    };
+    // Exactly the floor passes, whatever the mask's scale (the FSC does not see it).
+    let at_floor = with(Mask::Map(first(needed, 1.0))).unwrap();
+    assert_eq!(
+        with(Mask::Map(first(needed, 0.01))).unwrap().fsc.len(),
+        at_floor.fsc.len()
+    );
+    let refused = |mask: Mask, kept: f64| {
+        let err = with(mask).unwrap_err();
+        let text = err.to_string();
+        match err {
+            mcg_eval::EvalError::MaskTooSmall {
+                kept: k,
+                needed: nd,
+                box_size,
+                shells,
+            } => {
+                assert!((k - kept).abs() < 0.01, "kept {k}, expected {kept}");
+                assert_eq!((nd, box_size, shells), (needed, n, n / 2));
+            }
+            other => panic!("expected MaskTooSmall, got {other:?}"),
+        }
+        assert!(
+            text.contains(&format!("keeps {} voxel", kept.round())) && text.contains("128"),
+            "{text}"
+        );
+    };
+    refused(Mask::Map(first(needed - 1, 1.0)), (needed - 1) as f64);
+    refused(Mask::Sphere { radius_a: 0.001 }, 1.0);
+    refused(Mask::Map(Array3::zeros((n, n, n))), 0.0);
+    // One voxel at 1 over a floor of 10⁻⁴: every voxel is non-zero, yet it keeps about 2.
+    let mut faint = Array3::<f32>::from_elem((n, n, n), 1e-4);
+    faint[[8, 8, 8]] = 1.0;
+    let kept = mcg_eval::fsc::effective_voxels(&faint);
+    assert!((kept - 1.99).abs() < 0.01, "{kept}");
+    refused(Mask::Map(faint), kept);
+    // A ball of radius 3 voxels (123 voxels) is under the floor at N = 16, radius 3.5 (179)
+    // above it.
+    assert!(
+        with(Mask::Sphere {
+            radius_a: 3.0 * 2.0
+        })
+        .is_err()
+    );
+    assert!(
+        with(Mask::Sphere {
+            radius_a: 3.5 * 2.0
+        })
+        .is_ok()
+    );
+    let err = fsccc(
+        &[a.clone(), b.clone()],
+        &FscConfig {
+            binning: Binning::CryoDrgn,
+            mask: Some(Mask::Sphere { radius_a: 0.001 }),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, mcg_eval::EvalError::MaskTooSmall { .. }),
+        "{err}"
+    );
 }
 
 #[test]

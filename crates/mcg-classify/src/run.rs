@@ -1,0 +1,688 @@
+//! A classification run: settings in, a folder of class maps, `particles.star` and
+//! `model.json` out, one complete iteration at a time (`checkpoint/` holds the last one, from
+//! which `resume` continues).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use mcg_dataset::input::{self, Locate};
+use mcg_dataset::monitor::Monitor;
+use mcg_eval::fsc::{FscConfig, fsc};
+use mcg_formats::{ImageSource, ParticleSet, mrc, star};
+use mcg_forward::device::{self, DeviceChoice};
+use mcg_forward::forward::ForwardModel;
+use mcg_physics::noise::NoiseSpectrum;
+use mcg_physics::{Pose, Shift, Volume};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::em::{self, RotationGrid, expectation, maximisation, templates};
+use crate::images::{Frequencies, ImageTerms, offset_ramps};
+use crate::init::{self, Init, hard_sums};
+
+/// Rounds of K = 1 EM that turn the reference into the data's mean map before the split.
+pub const CONSENSUS_ROUNDS: usize = 3;
+
+/// Images per class below which a class cannot be reconstructed.
+pub const MIN_IMAGES_PER_CLASS: usize = 100;
+
+/// The settings of a classification (plain values; the CLI fills them from its flags).
+#[derive(Debug, Clone)]
+pub struct ClassifySettings {
+    /// The particle set (STAR, `.cs`, HDF5, MRC stack).
+    pub particles: PathBuf,
+    /// Where its images are, and its pixel size when the file has none.
+    pub locate: Locate,
+    /// The starting map (MRC), of the images' box and pixel size.
+    pub reference: PathBuf,
+    /// Number of classes K ≥ 1.
+    pub classes: usize,
+    /// The output folder.
+    pub out: PathBuf,
+    /// EM iterations after the start.
+    pub iterations: usize,
+    /// How the classes start.
+    pub init: Init,
+    /// The finest angular step of the global search, degrees.
+    pub angular_step_deg: f64,
+    /// The coarsest (first) angular step, degrees.
+    pub coarse_step_deg: f64,
+    /// The starting resolution, as a fraction of Nyquist.
+    pub initial_resolution: f64,
+    /// The resolution the consensus is refined to before the split, as a fraction of Nyquist.
+    pub consensus_resolution: f64,
+    /// In-plane offsets searched around each image's recorded shift: radius in pixels (0: the
+    /// recorded shifts are used as they are; `None`: 2 pixels when the set records shifts,
+    /// else 0).
+    pub offset_range_px: Option<f64>,
+    /// The offsets' spacing, pixels.
+    pub offset_step_px: f64,
+    /// The Wiener filter's τ² fudge factor (RELION's `--tau2_fudge`).
+    pub tau_fudge: f64,
+    /// Whether the images carry a CTF.
+    pub ctf: bool,
+    /// The noise's pixel σ when known; else the manifest's, else estimated from the images'
+    /// background.
+    pub noise_sigma: Option<f64>,
+    /// Seed of the half-set split and the starts.
+    pub seed: u64,
+    /// Where the tensors live.
+    pub device: DeviceChoice,
+    /// The memory one batch of posteriors may take, bytes.
+    pub batch_bytes: f64,
+    /// Continue the run in `out` from its last complete iteration.
+    pub resume: bool,
+}
+
+impl Default for ClassifySettings {
+    fn default() -> Self {
+        Self {
+            particles: PathBuf::new(),
+            locate: Locate::default(),
+            reference: PathBuf::new(),
+            classes: 2,
+            out: PathBuf::new(),
+            iterations: 10,
+            init: Init::Pca,
+            angular_step_deg: 7.5,
+            coarse_step_deg: 15.0,
+            initial_resolution: 0.3,
+            consensus_resolution: 0.55,
+            offset_range_px: None,
+            offset_step_px: 1.0,
+            tau_fudge: 2.0,
+            ctf: true,
+            noise_sigma: None,
+            seed: 0,
+            device: DeviceChoice::Auto,
+            batch_bytes: 128e6,
+            resume: false,
+        }
+    }
+}
+
+/// One iteration's record in `model.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IterationRecord {
+    /// 0 is the start; 1 … the EM iterations.
+    pub iteration: usize,
+    /// The mean log-likelihood per image, nats (up to a constant of the data).
+    pub log_likelihood: f64,
+    /// The classes' probabilities after the iteration.
+    pub pi: Vec<f64>,
+    /// The share of particles whose most probable class changed.
+    pub changed: f64,
+    /// Each class's half-set FSC 0.143 resolution, Å, no finer than the frequency limit.
+    pub resolution_a: Vec<f64>,
+    /// The same as a fraction of Nyquist.
+    pub resolution_nyquist: Vec<f64>,
+    /// The frequency limit used, pixels of the image grid.
+    pub r_max: f64,
+    /// The rotation grid's spacing, degrees, and its number of rotations.
+    pub angular_step_deg: f64,
+    /// Rotations in the grid.
+    pub rotations: usize,
+    /// Seconds the iteration took.
+    pub seconds: f64,
+}
+
+/// `model.json`: the classes and the history of the run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Model {
+    /// Number of classes.
+    pub classes: usize,
+    /// Box edge, pixels, and pixel size, Å.
+    pub box_size: usize,
+    /// Pixel size, Å.
+    pub apix: f64,
+    /// The class maps' files, in class order.
+    pub maps: Vec<String>,
+    /// The final probabilities.
+    pub pi: Vec<f64>,
+    /// Every iteration, the start first.
+    pub history: Vec<IterationRecord>,
+    /// The noise's pixel σ used and where it came from.
+    pub noise_sigma: f64,
+    /// Where σ came from: "flag", "manifest" or "estimated".
+    pub noise_source: String,
+    /// The offsets searched (pixels).
+    pub offsets: Vec<[f64; 2]>,
+    /// The start: "pca" or "random".
+    pub init: Init,
+    /// The seed.
+    pub seed: u64,
+}
+
+/// The state kept after each complete iteration (`checkpoint/state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    model: Model,
+    r_max: f64,
+    /// The reference's scale correction, from the start.
+    scale: f64,
+    /// Each particle's most probable class.
+    class: Vec<usize>,
+}
+
+/// The result of [`classify`].
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// `model.json`'s content.
+    pub model: Model,
+    /// The output folder.
+    pub out: PathBuf,
+}
+
+/// The files a classification writes in its folder.
+pub const MODEL_JSON: &str = "model.json";
+/// The particles with their classes, poses and shifts.
+pub const PARTICLES_STAR: &str = "particles.star";
+/// The last complete iteration.
+pub const CHECKPOINT: &str = "checkpoint";
+
+/// The name of class `k`'s map (0-based `k`).
+pub fn map_name(k: usize) -> String {
+    format!("class_{:03}.mrc", k + 1)
+}
+
+/// The angular step for frequencies up to `r_max` pixels: about one pixel's arc at `r_max`,
+/// between `fine` and `coarse` degrees.
+pub fn angular_step(r_max: f64, fine: f64, coarse: f64) -> f64 {
+    (60.0 / r_max.max(1.0)).clamp(fine, coarse)
+}
+
+/// Runs a classification (see the module notes) and returns `model.json`'s content.
+pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> {
+    if s.classes < 1 {
+        bail!("--classes: found {}, expected at least 1", s.classes);
+    }
+    let (set, images) = input::particles(&s.particles, &s.locate)?;
+    let count = set.len();
+    if count < MIN_IMAGES_PER_CLASS * s.classes {
+        bail!(
+            "--classes: {} classes need at least {} particles ({} each); {} has {count}",
+            s.classes,
+            MIN_IMAGES_PER_CLASS * s.classes,
+            MIN_IMAGES_PER_CLASS,
+            s.particles.display()
+        );
+    }
+    let n = images.box_size();
+    let apix = set.optics_of(0).pixel_size;
+    let reference = mrc::read_volume(&s.reference, None)?;
+    if reference.box_size() != n || (f64::from(reference.apix()) - apix).abs() > 1e-3 * apix {
+        bail!(
+            "{}: a map of {}³ voxels of {:.4} Å, expected the particles' {n}³ of {apix:.4} Å ({})",
+            s.reference.display(),
+            reference.box_size(),
+            reference.apix(),
+            s.particles.display()
+        );
+    }
+    let mut inputs = vec![s.particles.clone(), s.reference.clone()];
+    inputs.extend(mcg_dataset::guard::stacks_of(&set));
+    let names: Vec<String> = (0..s.classes)
+        .map(map_name)
+        .chain([MODEL_JSON.into(), PARTICLES_STAR.into(), CHECKPOINT.into()])
+        .collect();
+    mcg_dataset::guard::refuse_writing_over_inputs(&inputs, &s.out, &names, "classify output")?;
+
+    let dev = device::select(s.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let (sigma, noise, noise_source) = noise_of(s, images.as_ref(), n)?;
+    let offsets = offsets_of(s, &set);
+    let rotations_fine = em::RotationGrid::new(s.angular_step_deg, Device::Cpu).len();
+    let f_max = Frequencies::new(n, n as f64 / 2.0 - 1.0).len();
+    // The largest batch needs its posteriors (the batch size adapts) plus the templates and
+    // the M-step's sums: K·R·F complex, twice, at the finest grid.
+    let template_bytes = (s.classes * rotations_fine * f_max) as f64 * 8.0 * 3.0;
+    let image_bytes = (count * f_max) as f64 * 4.0 * 4.0;
+    mcg_fsio::budget::check_memory(
+        "--angular-step",
+        "the templates, the images' spectra and a batch of posteriors",
+        template_bytes + image_bytes + s.batch_bytes,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&s.out).with_context(|| format!("{}: creating", s.out.display()))?;
+
+    let model = ForwardModel::new(n, dev);
+    let freqs_all = Frequencies::new(n, n as f64 / 2.0 - 1.0);
+    let terms = ImageTerms::new(&set, images.as_ref(), &freqs_all, &noise, s.ctf, apix, dev)?;
+    let ramps = offset_ramps(&offsets, n, &freqs_all, dev);
+    let [h1, _] = mcg_dataset::halves::half_split(count, s.seed);
+    let mut half = vec![1u8; count];
+    for i in h1 {
+        half[i] = 0;
+    }
+
+    let state_path = s.out.join(CHECKPOINT).join("state.json");
+    let (mut state, mut volumes) = if s.resume && state_path.is_file() {
+        let state: State = serde_json::from_slice(&std::fs::read(&state_path)?)
+            .with_context(|| format!("{}: not a classification's state", state_path.display()))?;
+        if state.model.classes != s.classes || state.class.len() != count {
+            bail!(
+                "{}: a run of {} classes over {} particles; these settings ask for {} over {count}",
+                state_path.display(),
+                state.model.classes,
+                state.class.len(),
+                s.classes
+            );
+        }
+        let maps: Vec<Volume> = (0..s.classes)
+            .map(|k| mrc::read_volume(&s.out.join(CHECKPOINT).join(map_name(k)), None))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Volume> = maps.iter().collect();
+        let volumes = em::to_tensor(&refs, dev);
+        (state, volumes)
+    } else {
+        let start = Instant::now();
+        let mut model_json = Model {
+            classes: s.classes,
+            box_size: n,
+            apix,
+            maps: (0..s.classes).map(map_name).collect(),
+            pi: vec![1.0 / s.classes as f64; s.classes],
+            history: Vec::new(),
+            noise_sigma: sigma,
+            noise_source,
+            offsets: offsets.clone(),
+            init: s.init,
+            seed: s.seed,
+        };
+        let (volumes, pi, class, scale, r0, record) = start_classes(
+            s, &model, &terms, &half, &ramps, &freqs_all, &reference, dev, monitor,
+        )?;
+        model_json.pi = pi;
+        let mut record = record;
+        record.seconds = start.elapsed().as_secs_f64();
+        model_json.history.push(record);
+        let state = State {
+            model: model_json,
+            r_max: r0,
+            scale,
+            class,
+        };
+        write_outputs(s, &set, &state, &volumes, apix, None)?;
+        (state, volumes)
+    };
+
+    let done = state.model.history.len() - 1;
+    let bar = monitor.bar(s.iterations as u64, "classifying (iterations)");
+    bar.set_position(done.min(s.iterations) as u64);
+    for it in done + 1..=s.iterations {
+        monitor.check_cancelled()?;
+        let start = Instant::now();
+        let r_max = state.r_max;
+        let f = freqs_all.count_within(r_max);
+        let freqs = freqs_all.tensor(f, dev);
+        let step = angular_step(r_max, s.angular_step_deg, s.coarse_step_deg);
+        let grid = RotationGrid::new(step, dev);
+        let log_pi: Vec<f64> = state.model.pi.iter().map(|p| p.max(1e-12).ln()).collect();
+        let t = templates(&model, &volumes, &grid, &freqs);
+        let exp = expectation(&terms, &half, &t, &log_pi, &ramps, s.batch_bytes, &|| {
+            monitor.cancelled()
+        });
+        monitor.check_cancelled()?;
+        let maps = maximisation(&model, &grid, &freqs, &exp, &volumes, s.tau_fudge, r_max);
+        let class: Vec<usize> = exp.best.iter().map(|b| b[1]).collect();
+        let changed = class
+            .iter()
+            .zip(&state.class)
+            .filter(|(a, b)| a != b)
+            .count() as f64
+            / count as f64;
+        let mut pi = vec![0.0; s.classes];
+        for p in &exp.class_posterior {
+            for (acc, v) in pi.iter_mut().zip(p) {
+                *acc += v;
+            }
+        }
+        pi.iter_mut().for_each(|p| *p /= count as f64);
+        let (res_a, res_ny) = half_resolutions(&maps.halves, apix, r_max)?;
+        let best = res_ny.iter().cloned().fold(0.0, f64::max);
+        let r_next = (best * n as f64 / 2.0 + 2.0).clamp(r_max, n as f64 / 2.0 - 1.0);
+        let record = IterationRecord {
+            iteration: it,
+            log_likelihood: exp.log_likelihood.iter().sum::<f64>() / count as f64,
+            pi: pi.clone(),
+            changed,
+            resolution_a: res_a,
+            resolution_nyquist: res_ny,
+            r_max,
+            angular_step_deg: step,
+            rotations: grid.len(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            iteration = it,
+            log_likelihood = record.log_likelihood,
+            pi = ?record.pi,
+            changed = record.changed,
+            resolution = ?record.resolution_nyquist,
+            seconds = record.seconds,
+            "classification iteration"
+        );
+        volumes = maps.full;
+        state.model.pi = pi;
+        state.model.history.push(record);
+        state.r_max = r_next;
+        state.class = class;
+        write_outputs(
+            s,
+            &set,
+            &state,
+            &volumes,
+            apix,
+            Some((&exp, &grid, &offsets)),
+        )?;
+        bar.set_position(it as u64);
+    }
+    bar.finish();
+    Ok(Summary {
+        model: state.model,
+        out: s.out.clone(),
+    })
+}
+
+/// The start: the reference scaled to the data, the images aligned to it, and the classes
+/// split from it (see [`crate::init`]). Returns the class maps, π, each image's class, the
+/// reference's scale, the starting frequency limit and the start's record.
+#[allow(clippy::type_complexity)]
+fn start_classes(
+    s: &ClassifySettings,
+    model: &ForwardModel,
+    terms: &ImageTerms,
+    half: &[u8],
+    ramps: &Tensor,
+    freqs_all: &Frequencies,
+    reference: &Volume,
+    dev: Device,
+    monitor: &dyn Monitor,
+) -> Result<(Tensor, Vec<f64>, Vec<usize>, f64, f64, IterationRecord)> {
+    let n = model.box_size();
+    let count = terms.len();
+    let r0 = em::radius_of(s.initial_resolution, n).max(3.0);
+    let f = freqs_all.count_within(r0);
+    let freqs = freqs_all.tensor(f, dev);
+    let step = angular_step(r0, s.angular_step_deg, s.coarse_step_deg);
+    let grid = RotationGrid::new(step, dev);
+    let mut v = em::to_tensor(&[reference], dev);
+    // The reference's scale: least squares at each image's best pose, twice.
+    let mut scale = 1.0;
+    for _ in 0..2 {
+        let t = templates(model, &v, &grid, &freqs);
+        let exp = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, &|| {
+            monitor.cancelled()
+        });
+        monitor.check_cancelled()?;
+        let c = fit_scale(terms, &t, ramps, &exp.best, f as i64);
+        if !(c.is_finite() && c != 0.0) {
+            bail!(
+                "{}: the reference does not correlate with the images (scale {c})",
+                s.reference.display()
+            );
+        }
+        if c < 0.0 {
+            tracing::warn!(
+                scale = c,
+                "the reference correlates negatively with the images: their contrast is \
+                 inverted relative to it; the reference is negated"
+            );
+        }
+        scale *= c;
+        v *= c;
+    }
+    // The data's own mean map (K = 1 EM at the starting resolution): the residuals whose
+    // principal component splits the classes must be centred on the data, not on the
+    // reference's own errors.
+    let e_step = |v: &Tensor, grid: &RotationGrid, freqs: &Tensor| -> Result<em::Expectation> {
+        let t = templates(model, v, grid, freqs);
+        let e = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, &|| {
+            monitor.cancelled()
+        });
+        monitor.check_cancelled()?;
+        Ok(e)
+    };
+    // The consensus refined against the data (K = 1 EM, the frequency limit rising by two
+    // pixels a round up to `consensus_resolution`): the residuals split by their principal
+    // component must be centred on the data's own mean map, with the images well aligned, not
+    // on the reference's errors.
+    let mut exp = e_step(&v, &grid, &freqs)?;
+    let r_end = em::radius_of(s.consensus_resolution, n).max(r0);
+    let mut r = r0;
+    let (mut grid, mut freqs, mut f, mut step) = (grid, freqs, f, step);
+    for _ in 0..CONSENSUS_ROUNDS {
+        v = maximisation(model, &grid, &freqs, &exp, &v, s.tau_fudge, r).full;
+        r = (r + 2.0).min(r_end);
+        f = freqs_all.count_within(r);
+        freqs = freqs_all.tensor(f, dev);
+        step = angular_step(r, s.angular_step_deg, s.coarse_step_deg);
+        grid = RotationGrid::new(step, dev);
+        exp = e_step(&v, &grid, &freqs)?;
+    }
+    let r0 = r;
+    let poses: init::Poses = exp.best.iter().map(|b| [b[0], b[2]]).collect();
+    let class = match s.init {
+        Init::Pca => {
+            let (_, scores) = init::principal_component(
+                model, &grid, &freqs, terms, half, &poses, ramps, &v, r0, 6, s.seed,
+            );
+            init::kmeans_1d(&scores, s.classes)
+        }
+        Init::Random => init::random_groups(count, s.classes, s.seed),
+    };
+    let sums = hard_sums(
+        terms,
+        half,
+        &poses,
+        &class,
+        grid.len(),
+        s.classes,
+        ramps,
+        f as i64,
+        None,
+    );
+    let previous = v.repeat([s.classes as i64, 1, 1, 1]);
+    let maps = maximisation(model, &grid, &freqs, &sums, &previous, s.tau_fudge, r0);
+    let mut pi = vec![0.0; s.classes];
+    for &c in &class {
+        pi[c] += 1.0 / count as f64;
+    }
+    let (res_a, res_ny) = half_resolutions(&maps.halves, f64::from(reference.apix()), r0)?;
+    let record = IterationRecord {
+        iteration: 0,
+        log_likelihood: exp.log_likelihood.iter().sum::<f64>() / count as f64,
+        pi: pi.clone(),
+        changed: 0.0,
+        resolution_a: res_a,
+        resolution_nyquist: res_ny,
+        r_max: r0,
+        angular_step_deg: step,
+        rotations: grid.len(),
+        seconds: 0.0,
+    };
+    Ok((maps.full, pi, class, scale, r0, record))
+}
+
+/// The least-squares scale of templates `t` to the images at their best (offset, rotation):
+/// `Σ Re⟨a, t⟩ / Σ q·|t|²`.
+fn fit_scale(terms: &ImageTerms, t: &Tensor, ramps: &Tensor, best: &[[usize; 3]], f: i64) -> f64 {
+    let device = t.device();
+    let count = terms.len() as i64;
+    let rows = Tensor::arange(count, (Kind::Int64, device));
+    let sub = terms.select(&rows, f);
+    let rot: Vec<i64> = best.iter().map(|b| b[2] as i64).collect();
+    let off: Vec<i64> = best.iter().map(|b| b[0] as i64).collect();
+    let tb = t.index_select(0, &Tensor::from_slice(&rot).to_device(device));
+    let ramp = ramps
+        .narrow(1, 0, f)
+        .index_select(0, &Tensor::from_slice(&off).to_device(device))
+        .conj();
+    let a = sub.a * ramp;
+    let num = (a.conj() * &tb).real().sum(Kind::Double).double_value(&[]);
+    let den = (sub.q * tb.abs().square())
+        .sum(Kind::Double)
+        .double_value(&[]);
+    num / den
+}
+
+/// Each class's FSC 0.143 between its half maps `[2][K][N]³`, no finer than the frequency
+/// limit `r_max` (pixels) the maps were made with: in Å and as a fraction of Nyquist. A shell
+/// whose correlation is undefined (both maps empty there) counts as below the threshold.
+fn half_resolutions(halves: &Tensor, apix: f64, r_max: f64) -> Result<(Vec<f64>, Vec<f64>)> {
+    let k = halves.size()[1];
+    let n = halves.size()[2] as f64;
+    let limit = (r_max / (n / 2.0)).min(1.0);
+    let mut a = Vec::new();
+    let mut ny = Vec::new();
+    for c in 0..k {
+        let v1 = em::to_volume(&halves.get(0).get(c), apix)?;
+        let v2 = em::to_volume(&halves.get(1).get(c), apix)?;
+        let mut curve = fsc(&v1, &v2, &FscConfig::default())?;
+        for v in &mut curve.fsc {
+            if !v.is_finite() {
+                *v = 0.0;
+            }
+        }
+        let fraction = curve
+            .resolution(0.143)
+            .map_or(1.0, |r| r.nyquist_fraction)
+            .min(limit);
+        ny.push(fraction);
+        a.push(2.0 * apix / fraction);
+    }
+    Ok((a, ny))
+}
+
+/// The noise: σ from the flag, the manifest beside the particles (with its coloured spectrum
+/// when it records one), or the images' background (the physics crate's estimator, 1,000
+/// images, outside 3/4 of half the box).
+fn noise_of(
+    s: &ClassifySettings,
+    images: &dyn ImageSource,
+    n: usize,
+) -> Result<(f64, NoiseSpectrum, String)> {
+    if let Some(sigma) = s.noise_sigma {
+        return Ok((sigma, NoiseSpectrum::white(n, sigma), "flag".into()));
+    }
+    if let Some((_, spectrum)) = mcg_dataset::folder::noise_spectrum_beside(&s.particles)?
+        && spectrum.box_size() == n
+    {
+        let sigma = spectrum.variance().sqrt();
+        return Ok((sigma, spectrum, "manifest".into()));
+    }
+    if let Some((_, sigma)) = mcg_dataset::folder::noise_sigma_beside(&s.particles)?
+        && sigma > 0.0
+    {
+        return Ok((sigma, NoiseSpectrum::white(n, sigma), "manifest".into()));
+    }
+    let k = images.len().min(1000);
+    let mut block = ndarray::Array3::<f32>::zeros((k, n, n));
+    let idx: Vec<usize> = (0..k).collect();
+    images.read_batch(&idx, block.view_mut())?;
+    let spectrum = NoiseSpectrum::estimate_background(block.view(), 0.75 * n as f64 / 2.0)?;
+    let sigma = spectrum.variance().sqrt();
+    Ok((sigma, spectrum, "estimated".into()))
+}
+
+/// The offsets searched: a disc of the range's radius on the step's grid, `[0, 0]` first.
+fn offsets_of(s: &ClassifySettings, set: &ParticleSet) -> Vec<[f64; 2]> {
+    let shifted = set.particles.iter().any(|p| p.shift != Shift::default());
+    let range = s.offset_range_px.unwrap_or(if shifted { 2.0 } else { 0.0 });
+    let mut out = vec![[0.0, 0.0]];
+    if range <= 0.0 || s.offset_step_px <= 0.0 {
+        return out;
+    }
+    let steps = (range / s.offset_step_px).floor() as i64;
+    for iy in -steps..=steps {
+        for ix in -steps..=steps {
+            let (x, y) = (ix as f64 * s.offset_step_px, iy as f64 * s.offset_step_px);
+            if (ix, iy) != (0, 0) && x * x + y * y <= range * range + 1e-9 {
+                out.push([x, y]);
+            }
+        }
+    }
+    out
+}
+
+/// Writes the class maps, `model.json` and (after an EM iteration) `particles.star`, then the
+/// checkpoint: each file atomically, the checkpoint folder replaced as a whole.
+fn write_outputs(
+    s: &ClassifySettings,
+    set: &ParticleSet,
+    state: &State,
+    volumes: &Tensor,
+    apix: f64,
+    assignments: Option<(&em::Expectation, &RotationGrid, &[[f64; 2]])>,
+) -> Result<()> {
+    let maps: Vec<Volume> = (0..state.model.classes)
+        .map(|k| em::to_volume(&volumes.get(k as i64), apix))
+        .collect::<Result<_>>()?;
+    let tmp = s.out.join(format!("{CHECKPOINT}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: removing", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: creating", tmp.display()))?;
+    for (k, map) in maps.iter().enumerate() {
+        mrc::write_volume(&s.out.join(map_name(k)), map)?;
+        mrc::write_volume(&tmp.join(map_name(k)), map)?;
+    }
+    if let Some((exp, grid, offsets)) = assignments {
+        let mut out = set.clone();
+        let mut max_prob = Vec::with_capacity(set.len());
+        let mut ll = Vec::with_capacity(set.len());
+        for (i, p) in out.particles.iter_mut().enumerate() {
+            let [o, k, r] = exp.best[i];
+            p.class = Some(k as u32 + 1);
+            p.pose = Some(Pose::from_matrix(&grid.matrices[r]));
+            let [tx, ty] = offsets[o];
+            p.shift = Shift {
+                x: p.shift.x - tx * apix,
+                y: p.shift.y - ty * apix,
+            };
+            max_prob.push(format!("{:.6}", exp.max_posterior[i]));
+            ll.push(format!("{:.6}", exp.log_likelihood[i]));
+        }
+        for (label, values) in [
+            ("_rlnMaxValueProbDistribution", max_prob),
+            ("_rlnLogLikeliContribution", ll),
+        ] {
+            out.extra.retain(|(l, _)| l != label);
+            out.extra.push((label.to_string(), values));
+        }
+        if set.base_dir != s.out {
+            // Image paths stay valid from the output folder: make them absolute.
+            for p in &mut out.particles {
+                if let Some(img) = &mut p.image {
+                    img.path = set.resolve(img);
+                }
+            }
+        }
+        star::write_particles(&s.out.join(PARTICLES_STAR), &out)?;
+    }
+    let json = serde_json::to_vec_pretty(&state.model)?;
+    mcg_fsio::write_atomic(&s.out.join(MODEL_JSON), &json)?;
+    mcg_fsio::write_atomic(&tmp.join("state.json"), &serde_json::to_vec(state)?)?;
+    let done = s.out.join(CHECKPOINT);
+    let old = s.out.join(format!("{CHECKPOINT}.old"));
+    if done.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(&done, &old)?;
+    }
+    std::fs::rename(&tmp, &done)
+        .with_context(|| format!("{}: replacing the checkpoint", done.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// Reads a classification's `model.json`.
+pub fn read_model(dir: &Path) -> Result<Model> {
+    let path = dir.join(MODEL_JSON);
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: reading", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a classification's model.json", path.display()))
+}

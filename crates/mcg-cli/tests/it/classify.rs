@@ -1,0 +1,267 @@
+//! `multicryogan classify`: 3D classification with the poses marginalised.
+
+use std::path::{Path, PathBuf};
+
+use mcg_formats::mrc::{self, MrcKind};
+use mcg_formats::star::{StarOptions, read_particles};
+use mcg_physics::Volume;
+use mcg_physics::rng::{Purpose, stream};
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::{fails, ok, s};
+
+/// A two-state Hsp90 set (25 % closed, 75 % open) of `n` images of 16² at 10 Å and `snr_db`,
+/// in DIR/data; returns its STAR file and the reference: the states' mean, weighted by their
+/// shares (the consensus a pose-free reconstruction aims at).
+fn two_state_set(dir: &Path, n: usize, snr_db: &str) -> (PathBuf, PathBuf) {
+    let out = dir.join("data");
+    let n = n.to_string();
+    ok(&[
+        "synth",
+        "--preset",
+        "hsp90-discrete",
+        "--n",
+        &n,
+        "--box",
+        "16",
+        "--apix",
+        "10",
+        "--snr-db",
+        snr_db,
+        "--no-h5",
+        "--seed",
+        "3",
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    let closed = mrc::read_volume(&out.join("ground_truth/beta_00.mrc"), None).unwrap();
+    let open = mrc::read_volume(&out.join("ground_truth/beta_20.mrc"), None).unwrap();
+    let mean = closed.data() * 0.25 + open.data() * 0.75;
+    let reference = dir.join("reference.mrc");
+    mrc::write_volume(&reference, &Volume::new(mean, closed.apix()).unwrap()).unwrap();
+    (out.join("particles.star"), reference)
+}
+
+fn classes(star: &Path) -> Vec<u32> {
+    read_particles(star, &StarOptions::default())
+        .unwrap()
+        .particles
+        .iter()
+        .map(|p| p.class.expect("a class"))
+        .collect()
+}
+
+/// The share of particles whose class matches the truth, under the better of the two
+/// labellings.
+fn accuracy(truth: &[u32], got: &[u32]) -> f64 {
+    let same = truth.iter().zip(got).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64;
+    same.max(1.0 - same)
+}
+
+fn classify(star: &Path, reference: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "classify",
+        "--particles",
+        s(star),
+        "--reference",
+        s(reference),
+        "--classes",
+        "2",
+        "--out",
+        s(out),
+        "--initial-resolution",
+        "0.5",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--angular-step") {
+        args.extend(["--angular-step", "15"]);
+    }
+    ok(&args)
+}
+
+fn model(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("model.json")).unwrap()).unwrap()
+}
+
+/// At high SNR the two states are told apart: > 99 % of particles in their true class and
+/// π within 3 points of 25 / 75; the outputs are there and RELION's columns are written.
+#[test]
+fn classify_splits_a_two_state_set_at_high_snr() {
+    let dir = tempfile::tempdir().unwrap();
+    let (star, reference) = two_state_set(dir.path(), 1200, "20");
+    let out = dir.path().join("cls");
+    classify(
+        &star,
+        &reference,
+        &out,
+        &["--iterations", "4", "--angular-step", "10"],
+    );
+    let acc = accuracy(&classes(&star), &classes(&out.join("particles.star")));
+    assert!(acc > 0.99, "accuracy {acc}");
+    let m = model(&out);
+    let mut pi: Vec<f64> = m["pi"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    pi.sort_by(f64::total_cmp);
+    assert!((pi[0] - 0.25).abs() < 0.03, "π {pi:?}");
+    assert_eq!(m["history"].as_array().unwrap().len(), 5);
+    for k in 1..=2 {
+        let map = mrc::read_volume(&out.join(format!("class_00{k}.mrc")), None).unwrap();
+        assert_eq!(map.box_size(), 16);
+    }
+    let text = std::fs::read_to_string(out.join("particles.star")).unwrap();
+    for label in [
+        "_rlnClassNumber",
+        "_rlnMaxValueProbDistribution",
+        "_rlnLogLikeliContribution",
+        "_rlnAngleRot",
+        "_rlnOriginXAngst",
+    ] {
+        assert!(text.contains(label), "particles.star lacks {label}");
+    }
+}
+
+/// Pure-noise images give no confident split: the classes' probabilities stay near even,
+/// and the split is at the level of chance: two starts (other seeds, so other half sets and
+/// other starting groups) put the particles in classes that agree no better than chance.
+#[test]
+fn pure_noise_makes_no_confident_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let (star, reference) = two_state_set(dir.path(), 1200, "10");
+    let stack = star.parent().unwrap().join("particles.mrcs");
+    let images = mrc::read(&stack).unwrap();
+    let shape = images.data.dim();
+    let mut rng = stream(9, Purpose::Other(93), 0);
+    let noise = ndarray::Array3::from_shape_fn(shape, |_| {
+        <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng) as f32
+    });
+    mrc::write_array(&stack, noise.view(), 10.0, MrcKind::Stack).unwrap();
+    let runs: Vec<PathBuf> = ["1", "2"]
+        .iter()
+        .map(|seed| {
+            let out = dir.path().join(format!("cls{seed}"));
+            classify(
+                &star,
+                &reference,
+                &out,
+                &["--iterations", "3", "--noise-sigma", "1", "--seed", seed],
+            );
+            out
+        })
+        .collect();
+    for out in &runs {
+        let pi = model(out)["pi"][0].as_f64().unwrap();
+        assert!((pi - 0.5).abs() < 0.15, "π {pi} on pure noise");
+    }
+    let agreement = accuracy(
+        &classes(&runs[0].join("particles.star")),
+        &classes(&runs[1].join("particles.star")),
+    );
+    // 1,200 coin flips agree within 0.5 ± 0.05 with probability > 0.999.
+    assert!(
+        agreement < 0.6,
+        "two starts on noise agree on {agreement} of the particles"
+    );
+}
+
+/// Interrupted after two iterations and resumed, a run ends where an uninterrupted one does,
+/// bit for bit: the same class maps, π and classes.
+#[test]
+fn a_resumed_classification_matches_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (star, reference) = two_state_set(dir.path(), 600, "0");
+    let straight = dir.path().join("straight");
+    classify(&star, &reference, &straight, &["--iterations", "3"]);
+    let split = dir.path().join("split");
+    classify(&star, &reference, &split, &["--iterations", "2"]);
+    assert_eq!(model(&split)["history"].as_array().unwrap().len(), 3);
+    classify(
+        &star,
+        &reference,
+        &split,
+        &["--iterations", "3", "--resume"],
+    );
+    for k in 1..=2 {
+        let name = format!("class_00{k}.mrc");
+        assert_eq!(
+            std::fs::read(straight.join(&name)).unwrap(),
+            std::fs::read(split.join(&name)).unwrap(),
+            "{name} differs"
+        );
+    }
+    assert_eq!(model(&straight)["pi"], model(&split)["pi"]);
+    assert_eq!(
+        classes(&straight.join("particles.star")),
+        classes(&split.join("particles.star"))
+    );
+}
+
+/// Bad input is refused before anything is written, naming the file or option.
+#[test]
+fn classify_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (star, reference) = two_state_set(dir.path(), 300, "0");
+    let base = |out: &Path, reference: &Path, classes: &str| {
+        vec![
+            "classify".to_string(),
+            "--particles".into(),
+            s(&star).into(),
+            "--reference".into(),
+            s(reference).into(),
+            "--classes".into(),
+            classes.into(),
+            "--out".into(),
+            s(out).into(),
+            "--device".into(),
+            "cpu".into(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&refs)
+    };
+    let out = dir.path().join("out");
+
+    // A reference of another box.
+    let big = dir.path().join("big.mrc");
+    mrc::write_volume(&big, &Volume::zeros(24, 10.0).unwrap()).unwrap();
+    let msg = run(base(&out, &big, "2"));
+    assert!(
+        msg.contains("big.mrc") && msg.contains("24") && msg.contains("16"),
+        "{msg}"
+    );
+    // Of another pixel size.
+    let coarse = dir.path().join("coarse.mrc");
+    mrc::write_volume(&coarse, &Volume::zeros(16, 12.0).unwrap()).unwrap();
+    let msg = run(base(&out, &coarse, "2"));
+    assert!(msg.contains("coarse.mrc") && msg.contains("12"), "{msg}");
+    // No classes, and more than 300 particles can fill.
+    let msg = run(base(&out, &reference, "0"));
+    assert!(msg.contains("--classes"), "{msg}");
+    let msg = run(base(&out, &reference, "4"));
+    assert!(msg.contains("--classes") && msg.contains("300"), "{msg}");
+    assert!(!out.exists(), "nothing is written on bad input");
+    // An output onto the input: the particles' own folder.
+    let data = star.parent().unwrap().to_path_buf();
+    let before = std::fs::read(&star).unwrap();
+    let msg = run(base(&data, &reference, "2"));
+    assert!(
+        msg.contains("particles.star") && msg.contains("overwrite"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&star).unwrap(), before);
+    // A flag out of range.
+    let mut args = base(&out, &reference, "2");
+    args.extend(["--angular-step".into(), "0".into()]);
+    let msg = run(args);
+    assert!(msg.contains("--angular-step"), "{msg}");
+}
