@@ -389,7 +389,6 @@ fn train_step_figures(
         let mut paper_step = f64::NAN;
         for recipe in ["paper", "default"] {
             let run = work.join(format!("train_{recipe}_{projector}_{device}"));
-            let projector_setting = format!("projector={projector}");
             let mut args = vec![
                 "train",
                 "--particles",
@@ -401,8 +400,8 @@ fn train_step_figures(
                 &steps,
                 "--device",
                 device,
-                "--set",
-                &projector_setting,
+                "--projector",
+                projector,
                 "--quiet",
                 "--json",
             ]
