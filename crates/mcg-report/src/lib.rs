@@ -34,7 +34,6 @@
 // `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
 #![deny(unsafe_code)]
 
-pub mod classification;
 pub mod plot;
 mod report;
 pub mod validate;
