@@ -28,8 +28,7 @@ use crate::util::{self, LocateArgs};
 #[derive(Debug, ClapArgs)]
 #[command(after_help = "Examples:\n  \
     multicryogan classify --particles demo/particles.star --reference consensus.mrc --classes 2 --out cls\n  \
-    multicryogan classify --particles demo/particles.star --reference consensus.mrc --classes 2 --out cls --resume\n  \
-    multicryogan report --run cls --truth demo --out cls/report")]
+    multicryogan classify --particles demo/particles.star --reference consensus.mrc --classes 2 --out cls --resume")]
 pub struct Args {
     /// The particle set (.star, .cs, .h5, .mrcs).
     #[arg(long, value_name = "FILE")]
