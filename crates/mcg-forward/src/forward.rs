@@ -252,6 +252,11 @@ impl ForwardModel {
     /// transform, cropped to the central `N³` and divided by the gridding correction. The
     /// inverse of `spectra` (`volumes_from_centred(spectra(v)) = v`, without the periodic planes).
     pub fn volumes_from_centred(&self, centred: &Tensor) -> Tensor {
+        self.cropped_inverse(centred) / &self.correction
+    }
+
+    /// The inverse transform of a centred `2N`-grid spectrum, cropped to the central `N³`.
+    fn cropped_inverse(&self, centred: &Tensor) -> Tensor {
         let n = self.n;
         let lo = n / 2;
         let dims = [-3i64, -2, -1];
@@ -259,7 +264,7 @@ impl ForwardModel {
         let padded = plain
             .fft_ifftn(None::<&[i64]>, &dims[..], "backward")
             .real();
-        padded.narrow(1, lo, n).narrow(2, lo, n).narrow(3, lo, n) / &self.correction
+        padded.narrow(1, lo, n).narrow(2, lo, n).narrow(3, lo, n)
     }
 
     /// The volumes `[V][N][N][N]` of a spectrum gridded by trilinear back-projection
@@ -269,14 +274,7 @@ impl ForwardModel {
     /// `Π sinc²(π u / 2N)`, which is divided out here (the gridding correction of a
     /// reconstruction, where [`ForwardModel::volumes_from_centred`] inverts a projector's grid).
     pub fn volumes_from_gridded(&self, centred: &Tensor) -> Tensor {
-        let n = self.n;
-        let lo = n / 2;
-        let dims = [-3i64, -2, -1];
-        let plain = centred.fft_ifftshift(&dims[..]) * &self.centring;
-        let padded = plain
-            .fft_ifftn(None::<&[i64]>, &dims[..], "backward")
-            .real();
-        padded.narrow(1, lo, n).narrow(2, lo, n).narrow(3, lo, n) * &self.correction
+        self.cropped_inverse(centred) * &self.correction
     }
 
     /// [`ForwardModel::spectra`] as a complex `[V][2N][2N][2N]` grid (the periodic planes
