@@ -21,7 +21,7 @@ use mcg_physics::pose::Mat3;
 use ndarray::Array3;
 use tch::{Device, Kind, Tensor};
 
-use crate::images::{Frequencies, ImageTerms};
+use crate::images::ImageTerms;
 
 /// A grid of rotations on SO(3) (`mcg_eval::align::rotation_grid`: Fibonacci directions ×
 /// in-plane angles) on the device.
@@ -370,9 +370,4 @@ pub fn to_tensor(volumes: &[&Volume], device: Device) -> Tensor {
 /// good to `fraction` of Nyquist.
 pub fn radius_of(fraction: f64, n: usize) -> f64 {
     fraction * n as f64 / 2.0
-}
-
-/// Frequencies restricted to `|k| ≤ r_max`: how many of `freqs` (sorted) to use.
-pub fn frequency_count(freqs: &Frequencies, r_max: f64) -> usize {
-    freqs.count_within(r_max)
 }

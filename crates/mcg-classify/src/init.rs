@@ -142,8 +142,6 @@ pub fn principal_component(
     // e = λ·C·conj(r)·(Y − C·r·t): the whitened residual, CTF-weighted.
     let t = slice_at_poses(reference);
     let e = &sub.a * &ramp - &sub.q * &t;
-    let zero_offsets = vec![[0usize, 0usize]; count];
-    let identity: Vec<usize> = (0..count).collect();
     let single = RotationGrid::from_tensor(rotations.shallow_clone());
     let one_ramp = Tensor::ones([1, f], (Kind::ComplexFloat, device));
     let as_terms = |c: &[f64]| {
@@ -157,11 +155,8 @@ pub fn principal_component(
             yy: sub.yy.shallow_clone(),
         }
     };
-    let poses_each: Poses = zero_offsets
-        .iter()
-        .zip(&identity)
-        .map(|(o, &i)| [o[0], i])
-        .collect();
+    // Each image at its own pose (rotation i of `single`), its offset already in `e`.
+    let poses_each: Poses = (0..count).map(|i| [0, i]).collect();
     let mut rng = stream(seed, Purpose::Other(0xC1A5), 0);
     let mut scores: Vec<f64> = (0..count)
         .map(|_| rng.sample::<f64, _>(StandardNormal))

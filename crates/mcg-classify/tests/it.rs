@@ -201,7 +201,7 @@ fn e_step_agrees_with_a_brute_force_sum() {
         translate_spectrum(&mut recorded, n, tx, ty);
         let mut terms_ll = Vec::new();
         let mut class_ll = [Vec::new(), Vec::new()];
-        for (s, &[ox, oy]) in offsets.iter().enumerate() {
+        for &[ox, oy] in &offsets {
             let mut offset = vec![Complex32::new(1.0, 0.0); spec.len()];
             translate_spectrum(&mut offset, n, ox, oy);
             for k in 0..2 {
@@ -219,7 +219,6 @@ fn e_step_agrees_with_a_brute_force_sum() {
                     let l = pi[k].ln() - ((offsets.len() * r) as f64).ln() - 0.5 * sum;
                     terms_ll.push(l);
                     class_ll[k].push(l);
-                    let _ = s;
                 }
             }
         }
