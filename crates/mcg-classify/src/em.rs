@@ -111,12 +111,88 @@ pub fn templates(
 /// rest carry a negligible share of its posterior (RELION's "significant weights").
 pub const SIGNIFICANT: i64 = 32;
 
+/// A local refinement of a coarse grid's search: every rotation of a fine grid belongs to its
+/// nearest rotation of the coarse one, so that an image's most probable coarse rotations
+/// name the fine rotations worth scoring (RELION's adaptive oversampling).
+#[derive(Debug)]
+pub struct Refinement {
+    /// The fine rotations nearest to each coarse one, `[Rc][C]` int64, padded with 0.
+    pub children: Tensor,
+    /// Which entries of `children` are real, `[Rc][C]` bool.
+    pub valid: Tensor,
+    /// Rotations in the fine grid.
+    pub fine: usize,
+}
+
+impl Refinement {
+    /// The partition of `fine`'s rotations among their nearest rotations of `coarse`
+    /// (largest `|⟨q_f, q_c⟩|` of their unit quaternions).
+    pub fn new(coarse: &RotationGrid, fine: &RotationGrid) -> Self {
+        let quats = |g: &RotationGrid| {
+            let flat: Vec<f32> = g
+                .matrices
+                .iter()
+                .flat_map(|m| mcg_physics::pose::quaternion_from_matrix(m).map(|v| v as f32))
+                .collect();
+            Tensor::from_slice(&flat).view([g.matrices.len() as i64, 4])
+        };
+        let (qc, qf) = (quats(coarse), quats(fine));
+        let rc = coarse.matrices.len();
+        let mut parent = Vec::with_capacity(fine.matrices.len());
+        for chunk in qf.split(4096, 0) {
+            let nearest: Vec<i64> =
+                Vec::try_from(&chunk.matmul(&qc.tr()).abs().argmax(1, false)).unwrap_or_default();
+            parent.extend(nearest);
+        }
+        let mut lists = vec![Vec::new(); rc];
+        for (f, &p) in parent.iter().enumerate() {
+            lists[p as usize].push(f as i64);
+        }
+        let width = lists.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut children = vec![0i64; rc * width];
+        let mut valid = vec![false; rc * width];
+        for (c, list) in lists.iter().enumerate() {
+            for (j, &f) in list.iter().enumerate() {
+                children[c * width + j] = f;
+                valid[c * width + j] = true;
+            }
+        }
+        let device = coarse.tensor.device();
+        Self {
+            children: Tensor::from_slice(&children)
+                .view([rc as i64, width as i64])
+                .to_device(device),
+            valid: Tensor::from_slice(&valid)
+                .view([rc as i64, width as i64])
+                .to_device(device),
+            fine: fine.matrices.len(),
+        }
+    }
+}
+
+/// The fine templates and the partition of a local search (see [`expectation`]).
+#[derive(Debug)]
+pub struct Local<'a> {
+    /// The templates `[K·Rf][F]` at the fine grid's rotations.
+    pub fine: &'a Tensor,
+    /// The fine rotations of each coarse one.
+    pub refinement: &'a Refinement,
+    /// How many of each image's most probable coarse (offset, class, rotation) are refined.
+    pub top: i64,
+}
+
 /// The E-step over all images (and the M-step's sums): `templates` `[K·R][F]` from
 /// [`templates`], `log_pi` the classes' log-probabilities, `ramps` `[S][F]` the offsets'
 /// phase ramps, `half[i]` each image's half set (0 or 1). Images go through in batches of one
 /// half set each, sized so that a batch's posteriors take about `batch_bytes`. The M-step's
 /// sums count each image's [`SIGNIFICANT`] most probable templates, their posteriors
 /// renormalised.
+///
+/// With `local`, `templates` are a coarse grid's and every index of the result is the fine
+/// grid's: each image's `local.top` most probable coarse (offset, class, rotation) are
+/// replaced by the fine rotations nearest to them, and its posterior is spread over those
+/// alone (the rest of the fine grid is taken to carry no weight).
+#[allow(clippy::too_many_arguments)]
 pub fn expectation(
     terms: &ImageTerms,
     half: &[u8],
@@ -124,37 +200,43 @@ pub fn expectation(
     log_pi: &[f64],
     ramps: &Tensor,
     batch_bytes: f64,
+    local: Option<&Local<'_>>,
     cancelled: &dyn Fn() -> bool,
 ) -> Expectation {
     let device = templates.device();
-    let kr = templates.size()[0];
     let f = templates.size()[1];
     let k = log_pi.len() as i64;
-    let r = kr / k;
+    let r = templates.size()[0] / k;
     let s = ramps.size()[0];
     let count = terms.len();
-    let per_image = (s * kr) as f64 * 4.0 * 4.0;
+    // The rotations of the result's index space, and its templates' count.
+    let r_out = local.map_or(r, |l| l.refinement.fine as i64);
+    let kr = k * r_out;
+    let width = local.map_or(0, |l| l.refinement.children.size()[1]);
+    let per_image = match local {
+        None => (s * k * r) as f64 * 4.0 * 4.0,
+        Some(l) => {
+            (s * k * r) as f64 * 4.0 * 2.0 + (l.top * width * (3 * f + 1)) as f64 * 4.0 * 3.0
+        }
+    };
     let batch = ((batch_bytes / per_image) as usize).clamp(1, 4096);
-    let top = SIGNIFICANT.min(s * kr);
 
     // One matrix product gives the whole log-posterior: the images' rows
     // [Re a·o, Im a·o, −q/2, 1] against the templates' columns [Re t, Im t, |t|², log π − log SR].
-    let prior: Vec<f32> = log_pi
-        .iter()
-        .flat_map(|&lp| std::iter::repeat_n((lp - ((s * r) as f64).ln()) as f32, r as usize))
-        .collect();
-    let prior = Tensor::from_slice(&prior).to_device(device).view([kr, 1]);
-    let tt = Tensor::cat(
-        &[
-            templates.real(),
-            templates.imag(),
-            templates.abs().square(),
-            prior,
-        ],
-        1,
-    )
-    .transpose(0, 1)
-    .contiguous(); // [3F + 1][KR]
+    let columns = |t: &Tensor, rotations: i64| {
+        let prior: Vec<f32> = log_pi
+            .iter()
+            .flat_map(|&lp| {
+                std::iter::repeat_n((lp - ((s * r_out) as f64).ln()) as f32, rotations as usize)
+            })
+            .collect();
+        let prior = Tensor::from_slice(&prior)
+            .to_device(device)
+            .view([k * rotations, 1]);
+        Tensor::cat(&[t.real(), t.imag(), t.abs().square(), prior], 1) // [KR][3F + 1]
+    };
+    let tt = columns(templates, r).transpose(0, 1).contiguous(); // [3F + 1][KR]
+    let fine_rows = local.map(|l| columns(l.fine, r_out)); // [K·Rf][3F + 1]
     let ramps_conj = ramps.narrow(1, 0, f).conj(); // [S][F]
     let mut num = Tensor::zeros([2 * kr, f], (Kind::ComplexFloat, device));
     let mut den = Tensor::zeros([2 * kr, f], (Kind::Float, device));
@@ -183,45 +265,101 @@ pub fn expectation(
                 2,
             )
             .view([b * s, 3 * f + 1]);
-            let logp = x.matmul(&tt).view([b, s * kr]);
+            let coarse = x.matmul(&tt).view([b, s * k * r]);
+            // Each candidate's log-posterior and its (offset, template) in the result's index
+            // space: the whole grid, or each image's refined neighbourhoods.
+            let (logp, cand_template, cand_offset) = match (local, &fine_rows) {
+                (Some(l), Some(fine_rows)) => {
+                    let (_, top_idx) = coarse.topk(l.top.min(s * k * r), 1, true, true);
+                    let offset = top_idx.divide_scalar_mode(k * r, "floor"); // [B][M]
+                    let rest = top_idx.remainder(k * r);
+                    let class = rest.divide_scalar_mode(r, "floor");
+                    let rot = rest.remainder(r);
+                    let m = top_idx.size()[1];
+                    let children = l
+                        .refinement
+                        .children
+                        .index_select(0, &rot.flatten(0, -1))
+                        .view([b, m, width]);
+                    let valid = l
+                        .refinement
+                        .valid
+                        .index_select(0, &rot.flatten(0, -1))
+                        .view([b, m * width]);
+                    let template = (children + (class * r_out).unsqueeze(2)).view([b, m * width]);
+                    let offset = offset
+                        .unsqueeze(2)
+                        .expand([b, m, width], false)
+                        .reshape([b, m * width]);
+                    let image_row =
+                        Tensor::arange(b, (Kind::Int64, device)).unsqueeze(1) * s + &offset;
+                    let xg = x.index_select(0, &image_row.flatten(0, -1));
+                    let tg = fine_rows.index_select(0, &template.flatten(0, -1));
+                    let logp = (xg * tg)
+                        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                        .view([b, m * width])
+                        .masked_fill(&valid.logical_not(), f64::NEG_INFINITY);
+                    (logp, template, offset)
+                }
+                _ => {
+                    let all = Tensor::arange(s * kr, (Kind::Int64, device)).unsqueeze(0);
+                    (
+                        coarse,
+                        all.remainder(kr).expand([b, s * kr], false),
+                        all.divide_scalar_mode(kr, "floor")
+                            .expand([b, s * kr], false),
+                    )
+                }
+            };
             let lse = logp.logsumexp([1i64].as_slice(), true); // [B][1]
             let constant = sub
                 .yy
                 .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
                 * 0.5;
             let ll = lse.squeeze_dim(1) - constant;
-            let (top_logp, top_idx) = logp.topk(top, 1, true, true); // [B][top]
-            let cls = (&logp - &lse).exp().view([b, s, k, r]).sum_dim_intlist(
-                [1i64, 3].as_slice(),
-                false,
-                Kind::Float,
-            );
+            let c = logp.size()[1];
+            let (top_logp, top_pos) = logp.topk(SIGNIFICANT.min(c), 1, true, true); // [B][top]
+            let template = cand_template.gather(1, &top_pos, false);
+            let offset = cand_offset.gather(1, &top_pos, false);
+            let top = top_pos.size()[1];
+            let posterior = (&logp - &lse).exp();
+            let cls = if local.is_some() {
+                Tensor::zeros([b, k], (Kind::Float, device)).scatter_add(
+                    1,
+                    &cand_template.divide_scalar_mode(r_out, "floor"),
+                    &posterior,
+                )
+            } else {
+                posterior.view([b, s, k, r]).sum_dim_intlist(
+                    [1i64, 3].as_slice(),
+                    false,
+                    Kind::Float,
+                )
+            };
             // The significant posteriors, renormalised.
             let w = (&top_logp - top_logp.logsumexp([1i64].as_slice(), true)).exp();
-            let template = top_idx.remainder(kr) + i64::from(h) * kr; // [B][top]
-            let offset = top_idx.divide_scalar_mode(kr, "floor"); // [B][top]
             let a_rep = sub.a.unsqueeze(1).expand([b, top, f], false);
             let ramp = ramps_conj
                 .index_select(0, &offset.flatten(0, -1))
                 .view([b, top, f]);
             let contrib = (a_rep * ramp) * w.unsqueeze(2);
             let qcontrib = sub.q.unsqueeze(1) * w.unsqueeze(2);
-            let flat_t = template.flatten(0, -1);
+            let flat_t = (&template + i64::from(h) * kr).flatten(0, -1);
             let _ = num.index_add_(0, &flat_t, &contrib.view([b * top, f]));
             let _ = den.index_add_(0, &flat_t, &qcontrib.view([b * top, f]));
 
             let ll: Vec<f64> = Vec::try_from(&ll.to_kind(Kind::Double)).unwrap_or_default();
             let p_max = (top_logp.select(1, 0) - lse.squeeze_dim(1)).exp();
             let p_max: Vec<f64> = Vec::try_from(&p_max.to_kind(Kind::Double)).unwrap_or_default();
-            let arg: Vec<i64> = Vec::try_from(&top_idx.select(1, 0)).unwrap_or_default();
+            let arg_t: Vec<i64> = Vec::try_from(&template.select(1, 0)).unwrap_or_default();
+            let arg_o: Vec<i64> = Vec::try_from(&offset.select(1, 0)).unwrap_or_default();
             let cls: Vec<f64> =
                 Vec::try_from(&cls.to_kind(Kind::Double).flatten(0, -1)).unwrap_or_default();
             for (j, &i) in chunk.iter().enumerate() {
                 log_likelihood[i] = ll[j];
                 max_posterior[i] = p_max[j];
-                let a = arg[j] as usize;
-                let (o, rest) = (a / kr as usize, a % kr as usize);
-                best[i] = [o, rest / r as usize, rest % r as usize];
+                let t = arg_t[j] as usize;
+                best[i] = [arg_o[j] as usize, t / r_out as usize, t % r_out as usize];
                 class_posterior[i] = cls[j * k as usize..(j + 1) * k as usize].to_vec();
             }
         }
@@ -370,4 +508,96 @@ pub fn to_tensor(volumes: &[&Volume], device: Device) -> Tensor {
 /// good to `fraction` of Nyquist.
 pub fn radius_of(fraction: f64, n: usize) -> f64 {
     fraction * n as f64 / 2.0
+}
+
+/// The volumes `[K][N][N][N]` moved by `t` voxels (`[x, y, z]`, content going to `r + t`), by
+/// the Fourier phase ramp `exp(−2πi k·t/N)`: exact for a band-limited map, periodic in the box.
+pub fn translate(volumes: &Tensor, t: [f64; 3]) -> Tensor {
+    let n = volumes.size()[1];
+    let device = volumes.device();
+    let k = Tensor::fft_fftfreq(n, 1.0, (Kind::Double, device));
+    let phase = (k.view([n, 1, 1]) * t[2] + k.view([1, n, 1]) * t[1] + k.view([1, 1, n]) * t[0])
+        * (-2.0 * std::f64::consts::PI);
+    let ramp = Tensor::polar(&phase.ones_like(), &phase).to_kind(Kind::ComplexFloat);
+    let dims = [-3i64, -2, -1];
+    (volumes.fft_fftn(None::<&[i64]>, &dims[..], "backward") * ramp)
+        .fft_ifftn(None::<&[i64]>, &dims[..], "backward")
+        .real()
+}
+
+/// The rotations an E-step scores: a grid, searched exhaustively, or through a grid twice as
+/// coarse whose best candidates are refined on it ([`Local`]).
+#[derive(Debug)]
+pub struct Search {
+    /// The grid whose rotations the result's indices name.
+    pub grid: RotationGrid,
+    /// The coarse grid and its partition of `grid`, for a local search.
+    pub coarse: Option<(RotationGrid, Refinement)>,
+    /// How many coarse candidates each image refines.
+    pub top: i64,
+}
+
+impl Search {
+    /// The grid of `step_deg`, searched through a grid of twice the step when `top > 0` and
+    /// the step is at most `local_below_deg`, else exhaustively.
+    pub fn new(step_deg: f64, top: usize, local_below_deg: f64, device: Device) -> Self {
+        let grid = RotationGrid::new(step_deg, device);
+        let coarse = (top > 0 && step_deg <= local_below_deg).then(|| {
+            let coarse = RotationGrid::new(2.0 * step_deg, device);
+            let refinement = Refinement::new(&coarse, &grid);
+            (coarse, refinement)
+        });
+        Self {
+            grid,
+            coarse,
+            top: top as i64,
+        }
+    }
+
+    /// The E-step of `volumes` over this search (see [`expectation`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn expectation(
+        &self,
+        model: &ForwardModel,
+        volumes: &Tensor,
+        freqs: &Tensor,
+        terms: &ImageTerms,
+        half: &[u8],
+        log_pi: &[f64],
+        ramps: &Tensor,
+        batch_bytes: f64,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Expectation {
+        let fine = templates(model, volumes, &self.grid, freqs);
+        match &self.coarse {
+            None => expectation(
+                terms,
+                half,
+                &fine,
+                log_pi,
+                ramps,
+                batch_bytes,
+                None,
+                cancelled,
+            ),
+            Some((coarse, refinement)) => {
+                let t = templates(model, volumes, coarse, freqs);
+                let local = Local {
+                    fine: &fine,
+                    refinement,
+                    top: self.top,
+                };
+                expectation(
+                    terms,
+                    half,
+                    &t,
+                    log_pi,
+                    ramps,
+                    batch_bytes,
+                    Some(&local),
+                    cancelled,
+                )
+            }
+        }
+    }
 }

@@ -211,3 +211,22 @@ pub fn offset_ramps(offsets: &[[f64; 2]], n: usize, freqs: &Frequencies, device:
         .to_device(device)
         .view_as_complex()
 }
+
+/// The offsets of a disc of radius `range` pixels on a grid of `step` pixels, `[0, 0]` first
+/// (only it when `range` or `step` is not positive).
+pub fn disc_offsets(range: f64, step: f64) -> Vec<[f64; 2]> {
+    let mut out = vec![[0.0, 0.0]];
+    if range <= 0.0 || step <= 0.0 {
+        return out;
+    }
+    let steps = (range / step).floor() as i64;
+    for iy in -steps..=steps {
+        for ix in -steps..=steps {
+            let (x, y) = (ix as f64 * step, iy as f64 * step);
+            if (ix, iy) != (0, 0) && x * x + y * y <= range * range + 1e-9 {
+                out.push([x, y]);
+            }
+        }
+    }
+    out
+}

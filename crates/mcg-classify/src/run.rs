@@ -18,11 +18,20 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::em::{self, RotationGrid, expectation, maximisation, templates};
-use crate::images::{Frequencies, ImageTerms, offset_ramps};
+use crate::images::{Frequencies, ImageTerms, disc_offsets, offset_ramps};
 use crate::init::{self, Init, hard_sums};
 
-/// Rounds of K = 1 EM that turn the reference into the data's mean map before the split.
-pub const CONSENSUS_ROUNDS: usize = 3;
+/// The most rounds of K = 1 EM that turn the reference into the data's mean map before the
+/// split.
+pub const CONSENSUS_ROUNDS: usize = 10;
+/// The consensus rounds stop at the final frequency limit once a round raises the
+/// log-likelihood per image by less than this share of its size.
+pub const CONSENSUS_GAIN: f64 = 2e-3;
+/// The images (at most) the start aligns to refine the reference, spread over the set.
+pub const START_IMAGES: usize = 3000;
+
+/// The images (at most) whose likelihood places the reference in its box.
+pub const CENTRE_IMAGES: usize = 1000;
 
 /// Images per class below which a class cannot be reconstructed.
 pub const MIN_IMAGES_PER_CLASS: usize = 100;
@@ -48,6 +57,9 @@ pub struct ClassifySettings {
     pub angular_step_deg: f64,
     /// The coarsest (first) angular step, degrees.
     pub coarse_step_deg: f64,
+    /// Each image's most probable rotations on a grid twice as coarse that are refined on
+    /// the fine grid (0: every fine rotation is scored).
+    pub local_candidates: usize,
     /// The starting resolution, as a fraction of Nyquist.
     pub initial_resolution: f64,
     /// The resolution the consensus is refined to before the split, as a fraction of Nyquist.
@@ -87,6 +99,7 @@ impl Default for ClassifySettings {
             init: Init::Pca,
             angular_step_deg: 7.5,
             coarse_step_deg: 15.0,
+            local_candidates: 8,
             initial_resolution: 0.3,
             consensus_resolution: 0.55,
             offset_range_px: None,
@@ -152,6 +165,10 @@ pub struct Model {
     pub init: Init,
     /// The seed.
     pub seed: u64,
+    /// How far the reference was moved (voxels, `[x, y, z]`) to sit where the data's
+    /// particles are, before the start.
+    #[serde(default)]
+    pub recentred_voxels: [f64; 3],
 }
 
 /// The state kept after each complete iteration (`checkpoint/state.json`).
@@ -190,6 +207,12 @@ pub fn map_name(k: usize) -> String {
 /// between `fine` and `coarse` degrees.
 pub fn angular_step(r_max: f64, fine: f64, coarse: f64) -> f64 {
     (60.0 / r_max.max(1.0)).clamp(fine, coarse)
+}
+
+/// The search of the grid of `step` degrees: local (see [`em::Search`]) for grids finer
+/// than two thirds of the coarsest step, when `s.local_candidates` is not 0.
+fn search_of(s: &ClassifySettings, step: f64, dev: Device) -> em::Search {
+    em::Search::new(step, s.local_candidates, s.coarse_step_deg / 1.5, dev)
 }
 
 /// Runs a classification (see the module notes) and returns `model.json`'s content.
@@ -288,11 +311,13 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             offsets: offsets.clone(),
             init: s.init,
             seed: s.seed,
+            recentred_voxels: [0.0; 3],
         };
-        let (volumes, pi, class, scale, r0, record) = start_classes(
+        let (volumes, pi, class, scale, moved, r0, record) = start_classes(
             s, &model, &terms, &half, &ramps, &freqs_all, &reference, dev, monitor,
         )?;
         model_json.pi = pi;
+        model_json.recentred_voxels = moved;
         let mut record = record;
         record.seconds = start.elapsed().as_secs_f64();
         model_json.history.push(record);
@@ -316,14 +341,22 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
         let f = freqs_all.count_within(r_max);
         let freqs = freqs_all.tensor(f, dev);
         let step = angular_step(r_max, s.angular_step_deg, s.coarse_step_deg);
-        let grid = RotationGrid::new(step, dev);
+        let search = search_of(s, step, dev);
+        let grid = &search.grid;
         let log_pi: Vec<f64> = state.model.pi.iter().map(|p| p.max(1e-12).ln()).collect();
-        let t = templates(&model, &volumes, &grid, &freqs);
-        let exp = expectation(&terms, &half, &t, &log_pi, &ramps, s.batch_bytes, &|| {
-            monitor.cancelled()
-        });
+        let exp = search.expectation(
+            &model,
+            &volumes,
+            &freqs,
+            &terms,
+            &half,
+            &log_pi,
+            &ramps,
+            s.batch_bytes,
+            &|| monitor.cancelled(),
+        );
         monitor.check_cancelled()?;
-        let maps = maximisation(&model, &grid, &freqs, &exp, &volumes, s.tau_fudge, r_max);
+        let maps = maximisation(&model, grid, &freqs, &exp, &volumes, s.tau_fudge, r_max);
         let class: Vec<usize> = exp.best.iter().map(|b| b[1]).collect();
         let changed = class
             .iter()
@@ -373,7 +406,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             &state,
             &volumes,
             apix,
-            Some((&exp, &grid, &offsets)),
+            Some((&exp, grid, &offsets)),
         )?;
         bar.set_position(it as u64);
     }
@@ -398,7 +431,15 @@ fn start_classes(
     reference: &Volume,
     dev: Device,
     monitor: &dyn Monitor,
-) -> Result<(Tensor, Vec<f64>, Vec<usize>, f64, f64, IterationRecord)> {
+) -> Result<(
+    Tensor,
+    Vec<f64>,
+    Vec<usize>,
+    f64,
+    [f64; 3],
+    f64,
+    IterationRecord,
+)> {
     let n = model.box_size();
     let count = terms.len();
     let r0 = em::radius_of(s.initial_resolution, n).max(3.0);
@@ -407,15 +448,44 @@ fn start_classes(
     let step = angular_step(r0, s.angular_step_deg, s.coarse_step_deg);
     let grid = RotationGrid::new(step, dev);
     let mut v = em::to_tensor(&[reference], dev);
-    // The reference's scale: least squares at each image's best pose, twice.
-    let mut scale = 1.0;
-    for _ in 0..2 {
-        let t = templates(model, &v, &grid, &freqs);
-        let exp = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, &|| {
+    // The start's alignment works on a subset of the images, spread evenly over the set.
+    let take = count.min(START_IMAGES);
+    let rows: Vec<i64> = (0..take).map(|i| (i * count / take) as i64).collect();
+    let sub = terms.select(
+        &Tensor::from_slice(&rows).to_device(dev),
+        freqs_all.len() as i64,
+    );
+    let sub_half: Vec<u8> = rows.iter().map(|&i| half[i as usize]).collect();
+    let e_step = |terms: &ImageTerms,
+                  half: &[u8],
+                  v: &Tensor,
+                  grid: &RotationGrid,
+                  freqs: &Tensor,
+                  ramps: &Tensor|
+     -> Result<em::Expectation> {
+        let t = templates(model, v, grid, freqs);
+        let e = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, None, &|| {
             monitor.cancelled()
         });
         monitor.check_cancelled()?;
-        let c = fit_scale(terms, &t, ramps, &exp.best, f as i64);
+        Ok(e)
+    };
+    // The reference's scale: least squares at each image's best pose, once before the
+    // reference is placed in its box and once after.
+    let scale_of = |v: &Tensor| -> Result<f64> {
+        let t = templates(model, v, &grid, &freqs);
+        let exp = expectation(
+            &sub,
+            &sub_half,
+            &t,
+            &[0.0],
+            ramps,
+            s.batch_bytes,
+            None,
+            &|| monitor.cancelled(),
+        );
+        monitor.check_cancelled()?;
+        let c = fit_scale(&sub, &t, ramps, &exp.best, f as i64);
         if !(c.is_finite() && c != 0.0) {
             bail!(
                 "{}: the reference does not correlate with the images (scale {c})",
@@ -429,37 +499,129 @@ fn start_classes(
                  inverted relative to it; the reference is negated"
             );
         }
-        scale *= c;
-        v *= c;
-    }
-    // The data's own mean map (K = 1 EM at the starting resolution): the residuals whose
-    // principal component splits the classes must be centred on the data, not on the
-    // reference's own errors.
-    let e_step = |v: &Tensor, grid: &RotationGrid, freqs: &Tensor| -> Result<em::Expectation> {
-        let t = templates(model, v, grid, freqs);
-        let e = expectation(terms, half, &t, &[0.0], ramps, s.batch_bytes, &|| {
-            monitor.cancelled()
-        });
-        monitor.check_cancelled()?;
-        Ok(e)
+        Ok(c)
     };
-    // The consensus refined against the data (K = 1 EM, the frequency limit rising by two
-    // pixels a round up to `consensus_resolution`): the residuals split by their principal
-    // component must be centred on the data's own mean map, with the images well aligned, not
-    // on the reference's errors.
-    let mut exp = e_step(&v, &grid, &freqs)?;
+    let mut scale = scale_of(&v)?;
+    v *= scale;
+    // Where the reference sits in its box is arbitrary (a pose-free consensus has no
+    // centre), and views whose offsets lie beyond the search would never fit: the refinement
+    // would settle in a wrong basin. So the reference is moved to where the data's particles
+    // are: the 3D shift of highest likelihood (a subset of the images, at the starting
+    // resolution), searched on a grid of N/16 voxels within N/8 of the box centre, then
+    // twice on a grid half as fine around the best.
+    let probe_rows = Tensor::arange(take.min(CENTRE_IMAGES) as i64, (tch::Kind::Int64, dev));
+    let probe = sub.select(&probe_rows, freqs_all.len() as i64);
+    let probe_half = &sub_half[..take.min(CENTRE_IMAGES)];
+    let score = |t: [f64; 3]| -> Result<f64> {
+        let e = e_step(
+            &probe,
+            probe_half,
+            &em::translate(&v, t),
+            &grid,
+            &freqs,
+            ramps,
+        )?;
+        Ok(e.log_likelihood.iter().sum::<f64>() / e.log_likelihood.len() as f64)
+    };
+    let mut spacing = n as f64 / 16.0;
+    let reach = n as f64 / 8.0;
+    let mut moved = [0.0f64; 3];
+    let mut best = score(moved)?;
+    let steps = (reach / spacing).floor() as i64;
+    let mut candidates = Vec::new();
+    for z in -steps..=steps {
+        for y in -steps..=steps {
+            for x in -steps..=steps {
+                let t = [x, y, z].map(|c| c as f64 * spacing);
+                if (x, y, z) != (0, 0, 0) && t.iter().map(|c| c * c).sum::<f64>() <= reach * reach {
+                    candidates.push(t);
+                }
+            }
+        }
+    }
+    for level in 0..3 {
+        if level > 0 {
+            spacing /= 2.0;
+            candidates.clear();
+            for z in -1..=1i64 {
+                for y in -1..=1i64 {
+                    for x in -1..=1i64 {
+                        if (x, y, z) != (0, 0, 0) {
+                            let d = [x, y, z].map(|c| c as f64 * spacing);
+                            candidates.push([moved[0] + d[0], moved[1] + d[1], moved[2] + d[2]]);
+                        }
+                    }
+                }
+            }
+        }
+        let mut level_best = moved;
+        for &t in &candidates {
+            let ll = score(t)?;
+            if ll > best {
+                best = ll;
+                level_best = t;
+            }
+        }
+        moved = level_best;
+    }
+    tracing::info!(shift_voxels = ?moved, log_likelihood = best, "the reference moved onto the data's centre");
+    v = em::translate(&v, moved);
+    let c = scale_of(&v)?;
+    scale *= c;
+    v *= c;
+    // The consensus refined into the data's own mean map (K = 1 EM, the frequency limit
+    // rising by two pixels a round up to `consensus_resolution`, then rounds at that limit
+    // until the log-likelihood per image rises by less than CONSENSUS_GAIN of itself): the
+    // residuals
+    // split by their principal component must be centred on the data's mean map, with the
+    // images well aligned, not on the reference's errors.
+    let mut exp = e_step(&sub, &sub_half, &v, &grid, &freqs, ramps)?;
     let r_end = em::radius_of(s.consensus_resolution, n).max(r0);
     let mut r = r0;
     let (mut grid, mut freqs, mut f, mut step) = (grid, freqs, f, step);
+    let mean = |e: &em::Expectation| e.log_likelihood.iter().sum::<f64>() / take as f64;
+    let mut last = mean(&exp);
     for _ in 0..CONSENSUS_ROUNDS {
         v = maximisation(model, &grid, &freqs, &exp, &v, s.tau_fudge, r).full;
+        let before = r;
         r = (r + 2.0).min(r_end);
         f = freqs_all.count_within(r);
         freqs = freqs_all.tensor(f, dev);
         step = angular_step(r, s.angular_step_deg, s.coarse_step_deg);
-        grid = RotationGrid::new(step, dev);
-        exp = e_step(&v, &grid, &freqs)?;
+        let search = search_of(s, step, dev);
+        exp = search.expectation(
+            model,
+            &v,
+            &freqs,
+            &sub,
+            &sub_half,
+            &[0.0],
+            ramps,
+            s.batch_bytes,
+            &|| monitor.cancelled(),
+        );
+        monitor.check_cancelled()?;
+        grid = search.grid;
+        let ll = mean(&exp);
+        tracing::info!(r_max = r, log_likelihood = ll, "consensus round");
+        if r == before && ll - last < CONSENSUS_GAIN * ll.abs() {
+            break;
+        }
+        last = ll;
     }
+    // Every image's pose under the consensus.
+    let exp = search_of(s, step, dev).expectation(
+        model,
+        &v,
+        &freqs,
+        terms,
+        half,
+        &[0.0],
+        ramps,
+        s.batch_bytes,
+        &|| monitor.cancelled(),
+    );
+    monitor.check_cancelled()?;
     let r0 = r;
     let poses: init::Poses = exp.best.iter().map(|b| [b[0], b[2]]).collect();
     let class = match s.init {
@@ -501,7 +663,7 @@ fn start_classes(
         rotations: grid.len(),
         seconds: 0.0,
     };
-    Ok((maps.full, pi, class, scale, r0, record))
+    Ok((maps.full, pi, class, scale, moved, r0, record))
 }
 
 /// The least-squares scale of templates `t` to the images at their best (offset, rotation):
@@ -589,20 +751,7 @@ fn noise_of(
 fn offsets_of(s: &ClassifySettings, set: &ParticleSet) -> Vec<[f64; 2]> {
     let shifted = set.particles.iter().any(|p| p.shift != Shift::default());
     let range = s.offset_range_px.unwrap_or(if shifted { 2.0 } else { 0.0 });
-    let mut out = vec![[0.0, 0.0]];
-    if range <= 0.0 || s.offset_step_px <= 0.0 {
-        return out;
-    }
-    let steps = (range / s.offset_step_px).floor() as i64;
-    for iy in -steps..=steps {
-        for ix in -steps..=steps {
-            let (x, y) = (ix as f64 * s.offset_step_px, iy as f64 * s.offset_step_px);
-            if (ix, iy) != (0, 0) && x * x + y * y <= range * range + 1e-9 {
-                out.push([x, y]);
-            }
-        }
-    }
-    out
+    disc_offsets(range, s.offset_step_px)
 }
 
 /// Writes the class maps, `model.json` and (after an EM iteration) `particles.star`, then the

@@ -1,7 +1,10 @@
 //! The classification's oracles: the back-projection against the map it came from, and the
 //! E-step's matrix products against a brute-force sum of squared residuals.
 
-use mcg_classify::em::{RotationGrid, expectation, maximisation, templates, to_tensor, to_volume};
+use mcg_classify::em::{
+    Local, Refinement, RotationGrid, expectation, maximisation, templates, to_tensor, to_volume,
+    translate,
+};
 use mcg_classify::images::{Frequencies, ImageTerms, offset_ramps};
 use mcg_classify::init::hard_sums;
 use mcg_eval::fsc::{FscConfig, fsc};
@@ -180,7 +183,7 @@ fn e_step_agrees_with_a_brute_force_sum() {
     let pi = [0.3f64, 0.7];
     let log_pi: Vec<f64> = pi.iter().map(|p| p.ln()).collect();
     let half = vec![0u8, 1, 0, 1, 1];
-    let exp = expectation(&terms, &half, &t, &log_pi, &ramps, 1e6, &|| false);
+    let exp = expectation(&terms, &half, &t, &log_pi, &ramps, 1e6, None, &|| false);
 
     // Brute force, independently of the terms a and q.
     let r = grid.len();
@@ -236,6 +239,123 @@ fn e_step_agrees_with_a_brute_force_sum() {
                 "image {i} class {k}: {got} vs {want}"
             );
         }
+    }
+}
+
+/// The local search, told to refine every coarse candidate, scores every fine rotation once:
+/// it equals the exhaustive search of the fine grid (log-likelihoods, class posteriors, the
+/// largest posterior and the M-step's sums). (How well a few candidates do is measured on
+/// real sets: see docs/results.md.)
+#[test]
+fn local_search_of_every_coarse_candidate_equals_the_exhaustive_search() {
+    let n = 8;
+    let apix = 6.0;
+    let model = ForwardModel::new(n, Device::Cpu);
+    // Frequencies to 3 pixels: the coarse grid's 20° is then an arc of about a pixel at the
+    // edge, as the classification's grids are.
+    let freqs = Frequencies::new(n, 3.0);
+    let ft = freqs.tensor(freqs.len(), Device::Cpu);
+    let coarse = RotationGrid::new(20.0, Device::Cpu);
+    let fine = RotationGrid::new(10.0, Device::Cpu);
+    let refinement = Refinement::new(&coarse, &fine);
+    let maps = [blobs(n, apix as f32, 2), blobs(n, apix as f32, 3)];
+    let v = to_tensor(&[&maps[0], &maps[1]], Device::Cpu);
+    let tc = templates(&model, &v, &coarse, &ft);
+    let tf = templates(&model, &v, &fine, &ft);
+    let offsets = [[0.0, 0.0], [1.0, 0.0]];
+    let ramps = offset_ramps(&offsets, n, &freqs, Device::Cpu);
+    // Images: exact templates of class 0 or 1 at fine-grid poses, whitened by λ = 4.
+    let count = 12;
+    let picks: Vec<(usize, usize)> = (0..count).map(|i| (i % 2, (i * 37) % fine.len())).collect();
+    let rows: Vec<i64> = picks
+        .iter()
+        .map(|&(k, r)| (k * fine.len() + r) as i64)
+        .collect();
+    let y = tf.index_select(0, &Tensor::from_slice(&rows));
+    let lambda = 1.0;
+    let terms = ImageTerms {
+        a: &y * lambda,
+        q: y.abs().ones_like() * lambda,
+        yy: y.abs().square() * lambda,
+    };
+    let half: Vec<u8> = (0..count).map(|i| (i % 2) as u8).collect();
+    let log_pi = [0.4f64.ln(), 0.6f64.ln()];
+    let exhaustive = expectation(&terms, &half, &tf, &log_pi, &ramps, 1e6, None, &|| false);
+    let all = Local {
+        fine: &tf,
+        refinement: &refinement,
+        top: (offsets.len() * 2 * coarse.len()) as i64,
+    };
+    let local = expectation(
+        &terms,
+        &half,
+        &tc,
+        &log_pi,
+        &ramps,
+        1e6,
+        Some(&all),
+        &|| false,
+    );
+    // Float rounding: each log-likelihood is a difference of sums as large as ½Σλ|y|².
+    let rounding: Vec<f64> = Vec::try_from(
+        (terms
+            .yy
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
+            * 0.5e-4
+            + 1e-4)
+            .to_kind(Kind::Double),
+    )
+    .unwrap();
+    for i in 0..count {
+        let (a, b) = (exhaustive.log_likelihood[i], local.log_likelihood[i]);
+        assert!((a - b).abs() < rounding[i], "image {i}: {a} vs {b}");
+        for k in 0..2 {
+            let (a, b) = (
+                exhaustive.class_posterior[i][k],
+                local.class_posterior[i][k],
+            );
+            assert!((a - b).abs() < 1e-4, "image {i} class {k}: {a} vs {b}");
+        }
+        let (a, b) = (exhaustive.max_posterior[i], local.max_posterior[i]);
+        assert!(
+            (a - b).abs() < 1e-4,
+            "image {i}: largest posterior {a} vs {b}"
+        );
+    }
+    let close = |a: &Tensor, b: &Tensor| {
+        let scale = a.abs().max().double_value(&[]);
+        (a - b).abs().max().double_value(&[]) <= 1e-4 * scale
+    };
+    assert!(close(&exhaustive.num, &local.num) && close(&exhaustive.den, &local.den));
+}
+
+/// `translate` moves a map as the physics crate's transform does (`+t` voxels, `[x, y, z]`),
+/// without its trilinear blur: the two agree at low frequency.
+#[test]
+fn translate_moves_a_map_as_the_transform_does() {
+    let n = 16;
+    let apix = 5.0;
+    let volume = blobs(n, apix as f32, 7);
+    let v = to_tensor(&[&volume], Device::Cpu);
+    let d = [1.6, -2.2, 0.9];
+    let moved = to_volume(&translate(&v, d).get(0), apix).unwrap();
+    let by_transform = mcg_eval::align::Transform {
+        shift_voxels: d,
+        ..mcg_eval::align::Transform::identity()
+    }
+    .apply(&volume);
+    let agree = fsc(&moved, &by_transform, &FscConfig::default()).unwrap();
+    assert!(
+        agree.fsc[n / 8] > 0.99,
+        "translate vs Transform: {:?}",
+        agree.fsc
+    );
+    // Moved back, it is the map again below Nyquist (a fractional shift of an even box's
+    // Nyquist plane has no real-valued ramp: that plane alone is lost).
+    let back = to_volume(&translate(&translate(&v, d), d.map(|x| -x)).get(0), apix).unwrap();
+    let again = fsc(&back, &volume, &FscConfig::default()).unwrap();
+    for (i, c) in again.fsc.iter().enumerate().take(n / 2).skip(1) {
+        assert!(*c > 0.9999, "moved and back, shell {i}: FSC {c}");
     }
 }
 

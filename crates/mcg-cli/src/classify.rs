@@ -54,6 +54,11 @@ pub struct Args {
     /// The finest angular step of the rotation grid, degrees.
     #[arg(long, default_value_t = 7.5, value_parser = util::finite_f64)]
     angular_step: f64,
+    /// Fine grids are searched locally: each image's N most probable rotations on a grid of
+    /// twice the step are refined on the fine grid (RELION's adaptive oversampling), for
+    /// steps of 10° and less. 0 scores every fine rotation (slower, exhaustive).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    local_candidates: usize,
     /// The starting resolution, as a fraction of Nyquist.
     #[arg(long, default_value_t = 0.3, value_parser = util::finite_f64)]
     initial_resolution: f64,
@@ -134,6 +139,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         iterations: args.iterations,
         init: args.init,
         angular_step_deg: args.angular_step,
+        local_candidates: args.local_candidates,
         initial_resolution: args.initial_resolution,
         consensus_resolution: args.consensus_resolution,
         offset_range_px: args.offset_range,

@@ -131,8 +131,10 @@ fn classify_splits_a_two_state_set_at_high_snr() {
 }
 
 /// Pure-noise images give no confident split: the classes' probabilities stay near even,
-/// and the split is at the level of chance: two starts (other seeds, so other half sets and
-/// other starting groups) put the particles in classes that agree no better than chance.
+/// and two starts (other seeds, so other half sets and other starting groups) put the
+/// particles in classes that agree little. Not at the level of coin flips: both runs fit the
+/// same noise, so the data steer both starts alike (four seeds' pairs agreed on 0.52–0.62 of
+/// the particles); a confident split is reproduced (> 0.99 on the 20 dB set).
 #[test]
 fn pure_noise_makes_no_confident_split() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,9 +168,8 @@ fn pure_noise_makes_no_confident_split() {
         &classes(&runs[0].join("particles.star")),
         &classes(&runs[1].join("particles.star")),
     );
-    // 1,200 coin flips agree within 0.5 ± 0.05 with probability > 0.999.
     assert!(
-        agreement < 0.6,
+        agreement < 0.7,
         "two starts on noise agree on {agreement} of the particles"
     );
 }
@@ -203,6 +204,38 @@ fn a_resumed_classification_matches_an_uninterrupted_one() {
         classes(&straight.join("particles.star")),
         classes(&split.join("particles.star"))
     );
+}
+
+/// A reference off the particles' centre (as a pose-free consensus may be) is moved back
+/// before the classes start: the shift of highest likelihood undoes the offset, to the
+/// search's finest step (a quarter voxel at 16³), and model.json records it.
+#[test]
+fn an_off_centre_reference_is_moved_onto_the_particles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (star, reference) = two_state_set(dir.path(), 400, "10");
+    let map = mrc::read_volume(&reference, None).unwrap();
+    let d = [1.5, -1.0, 0.5];
+    let moved = mcg_eval::align::Transform {
+        shift_voxels: d,
+        ..mcg_eval::align::Transform::identity()
+    }
+    .apply(&map);
+    let off = dir.path().join("off_centre.mrc");
+    mrc::write_volume(&off, &moved).unwrap();
+    let out = dir.path().join("cls");
+    classify(&star, &off, &out, &["--iterations", "0"]);
+    let found: Vec<f64> = model(&out)["recentred_voxels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for i in 0..3 {
+        assert!(
+            (found[i] + d[i]).abs() < 0.3,
+            "moved by {found:?}, the reference was off by {d:?}"
+        );
+    }
 }
 
 /// Bad input is refused before anything is written, naming the file or option.
