@@ -6,6 +6,7 @@
 mod validate;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use mcg_dataset::monitor::Silent;
@@ -38,6 +39,12 @@ fn set(dir: &Path) -> PathBuf {
     data
 }
 
+/// libtorch's random generator is one per process and the trainer seeds it at every step
+/// (`tch::manual_seed`), while this binary's tests run on parallel threads: without taking
+/// turns, a run's draws would depend on the other tests' timing (the mixture test passed or
+/// failed by the scheduling).
+static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
+
 /// A 2-step run of `config` on the set in `data` (prepared as `train` prepares it: σ from the
 /// manifest), into `run`.
 fn train(data: &Path, mut config: TrainConfig, run: &Path) -> PathBuf {
@@ -66,6 +73,9 @@ fn train(data: &Path, mut config: TrainConfig, run: &Path) -> PathBuf {
         device: device::select(DeviceChoice::Cpu).unwrap(),
         init_volumes: Vec::new(),
     };
+    let _turn = TORCH_GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     mcg_train::run::run(
         config,
         &data_run,
