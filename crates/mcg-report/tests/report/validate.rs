@@ -16,7 +16,7 @@ use super::{set, train};
 /// The mixture generator (the default recipe's) on the small test set.
 const SMALL_MIXTURE: &str = r#"{
   "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
-             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2 },
+             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2, "component_init": 0.05 },
   "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
   "warm_steps": 1, "blur_start_px": 0.0, "lr_d": 1e-3
 }"#;
