@@ -389,6 +389,7 @@ fn train_step_figures(
         let mut paper_step = f64::NAN;
         for recipe in ["paper", "default"] {
             let run = work.join(format!("train_{recipe}_{projector}_{device}"));
+            let projector_setting = format!("projector={projector}");
             let mut args = vec![
                 "train",
                 "--particles",
@@ -400,8 +401,8 @@ fn train_step_figures(
                 &steps,
                 "--device",
                 device,
-                "--projector",
-                projector,
+                "--set",
+                &projector_setting,
                 "--quiet",
                 "--json",
             ]

@@ -73,6 +73,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    util::quiet_on_closed_pipe();
     let cli = Cli::parse();
     util::init_logging(cli.verbose, cli.quiet);
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -96,6 +97,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if util::is_closed_pipe(&e) => ExitCode::from(util::CLOSED_PIPE_STATUS),
         Err(e) => {
             util::print_error(&e);
             if progress.cancelled() {

@@ -148,6 +148,47 @@ pub fn print_json(value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// The exit status of a command whose output pipe was closed by its reader (as a Unix tool
+/// killed by SIGPIPE reports it to the shell: 128 + 13).
+pub const CLOSED_PIPE_STATUS: u8 = 141;
+
+/// A closed output pipe (`multicryogan info … | head -1`) ends the program quietly, as it does
+/// other Unix tools: `println!` panics when stdout's reader has gone, and this panic hook exits
+/// with [`CLOSED_PIPE_STATUS`] instead of printing a panic and a stack trace. Other panics keep
+/// the default hook.
+pub fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if is_closed_pipe_message(message) {
+            std::process::exit(i32::from(CLOSED_PIPE_STATUS));
+        }
+        default(info)
+    }));
+}
+
+/// Whether a panic's message is the standard library's for a closed stdout or stderr.
+fn is_closed_pipe_message(message: &str) -> bool {
+    message.starts_with("failed printing to std") && message.contains("Broken pipe")
+}
+
+/// Whether an error comes from writing to a closed pipe (e.g. [`print_json`] into `head`).
+pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    let broken = Some(std::io::ErrorKind::BrokenPipe);
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().map(|io| io.kind()) == broken
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(|json| json.io_error_kind())
+                == broken
+    })
+}
+
 /// The exit status of a command stopped by an interrupt (Ctrl-C, SIGTERM or SIGHUP).
 pub const INTERRUPTED_STATUS: u8 = 130;
 

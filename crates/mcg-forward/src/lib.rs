@@ -1,7 +1,8 @@
 //! The device physics on libtorch (`tch`), shared by the GAN trainer (`mcg-train`) and the
 //! classification (`mcg-classify`): the differentiable forward model that projects volumes and
 //! forms images (`forward`, held to the physics crate's simulator by tests), what a particle set
-//! gives it (`data`: CTFs, shifts, noise), and the choice of device (`device`).
+//! gives it (`data`: CTFs, shifts, noise), the choice of device (`device`), and the one call
+//! that prepares a particle set for them (`prepare`).
 //!
 //! One truth (`ARCHITECTURE.md`): what needs no gradient (poses, CTF, shifts, noise spectra) is
 //! computed by `mcg-physics` and moved to the device; only projections are computed here.
@@ -9,6 +10,7 @@
 pub mod data;
 pub mod device;
 pub mod forward;
+pub mod prepare;
 
 pub use device::{DeviceChoice, select};
 

@@ -19,7 +19,7 @@ use mcg_eval::{AlignConfig, FscConfig, FscCurve, Transform, align, fsc, fsccc};
 use mcg_physics::Volume;
 use mcg_train::device::{self, DeviceChoice};
 use mcg_train::models::Architecture;
-use mcg_train::run::{RunDir, TrainedRun, load_run, train_config, volume_at};
+use mcg_train::run::{DataDescription, RunDir, TrainedRun, load_run, train_config, volume_at};
 use ndarray::{Array2, Array3, s};
 
 use crate::metrics::{
@@ -154,11 +154,23 @@ pub fn validate(s: &ValidateSettings, progress: &dyn Monitor) -> Result<Validati
     Ok(v)
 }
 
-/// Refuses, naming the run folder at fault, two runs whose boxes, pixel sizes or kinds of
-/// landscape (and mixtures' component counts) differ: their maps cannot be compared. Reads
-/// only their `config.json`.
+/// Refuses, naming the run folder at fault, a run compared with itself, two runs trained on the
+/// same particles rather than on two halves (as their `config.json` record it), and two runs
+/// whose boxes, pixel sizes or kinds of landscape (and mixtures' component counts) differ:
+/// their maps cannot be compared. Reads only their `config.json`.
 pub fn check_compatible(run_a: &Path, run_b: &Path) -> Result<()> {
-    let read = |run: &Path| -> Result<(usize, f64, Kind, usize)> {
+    let same_folder = match (run_a.canonicalize(), run_b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => run_a == run_b,
+    };
+    if same_folder {
+        bail!(
+            "{}: the run compared with itself (every FSC would reach Nyquist): the half-set \
+             validation needs two runs, each trained on its own half of the particles",
+            run_a.display()
+        );
+    }
+    let read = |run: &Path| -> Result<(usize, f64, Kind, usize, DataDescription)> {
         let doc = RunDir::new(run)
             .read_config()
             .with_context(|| format!("reading the run {}", run.display()))?;
@@ -170,10 +182,20 @@ pub fn check_compatible(run_a: &Path, run_b: &Path) -> Result<()> {
             doc.data.pixel_size,
             Kind::of(model.architecture()),
             model.components,
+            doc.data,
         ))
     };
-    let (box_a, apix_a, kind_a, k_a) = read(run_a)?;
-    let (box_b, apix_b, kind_b, k_b) = read(run_b)?;
+    let (box_a, apix_a, kind_a, k_a, data_a) = read(run_a)?;
+    let (box_b, apix_b, kind_b, k_b, data_b) = read(run_b)?;
+    if let Some(particles) = same_particles(&data_a, &data_b) {
+        bail!(
+            "{}: trained on the same particles as {} ({particles}), not on the other half: \
+             the half-set validation needs two runs on the two halves of a set (train \
+             --half-sets makes them)",
+            run_b.display(),
+            run_a.display()
+        );
+    }
     let (a, b) = (run_a.display(), run_b.display());
     let why = "the two half-set runs must share the box, the pixel size and the kind of landscape";
     if box_a != box_b {
@@ -193,6 +215,23 @@ pub fn check_compatible(run_a: &Path, run_b: &Path) -> Result<()> {
         bail!("{b}: a mixture of {k_b} components, but {a} has {k_a}: {why}");
     }
     Ok(())
+}
+
+/// The particles two runs were both trained on, as their `config.json` records them: the same
+/// particle file and the same half, or either run on the whole set; `None` when they were
+/// trained on different halves or on different files.
+fn same_particles(a: &DataDescription, b: &DataDescription) -> Option<String> {
+    let file = |d: &DataDescription| {
+        std::fs::canonicalize(&d.particles).unwrap_or_else(|_| PathBuf::from(&d.particles))
+    };
+    if a.particles != b.particles && file(a) != file(b) {
+        return None;
+    }
+    match (a.half_set, b.half_set) {
+        (Some(x), Some(y)) if x != y => None,
+        (Some((h, _)), Some(_)) => Some(format!("{}, half {h}", a.particles)),
+        _ => Some(a.particles.clone()),
+    }
 }
 
 /// Samples a loaded run's landscape: for a continuous latent G at α = m/L (m = 0 … L) and at

@@ -6,15 +6,16 @@
 mod validate;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use mcg_dataset::monitor::Silent;
 use mcg_dataset::synth::{LandscapeSource, Preset, SynthSettings, synthesize};
 use mcg_report::{Metrics, OUTPUTS, ReportSettings, report};
+use mcg_train::data::{PrepareSettings, RunDataSettings, prepare_run};
 use mcg_train::device::{self, DeviceChoice};
-use mcg_train::run::{DataDescription, RunData, RunOptions};
-use mcg_train::train::{DataPhysics, TrainConfig};
+use mcg_train::run::RunOptions;
+use mcg_train::train::TrainConfig;
 
 use mcg_testdata::SMALL_PAPER_RECIPE as SMALL;
 
@@ -38,36 +39,31 @@ fn set(dir: &Path) -> PathBuf {
     data
 }
 
-/// A 2-step run of `config` (σ from the manifest) on the set in `data`, into `run`.
+/// libtorch's random generator is one per process and the trainer seeds it at every step
+/// (`tch::manual_seed`), while this binary's tests run on parallel threads: without taking
+/// turns, a run's draws would depend on the other tests' timing (the mixture test passed or
+/// failed by the scheduling).
+static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
+
+/// A 2-step run of `config` on the set in `data` (prepared as `train` prepares it: σ from the
+/// manifest), into `run`.
 fn train(data: &Path, mut config: TrainConfig, run: &Path) -> PathBuf {
-    let star = data.join("particles.star");
-    let (set, images) = mcg_dataset::input::particles(&star, &Default::default()).unwrap();
-    let (_, sigma) = mcg_dataset::folder::noise_sigma_beside(&star)
-        .unwrap()
-        .expect("synth records σ");
-    config.noise_sigma = Some(sigma);
-    let images: Box<dyn mcg_formats::ImageSource> = images;
-    let apix = images.pixel_size();
-    let data_run = RunData {
-        physics: DataPhysics::from_set(&set, apix, sigma),
-        images: Arc::from(images),
-        description: DataDescription {
-            particles: star.display().to_string(),
-            images: set.len(),
-            box_size: 16,
-            pixel_size: apix,
-            noise_sigma: sigma,
-            noise_sigma_source: "the manifest".into(),
-            noise_stack: None,
-            skipped_non_finite: 0,
-            downsampled_from: None,
-            inverted: false,
-            normalization_found: None,
-            contrast_z: None,
-            noise_spectrum: None,
-            half_set: None,
+    let settings = RunDataSettings {
+        prepare: PrepareSettings {
+            particles: data.join("particles.star"),
+            ..PrepareSettings::default()
         },
+        fixed_box: true,
+        ..RunDataSettings::default()
     };
+    let dev = device::select(DeviceChoice::Cpu).unwrap();
+    let data_run = prepare_run(&mut config, &settings, dev, &Silent::new(), &|_| Ok(())).unwrap();
+    assert!(
+        data_run
+            .description
+            .noise_sigma_source
+            .contains("manifest.json")
+    );
     let opts = RunOptions {
         out: run.to_path_buf(),
         steps: Some(2),
@@ -77,6 +73,9 @@ fn train(data: &Path, mut config: TrainConfig, run: &Path) -> PathBuf {
         device: device::select(DeviceChoice::Cpu).unwrap(),
         init_volumes: Vec::new(),
     };
+    let _turn = TORCH_GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     mcg_train::run::run(
         config,
         &data_run,

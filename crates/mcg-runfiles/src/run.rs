@@ -241,19 +241,9 @@ pub struct StepMetrics {
     /// Simulated images per second over this step.
     #[serde(deserialize_with = "nan_if_null")]
     pub images_per_second: f64,
-    /// The moment-matching term of G's loss (weighted), when on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moment_loss: Option<f64>,
-    /// The invariant-distribution term of G's loss (weighted), when on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invariant_loss: Option<f64>,
     /// The mixture generator's probabilities πₖ after this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f64>>,
-    /// Conditional critic: the classifier's accuracy on the step's simulated images (last D
-    /// step), 1/K by chance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub classifier_accuracy: Option<f64>,
 }
 
 /// A number that JSON may hold as `null` (how serde_json writes NaN and infinities): NaN then.
@@ -342,10 +332,7 @@ mod tests {
             wasserstein: 0.125,
             gradient_penalty: 0.0,
             images_per_second: 640.0,
-            moment_loss: None,
-            invariant_loss: None,
             probabilities: Some(vec![0.25, 0.75]),
-            classifier_accuracy: None,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert!(line.contains("\"g_loss\":null"), "{line}");
@@ -363,7 +350,15 @@ mod tests {
         );
         assert!(r.g_loss.is_nan());
         assert_eq!(r.probabilities.as_deref(), Some(&[0.25, 0.75][..]));
-        assert_eq!(r.moment_loss, None);
+        // A line of a run made before the experiments were retired, with their metrics.
+        let old = line.replacen(
+            '{',
+            "{\"moment_loss\":0.5,\"invariant_loss\":0.25,\"classifier_accuracy\":0.75,",
+            1,
+        );
+        std::fs::write(dir.path().join("metrics.jsonl"), format!("{old}\n")).unwrap();
+        let lines = read_metrics(dir.path()).unwrap();
+        assert_eq!((lines[0].step, lines[0].d_loss), (3, -0.25));
         std::fs::write(
             dir.path().join("metrics.jsonl"),
             format!("{line}\n{{\"step\": 1}}\n"),

@@ -54,12 +54,6 @@ impl Adam {
 
     /// One update from the current gradients.
     pub fn step(&mut self) {
-        self.step_except(&[]);
-    }
-
-    /// One update from the current gradients of every parameter but those named in `frozen`
-    /// (whose values and moment estimates stay as they are).
-    pub fn step_except(&mut self, frozen: &[&str]) {
         self.step += 1;
         let t = self.step as f64;
         let c1 = 1.0 - self.beta1.powf(t);
@@ -67,7 +61,7 @@ impl Adam {
         tch::no_grad(|| {
             for (name, p) in &mut self.params {
                 let g = p.grad();
-                if !g.defined() || frozen.contains(&name.as_str()) {
+                if !g.defined() {
                     continue;
                 }
                 let m = self.m.get_mut(name).expect("state for every parameter");

@@ -5,11 +5,15 @@
 //! `mcg-forward`, which the classification shares; `forward` is re-exported here.
 
 pub mod adam;
+mod checkpoint;
+pub mod data;
 pub mod device;
 pub use mcg_forward::forward;
-pub mod invariant;
+pub mod losses;
 pub mod models;
 pub mod run;
+pub mod settings;
+pub mod simulate;
 pub mod train;
 
 pub use device::{DeviceChoice, select};

@@ -110,24 +110,6 @@ pub fn run(
     std::fs::create_dir_all(&opts.out).map_err(|e| io(&opts.out, e))?;
     let config_path = RunDir::new(&opts.out).config();
     let mut trainer = Trainer::new(config.clone(), opts.device)?;
-    if config.moment_weight > 0.0 {
-        // The data's moments, from its first 20,000 images (deterministic, so a resume gets the
-        // same numbers).
-        trainer.set_moments(crate::train::image_moments(
-            data.images.as_ref(),
-            20_000,
-            data.physics.noise_sigma,
-            config.moment_radius,
-        )?);
-    }
-    if config.invariant_weight > 0.0 || config.pi_estimator == crate::train::PiEstimator::Invariant
-    {
-        // The data's invariant features, of its first 100,000 images (deterministic).
-        trainer.set_invariant(crate::invariant::InvariantFeatures::from_source(
-            data.images.as_ref(),
-            100_000,
-        )?);
-    }
     if opts.resume {
         let ckpt = RunDir::new(&opts.out).checkpoint();
         if !ckpt.is_file() {

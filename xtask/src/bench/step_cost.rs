@@ -258,12 +258,12 @@ fn time_box(
             "--force",
             "--steps",
             &steps,
-            "--log-every",
-            "1",
+            "--set",
+            "log_every=1",
             // The steps after the warm start, which make most of a run: the mixture's K
             // components each simulated and transformed (the warm start's consensus is one).
-            "--warm-steps",
-            "0",
+            "--set",
+            "warm_steps=0",
             "--device",
             device,
             "--quiet",

@@ -183,6 +183,21 @@ fn info_describes_maps_and_particle_sets() {
     assert_eq!(set["images_read"]["stats"]["pixels"], 10 * 16 * 16);
     // Text output names the same facts.
     assert!(ok(&["info", s(&sim.join("particles.star"))]).contains("particles: 10"));
+    // Output into a pipe whose reader has gone (`| head -1` once it has its line) ends the
+    // program quietly, with SIGPIPE's status as the shell reports it, not a panic.
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"));
+        cmd.args(["info", s(&sim.join("particles.star")), "--read-images"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "json {json}: {stderr}");
+        assert!(stderr.is_empty(), "json {json}: {stderr}");
+    }
 }
 
 #[test]

@@ -156,7 +156,7 @@ fn non_finite_options_are_refused() {
             "x.star",
             "--out",
             s(&out),
-            "--lr-g",
+            "--shift-sigma",
             "NaN",
             "--steps",
             "1",

@@ -110,7 +110,6 @@ fn resumes_exactly(dir: &Path, star: &Path, config: &str) -> (Vec<Value>, Vec<Va
             "wasserstein",
             "gradient_penalty",
             "probabilities",
-            "classifier_accuracy",
         ] {
             assert_eq!(a[key], b[key], "step {}: {key}", a["step"]);
         }
@@ -163,75 +162,22 @@ fn the_default_recipe_resumes_exactly_across_its_warm_start_and_blur() {
     );
 }
 
-/// [`SMALL_DEFAULT`] with the conditional critic, its sharpened draws ending within the four
-/// steps.
-pub const SMALL_CONDITIONAL: &str = r#"{
-  "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
-             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2, "conditional": true,
-             "component_init": 0.02 },
-  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
-  "warm_steps": 1, "blur_start_px": 1.5, "blur_steps": 3, "lr_d": 1e-3, "pi_rate": 0.2,
-  "sharpen": 0.1, "sharpen_steps": 2, "sorted_packs": true
-}"#;
-
-#[test]
-fn the_conditional_critic_resumes_exactly_and_logs_its_classifier() {
-    let dir = tempfile::tempdir().unwrap();
-    let star = tiny_set(dir.path());
-    let (m, _) = resumes_exactly(dir.path(), &star, SMALL_CONDITIONAL);
-    let doc = run_config(&dir.path().join("straight"));
-    assert_eq!(doc["train"]["model"]["conditional"], true);
-    // No classifier during the warm start; then its accuracy on each step's simulated images.
-    // (That π follows the classifier is the unit test
-    // a_conditional_mixture_started_at_the_states_learns_their_proportions.)
-    assert!(m[0].get("classifier_accuracy").is_none(), "{}", m[0]);
-    for line in &m[1..] {
-        let a = line["classifier_accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&a), "{line}");
-        let p: f64 = line["probabilities"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .sum();
-        assert!((p - 1.0).abs() < 1e-6, "{line}");
-    }
-}
-
-/// [`SMALL_DEFAULT`] with the dilation split at the end of its warm start, the
-/// invariant-distribution term (alone for the first heterogeneous step) and π from a
-/// classifier (trusted from a separation of 0.01, so that it acts within the four steps).
-pub const SMALL_INVARIANT: &str = r#"{
+/// [`SMALL_DEFAULT`] with π learnt but not fed back: the GAN simulates its components in
+/// equal shares.
+pub const SMALL_NO_FEEDBACK: &str = r#"{
   "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
              "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2 },
   "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
   "warm_steps": 1, "blur_start_px": 1.5, "blur_steps": 3, "lr_d": 1e-3,
-  "split_dilation": 0.05, "invariant_weight": 1.0, "invariant_batch": 16,
-  "invariant_reference": 32, "invariant_only_steps": 1, "pi_classifier": true,
-  "pi_rate": 0.5, "pi_separation": 0.01
-}"#;
-
-/// [`SMALL_DEFAULT`] with π estimated from the invariant features from the first
-/// heterogeneous step, the GAN simulating its components in equal shares. (On this tiny set the
-/// components stay too alike for the estimate to set π; that it finds the data's proportions
-/// is the unit test `the_proportions_minimising_the_distance_are_the_datas`.)
-pub const SMALL_INVARIANT_PI: &str = r#"{
-  "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
-             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2 },
-  "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
-  "warm_steps": 1, "blur_start_px": 1.5, "blur_steps": 3, "lr_d": 1e-3,
-  "invariant_batch": 16, "invariant_reference": 32, "pi_estimator": "invariant",
-  "pi_delay": 0, "pi_feedback": false, "pi_rate": 0.5
+  "pi_feedback": false
 }"#;
 
 #[test]
-fn pi_from_the_invariant_features_resumes_exactly() {
+fn pi_without_feedback_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let star = tiny_set(dir.path());
-    let (m, _) = resumes_exactly(dir.path(), &star, SMALL_INVARIANT_PI);
+    let (m, _) = resumes_exactly(dir.path(), &star, SMALL_NO_FEEDBACK);
     for line in &m {
-        // No invariant term in G's loss (weight 0), only π's estimate.
-        assert!(line.get("invariant_loss").is_none(), "{line}");
         let p: f64 = line["probabilities"]
             .as_array()
             .unwrap()
@@ -241,51 +187,27 @@ fn pi_from_the_invariant_features_resumes_exactly() {
         assert!((p - 1.0).abs() < 1e-5, "{line}");
     }
     let doc = run_config(&dir.path().join("straight"));
-    assert_eq!(doc["train"]["pi_estimator"], "invariant");
     assert_eq!(doc["train"]["pi_feedback"], false);
 }
 
+/// A settings file with a retired experiment switched on is refused, naming the setting and
+/// the git tag that has it; at its default the setting is dropped and the run trains.
 #[test]
-fn the_unconditional_mixtures_options_resume_exactly_and_are_logged() {
+fn retired_experiments_are_refused_naming_the_tag() {
     let dir = tempfile::tempdir().unwrap();
     let star = tiny_set(dir.path());
-    let (m, resumed) = resumes_exactly(dir.path(), &star, SMALL_INVARIANT);
-    for (a, b) in m.iter().zip(&resumed) {
-        assert_eq!(
-            a["invariant_loss"], b["invariant_loss"],
-            "step {}",
-            a["step"]
-        );
-    }
-    for line in &m {
-        // The energy distance less the data's own spread: a small finite number.
-        let v = line["invariant_loss"].as_f64().unwrap();
-        assert!(v.is_finite() && v.abs() < 50.0, "{line}");
-    }
-    // The classifier learns from the first heterogeneous step (step 2).
-    assert!(m[0].get("classifier_accuracy").is_none(), "{}", m[0]);
-    for line in &m[1..] {
-        let a = line["classifier_accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&a), "{line}");
-    }
-    let doc = run_config(&dir.path().join("straight"));
-    assert_eq!(doc["train"]["split_dilation"], 0.05);
-    assert_eq!(doc["train"]["invariant_weight"], 1.0);
-    assert_eq!(doc["train"]["pi_classifier"], true);
-    // Out-of-range settings are refused with an error naming the field.
-    let file = dir.path().join("bad.json");
-    for (field, value) in [
-        ("split_dilation", "0.7"),
-        ("invariant_weight", "-1"),
-        ("pi_separation", "0"),
+    let file = dir.path().join("old.json");
+    for (field, value, refused) in [
+        ("moment_weight", "0.5", true),
+        ("sorted_packs", "true", false),
     ] {
         std::fs::write(
             &file,
-            format!("{{ \"model\": {{ \"box_size\": 16 }}, \"{field}\": {value} }}"),
+            SMALL_DEFAULT.replacen('{', &format!("{{ \"{field}\": {value},"), 1),
         )
         .unwrap();
-        let out = dir.path().join(format!("bad-{field}"));
-        let err = fails(&[
+        let out = dir.path().join(format!("run-{field}"));
+        let args = [
             "train",
             "--particles",
             s(&star),
@@ -297,9 +219,20 @@ fn the_unconditional_mixtures_options_resume_exactly_and_are_logged() {
             "1",
             "--device",
             "cpu",
+            "--threads",
+            "1",
             "-q",
-        ]);
-        assert!(err.contains(field), "{field}: {err}");
+        ];
+        if refused {
+            let err = fails(&args);
+            assert!(
+                err.contains(field) && err.contains("experiments-2026-12"),
+                "{field}: {err}"
+            );
+        } else {
+            ok(&args);
+            assert!(run_config(&out)["train"].get(field).is_none());
+        }
     }
 }
 
@@ -317,7 +250,7 @@ fn sigterm_saves_the_checkpoint_and_the_run_resumes() {
             &star,
             &file,
             &run,
-            &[&["--checkpoint-seconds", "100000"], extra].concat(),
+            &[&["--set", "checkpoint_seconds=100000"], extra].concat(),
         )
     };
     let output = signal_after_lines(&args(&["--steps", "1000000"]), &run, 3, "TERM");
@@ -921,7 +854,7 @@ fn sigkill_then_resume_gives_the_uninterrupted_run() {
     std::fs::write(&file, SMALL_DEFAULT).unwrap();
     let steps = "40";
     let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
-    let every_step = ["--checkpoint-seconds", "0"];
+    let every_step = ["--set", "checkpoint_seconds=0"];
     ok(&as_strs(&train_command(
         &star,
         &file,

@@ -12,12 +12,51 @@ fn validate_writes_its_files_and_refuses_bad_runs() {
     let star = tiny_set_of(dir.path(), "hsp90-continuous");
     let run = small_run(dir.path(), &star);
 
-    // A run against itself: every matched point at Nyquist, the files written.
+    // A run against itself, or against a copy recorded as trained on the same particles, is
+    // refused naming the run: every FSC would reach Nyquist.
+    let refused = dir.path().join("refused");
+    let msg = fails(&[
+        "validate",
+        s(&run),
+        s(&run),
+        "--out",
+        s(&refused),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        msg.contains(&format!("{}: the run compared with itself", run.display())),
+        "{msg}"
+    );
+    let copy = copy_as_half(&run, &dir.path().join("copy"), None);
+    let msg = fails(&[
+        "validate",
+        s(&run),
+        s(&copy),
+        "--out",
+        s(&refused),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        msg.contains(&format!(
+            "{}: trained on the same particles as {}",
+            copy.display(),
+            run.display()
+        )),
+        "{msg}"
+    );
+    assert!(!refused.exists());
+
+    // The run against a copy recorded as the other half: every matched point at Nyquist, the
+    // files written.
+    let run = copy_as_half(&run, &dir.path().join("half1"), Some(1));
+    let copy = copy_as_half(&run, &dir.path().join("half2"), Some(2));
     let out = dir.path().join("validation");
     let printed = ok(&[
         "validate",
         s(&run),
-        s(&run),
+        s(&copy),
         "--out",
         s(&out),
         "--l",
@@ -47,7 +86,7 @@ fn validate_writes_its_files_and_refuses_bad_runs() {
     let json = ok(&[
         "validate",
         s(&run),
-        s(&run),
+        s(&copy),
         "--out",
         s(&dir.path().join("again")),
         "--l",
@@ -82,6 +121,7 @@ fn validate_writes_its_files_and_refuses_bad_runs() {
     let mut doc: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     doc["train"]["model"]["box_size"] = 32.into();
+    doc["data"]["half_set"] = serde_json::json!([2, 0]);
     std::fs::write(other.join("config.json"), doc.to_string()).unwrap();
     let msg = fails(&[
         "validate",
@@ -101,4 +141,27 @@ fn validate_writes_its_files_and_refuses_bad_runs() {
         "a refused validation wrote {}",
         refused.display()
     );
+}
+
+/// A copy of the run folder `from` (its files, not its snapshots) in `to`, its `config.json`
+/// recording half `half` of the set (`None`: the whole set), as `train --half-sets` records it.
+fn copy_as_half(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    half: Option<usize>,
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let path = to.join("config.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    doc["data"]["half_set"] = match half {
+        Some(h) => serde_json::json!([h, 0]),
+        None => Value::Null,
+    };
+    std::fs::write(&path, doc.to_string()).unwrap();
+    to.to_path_buf()
 }

@@ -16,7 +16,7 @@ use super::{set, train};
 /// The mixture generator (the default recipe's) on the small test set.
 const SMALL_MIXTURE: &str = r#"{
   "model": { "mode": "multi", "box_size": 16, "generator": "mixture", "components": 2,
-             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2 },
+             "discriminator_channels": 4, "pack": 2, "leaky_slope": 0.2, "component_init": 0.05 },
   "batch_size": 8, "poses_per_volume": 4, "d_steps": 2, "seed": 5, "step": "fast",
   "warm_steps": 1, "blur_start_px": 0.0, "lr_d": 1e-3
 }"#;
@@ -36,6 +36,19 @@ fn config(json: &str, seed: u64) -> TrainConfig {
 
 /// A copy of run folder `from`'s files (not its subfolders) in `to`, its config.json changed
 /// by `edit`.
+/// `run`, its `config.json` recording that it was trained on half `h` (1 or 2) of the set, as
+/// `train --half-sets` records it (the tests train both runs on the whole of their tiny set).
+fn as_half(run: PathBuf, h: usize) -> PathBuf {
+    let path = run.join("config.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    doc["data"]["half_set"] = serde_json::json!([h, 0]);
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    run
+}
+
+/// A copy of the run `from` in `to`, recorded as trained on the other half (see [`as_half`]),
+/// its `config.json` then changed by `edit`.
 fn copy_run(from: &Path, to: &Path, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
@@ -46,6 +59,8 @@ fn copy_run(from: &Path, to: &Path, edit: impl Fn(&mut serde_json::Value)) -> Pa
     let path = to.join("config.json");
     let mut doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let h = doc["data"]["half_set"][0].as_u64().unwrap_or(1);
+    doc["data"]["half_set"] = serde_json::json!([3 - h, 0]);
     edit(&mut doc);
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     to.to_path_buf()
@@ -85,7 +100,7 @@ fn consensus(v: &Validation) -> mcg_report::metrics::MatchedPoint {
 fn half_set_runs_are_validated_against_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let data = set(dir.path());
-    let a = train(&data, config(SMALL, 5), &dir.path().join("a"));
+    let a = as_half(train(&data, config(SMALL, 5), &dir.path().join("a")), 1);
 
     // An identical copy agrees at every shell, along the whole landscape.
     let copy = copy_run(&a, &dir.path().join("a-copy"), |_| {});
@@ -112,7 +127,7 @@ fn half_set_runs_are_validated_against_each_other() {
     // A differently seeded run. After two steps the paper's CNN gives nearly the same
     // masked blob whatever its seed (AreaFSC about 0.99998), so only "no better than an
     // identical copy" is asserted here; the mixture test below tells seeds apart.
-    let b = train(&data, config(SMALL, 6), &dir.path().join("b"));
+    let b = as_half(train(&data, config(SMALL, 6), &dir.path().join("b")), 2);
     let other = validate(&settings(&a, &b, &dir.path().join("other")), &Silent::new()).unwrap();
     assert!(
         other.resolution.mean_area_fsc < same.resolution.mean_area_fsc,
@@ -154,6 +169,52 @@ fn half_set_runs_are_validated_against_each_other() {
         );
     }
 
+    // A run against itself (by any spelling of its folder) is refused, naming it: every FSC
+    // would reach Nyquist.
+    let dotted = a.join(".");
+    for b in [&a, &dotted] {
+        let out = dir.path().join("itself");
+        let err = format!(
+            "{:#}",
+            validate(&settings(&a, b, &out), &Silent::new()).unwrap_err()
+        );
+        assert!(
+            err.starts_with(&format!("{}: the run compared with itself", a.display())),
+            "{err}"
+        );
+        assert!(
+            !out.exists(),
+            "a refused validation wrote {}",
+            out.display()
+        );
+    }
+
+    // Two runs on the same particles rather than on two halves (the same half, or the whole
+    // set) are refused, naming the run.
+    for half in [serde_json::json!([1, 0]), serde_json::Value::Null] {
+        let twin = copy_run(&a, &dir.path().join("twin"), |d| {
+            d["data"]["half_set"] = half.clone()
+        });
+        let out = dir.path().join("twin-validation");
+        let err = format!(
+            "{:#}",
+            validate(&settings(&a, &twin, &out), &Silent::new()).unwrap_err()
+        );
+        assert!(
+            err.starts_with(&format!(
+                "{}: trained on the same particles as {}",
+                twin.display(),
+                a.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            !out.exists(),
+            "a refused validation wrote {}",
+            out.display()
+        );
+    }
+
     // The report of one half with the other: a section, and the numbers in metrics.json.
     let out = dir.path().join("report");
     let mut s = ReportSettings::new(&a, &out);
@@ -180,8 +241,16 @@ fn half_set_runs_are_validated_against_each_other() {
 fn a_mixture_run_is_validated_component_by_component() {
     let dir = tempfile::tempdir().unwrap();
     let data = set(dir.path());
-    let a = train(&data, config(SMALL_MIXTURE, 5), &dir.path().join("a"));
-    let v = validate(&settings(&a, &a, &dir.path().join("same")), &Silent::new()).unwrap();
+    let a = as_half(
+        train(&data, config(SMALL_MIXTURE, 5), &dir.path().join("a")),
+        1,
+    );
+    let copy = copy_run(&a, &dir.path().join("a-copy"), |_| {});
+    let v = validate(
+        &settings(&a, &copy, &dir.path().join("same")),
+        &Silent::new(),
+    )
+    .unwrap();
     assert_eq!(v.landscape, "mixture");
     assert_eq!(v.permutation, Some(vec![0, 1]));
     assert_eq!(v.points.len(), 2);
@@ -191,7 +260,10 @@ fn a_mixture_run_is_validated_component_by_component() {
     assert!(summary.contains("over 2 matched components"), "{summary}");
 
     // A differently seeded mixture (other random components) agrees less, shell by shell.
-    let b = train(&data, config(SMALL_MIXTURE, 6), &dir.path().join("b"));
+    let b = as_half(
+        train(&data, config(SMALL_MIXTURE, 6), &dir.path().join("b")),
+        2,
+    );
     let w = validate(&settings(&a, &b, &dir.path().join("other")), &Silent::new()).unwrap();
     assert!(w.resolution.mean_area_fsc < 0.9, "{:?}", w.resolution);
     assert!(

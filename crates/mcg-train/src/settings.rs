@@ -1,0 +1,493 @@
+//! A run's settings (`TrainConfig`, with the model's `ModelConfig`), their validation, and
+//! the reading of settings written before (a run folder's `config.json`, a checkpoint, a
+//! `--config` file), with the retired experiments' settings (see [`RETIRED`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::forward::Projector;
+use crate::models::{Architecture, ModelConfig};
+use mcg_physics::normalize::Normalization;
+
+/// Every hyper-parameter of a run (written to `RUN/config.json` first; `--config` reads one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// G and D.
+    pub model: ModelConfig,
+    /// Real (and simulated) images per discriminator step.
+    pub batch_size: usize,
+    /// Poses per generated volume in a batch (G's cost falls by this factor).
+    pub poses_per_volume: usize,
+    /// Discriminator steps per generator step (k).
+    pub d_steps: usize,
+    /// Gradient-penalty weight λ.
+    pub gp_lambda: f64,
+    /// Adam learning rates and betas.
+    pub lr_g: f64,
+    /// Discriminator learning rate.
+    pub lr_d: f64,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// The projector of the forward model: fourier (central slices; the default, faster) or
+    /// real-space.
+    pub projector: Projector,
+    /// Apply the CTF of a random particle of the data set to each simulated image.
+    pub ctf: bool,
+    /// Shift simulated images by a random particle's shift.
+    pub shifts: bool,
+    /// Shift simulated images by Gaussian offsets of this σ (pixels, per axis) instead of the
+    /// data's shifts, for data whose metadata has none; 0: off. Overrides `shifts`.
+    pub shift_sigma_px: f64,
+    /// The per-image normalisation of the simulated images after their noise: the data's own,
+    /// which the caller applies to the real images as they are read (the CLI detects it with
+    /// `mcg_dataset::inspect` and reads the data through `inspect::Adjusted`), so that D sees
+    /// both normalised by the same rule. Its default, none, leaves them as they are.
+    pub normalization: Normalization,
+    /// Noise σ of simulated images; `None`: from the data's manifest or estimated.
+    pub noise_sigma: Option<f64>,
+    /// Master seed.
+    pub seed: u64,
+    /// Seconds between checkpoints.
+    pub checkpoint_seconds: f64,
+    /// Log a metrics line every this many G steps.
+    pub log_every: usize,
+    /// The step's recipe: `fast` evaluates G once per G step (without gradient for the k D
+    /// steps, which reuse its volumes, and their 3D transforms, at fresh poses, CTFs and noise),
+    /// scores real, simulated and interpolated images in one pass of D and skips D's weight
+    /// gradients in the G step; `paper` runs G for every D step, as the paper's Algorithm 2
+    /// does. (A run folder's settings without this field were written before it existed, and
+    /// [`TrainConfig::from_run_json`] reads them as the paper's recipe.)
+    pub step: StepKind,
+    /// Coarse-to-fine: both real and simulated images are low-passed by a Gaussian of this σ
+    /// (pixels) at step 0, falling linearly to 0 at `blur_steps`. 0: off.
+    pub blur_start_px: f64,
+    /// G steps over which the blur falls to 0.
+    pub blur_steps: u64,
+    /// Warm start: for this many G steps the voxel and mixture generators learn their base
+    /// volume alone (a single-volume consensus), then their components.
+    pub warm_steps: u64,
+    /// Whether the mixture's simulated images follow π (true: the GAN's importance weights
+    /// K·πₖ). False: the GAN simulates its components in equal shares whatever π, and π (as
+    /// learnt, and as the run reports it) does not feed back into how the components are
+    /// trained, so that a component whose share falls is not starved of D's attention.
+    pub pi_feedback: bool,
+}
+
+/// The git tag of the last commit that had the retired experiments (see [`RETIRED`]); their
+/// runs are reproduced by building it.
+pub const RETIRED_TAG: &str = "experiments-2026-12";
+
+/// The settings of the experiments that did not help (docs/results.md), retired after
+/// [`RETIRED_TAG`]: each one's path in the settings (`model.` for the model's) and the values
+/// at which it did nothing (its default, and the paper recipe's where that differed). A
+/// settings file or checkpoint that holds one at such a value still reads (the setting is
+/// dropped); at any other value it is refused, naming the setting and the tag.
+pub const RETIRED: &[(&str, &[Inert])] = &[
+    ("split_dilation", &[Inert::Number(0.0)]),
+    ("spread", &[Inert::Number(0.0)]),
+    ("moment_weight", &[Inert::Number(0.0)]),
+    ("moment_radius", &[Inert::Number(6.0)]),
+    ("moment_batch", &[Inert::Number(256.0)]),
+    ("invariant_weight", &[Inert::Number(0.0)]),
+    ("invariant_batch", &[Inert::Number(512.0)]),
+    ("invariant_reference", &[Inert::Number(1024.0)]),
+    ("invariant_only_steps", &[Inert::Number(0.0)]),
+    ("pi_rate", &[Inert::Number(0.01)]),
+    ("pi_classifier", &[Inert::Bool(false)]),
+    ("pi_separation", &[Inert::Number(0.05)]),
+    ("pi_estimator", &[Inert::Text("shift")]),
+    ("pi_delay", &[Inert::Number(200.0)]),
+    ("classifier_weight", &[Inert::Number(0.0)]),
+    ("sharpen", &[Inert::Number(0.02), Inert::Number(1.0)]),
+    (
+        "sharpen_steps",
+        &[Inert::Number(1000.0), Inert::Number(0.0)],
+    ),
+    ("sorted_packs", &[Inert::Bool(true), Inert::Bool(false)]),
+    ("model.conditional", &[Inert::Bool(false)]),
+];
+
+/// A value at which a retired setting did nothing (see [`RETIRED`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Inert {
+    /// A number (written as an integer or not).
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Text(&'static str),
+}
+
+impl Inert {
+    fn matches(&self, v: &serde_json::Value) -> bool {
+        match self {
+            Self::Number(x) => v.as_f64() == Some(*x),
+            Self::Bool(b) => v.as_bool() == Some(*b),
+            Self::Text(t) => v.as_str() == Some(*t),
+        }
+    }
+}
+
+/// Removes the retired settings (see [`RETIRED`]) from settings `value`, refusing one that is
+/// not at a value at which it did nothing.
+fn drop_retired(value: &mut serde_json::Value) -> Result<(), serde_json::Error> {
+    for (path, inert) in RETIRED {
+        let (object, name) = match path.split_once('.') {
+            Some((outer, name)) => (value.get_mut(outer), name),
+            None => (Some(&mut *value), *path),
+        };
+        let Some(serde_json::Value::Object(object)) = object else {
+            continue;
+        };
+        let Some(v) = object.remove(name) else {
+            continue;
+        };
+        if !inert.iter().any(|i| i.matches(&v)) {
+            return Err(serde::de::Error::custom(format!(
+                "{path} = {v}: this experiment was retired; the git tag {RETIRED_TAG} has it \
+                 (build that commit to run it), or leave {path} out"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the fields of `top` over those of `base`, object by object.
+fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
+    match (base, top) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// How a training step is computed (see [`TrainConfig::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// The paper's Algorithm 2: G runs once per D step and once for the G step.
+    Paper,
+    /// One G evaluation per G step, fused D passes (the default).
+    #[default]
+    Fast,
+}
+
+impl std::str::FromStr for StepKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "paper" => Ok(Self::Paper),
+            "fast" => Ok(Self::Fast),
+            other => Err(format!("unknown step {other:?}: expected paper or fast")),
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::default(),
+            batch_size: 32,
+            poses_per_volume: 4,
+            d_steps: 4,
+            gp_lambda: 10.0,
+            lr_g: 1e-3,
+            lr_d: 1e-3,
+            beta1: 0.5,
+            beta2: 0.9,
+            projector: Projector::Fourier,
+            ctf: true,
+            shifts: false,
+            shift_sigma_px: 0.0,
+            normalization: Normalization::None,
+            noise_sigma: None,
+            seed: 0,
+            checkpoint_seconds: 300.0,
+            log_every: 1,
+            step: StepKind::Fast,
+            blur_start_px: 2.0,
+            blur_steps: 1500,
+            warm_steps: 500,
+            pi_feedback: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Settings from a run folder's `config.json` (its "train" part) or a checkpoint. Settings
+    /// written before the fast step existed have no "step" field: their missing fields are
+    /// those of the recipe they were made with, the paper's ([`TrainConfig::paper`]), so such
+    /// runs resume exactly. Other missing fields take today's defaults.
+    ///
+    /// Settings of the experiments retired after the tag [`RETIRED_TAG`] (see [`RETIRED`]) are
+    /// dropped when they have a value at which they did nothing, and refused otherwise.
+    pub fn from_run_json(mut value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        drop_retired(&mut value)?;
+        if value.get("step").is_some() || !value.is_object() {
+            return serde_json::from_value(value);
+        }
+        let mut base = serde_json::to_value(Self::paper())?;
+        overlay(&mut base, value);
+        serde_json::from_value(base)
+    }
+
+    /// Settings from a settings file (`--config`): missing fields take today's defaults, and
+    /// retired settings are read as [`TrainConfig::from_run_json`] reads them.
+    pub fn from_settings_json(mut value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        drop_retired(&mut value)?;
+        serde_json::from_value(value)
+    }
+
+    /// The paper's recipe as this trainer ran it before the fast step and the voxel generators:
+    /// the 3D CNN generator, G run for every D step, lr_d = lr_g / 10, D's LeakyReLU slope 0.01.
+    pub fn paper() -> Self {
+        Self {
+            model: ModelConfig::paper(),
+            lr_d: 1e-4,
+            step: StepKind::Paper,
+            blur_start_px: 0.0,
+            blur_steps: 0,
+            warm_steps: 0,
+            ..Self::default()
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings; the message names the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Invalid(m));
+        let n = self.model.box_size;
+        if n < 8 || !n.is_multiple_of(8) {
+            return bad(format!(
+                "model.box_size = {n}: expected a multiple of 8, at least 8"
+            ));
+        }
+        if self.batch_size == 0 || self.poses_per_volume == 0 || self.d_steps == 0 {
+            return bad("batch_size, poses_per_volume and d_steps must be at least 1".into());
+        }
+        if !self.batch_size.is_multiple_of(self.poses_per_volume) {
+            return bad(format!(
+                "batch_size = {} must be a multiple of poses_per_volume = {}",
+                self.batch_size, self.poses_per_volume
+            ));
+        }
+        for (name, v) in [
+            ("lr_g", self.lr_g),
+            ("lr_d", self.lr_d),
+            ("gp_lambda", self.gp_lambda),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} = {v}: expected a finite number ≥ 0"));
+            }
+        }
+        if self.model.latent_dims == Some(0) {
+            return bad("model.latent_dims must be at least 1".into());
+        }
+        if self.log_every == 0 {
+            return bad("log_every must be at least 1".into());
+        }
+        let coarsening = self.model.component_coarsening;
+        if coarsening == 0 || !n.is_multiple_of(coarsening) {
+            return bad(format!(
+                "model.component_coarsening = {coarsening}: expected at least 1 and a divisor of \
+                 model.box_size = {n}"
+            ));
+        }
+        let pack = self.model.pack;
+        if pack == 0 || !self.batch_size.is_multiple_of(pack) {
+            return bad(format!(
+                "model.pack = {pack}: expected at least 1 and a divisor of batch_size = {}",
+                self.batch_size
+            ));
+        }
+        let multi_voxel = matches!(
+            self.model.architecture(),
+            Architecture::Voxel | Architecture::Mixture
+        );
+        if multi_voxel && self.model.components == 0 {
+            return bad("model.components must be at least 1".into());
+        }
+        if self.model.architecture() == Architecture::Mixture {
+            if self.step == StepKind::Paper {
+                return bad("model.generator = mixture needs step = fast".into());
+            }
+            if !self.batch_size.is_multiple_of(self.model.components) {
+                return bad(format!(
+                    "batch_size = {} must be a multiple of model.components = {} (a mixture \
+                     simulates the same number of images of each component)",
+                    self.batch_size, self.model.components
+                ));
+            }
+        }
+        if pack > 1 && self.step == StepKind::Paper {
+            return bad("model.pack > 1 needs step = fast".into());
+        }
+        if !(self.model.component_init.is_finite() && self.model.component_init >= 0.0) {
+            return bad(format!(
+                "model.component_init = {}: expected a finite number ≥ 0",
+                self.model.component_init
+            ));
+        }
+        if !(self.shift_sigma_px.is_finite() && self.shift_sigma_px >= 0.0) {
+            return bad(format!(
+                "shift_sigma_px = {}: expected a finite number of pixels ≥ 0",
+                self.shift_sigma_px
+            ));
+        }
+        if let Err(e) = self.normalization.validate(n) {
+            return bad(format!("normalization = {}: {e}", self.normalization));
+        }
+        if !(self.blur_start_px.is_finite() && self.blur_start_px >= 0.0) {
+            return bad(format!(
+                "blur_start_px = {}: expected a finite number ≥ 0",
+                self.blur_start_px
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::GeneratorKind;
+
+    /// The settings of a default run's `config.json` as the trainer wrote them at the tag
+    /// [`RETIRED_TAG`], with every experiment's setting at its default.
+    const CONFIG_AT_THE_TAG: &str = include_str!("testdata/config-experiments-2026-12.json");
+
+    #[test]
+    fn run_settings_without_a_step_are_the_papers_recipe() {
+        // A run folder written before the fast step existed: its missing fields are the
+        // paper's recipe, while a settings file given today gets today's defaults.
+        let old = serde_json::json!({
+            "model": {"mode": "multi", "box_size": 16, "latent_size": 8},
+            "batch_size": 8, "seed": 5
+        });
+        let c = TrainConfig::from_run_json(old.clone()).unwrap();
+        assert_eq!(c.step, StepKind::Paper);
+        assert_eq!(c.model.generator, GeneratorKind::Cnn);
+        assert_eq!(c.model.leaky_slope, 0.01);
+        assert_eq!((c.model.pack, c.warm_steps, c.blur_start_px), (1, 0, 0.0));
+        assert_eq!(
+            (c.model.box_size, c.model.latent_size, c.batch_size),
+            (16, 8, 8)
+        );
+        assert_eq!(c.lr_d, 1e-4);
+        let today: TrainConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(today.step, StepKind::Fast);
+        assert_eq!(today.model.generator, GeneratorKind::Mixture);
+        // With a "step", nothing is filled in from the paper.
+        let new = serde_json::json!({"step": "fast", "batch_size": 8});
+        let fast = TrainConfig::from_run_json(new).unwrap();
+        assert_eq!(fast.model.pack, 8);
+        assert_eq!(fast.model.component_init, 1e-3);
+        // Round trip.
+        let d = TrainConfig::default();
+        let back = TrainConfig::from_run_json(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        let p = TrainConfig::paper();
+        let back = TrainConfig::from_run_json(serde_json::to_value(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused() {
+        let base = TrainConfig::default();
+        let mixture_paper = TrainConfig {
+            step: StepKind::Paper,
+            ..base.clone()
+        };
+        assert!(
+            mixture_paper
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mixture")
+        );
+        let mut odd = base.clone();
+        odd.model.components = 3;
+        assert!(
+            odd.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("components")
+        );
+        let mut pack = base.clone();
+        pack.model.pack = 5;
+        assert!(pack.validate().unwrap_err().to_string().contains("pack"));
+        assert!(TrainConfig::paper().validate().is_ok());
+        assert!(base.validate().is_ok());
+    }
+
+    #[test]
+    fn retired_settings_at_their_defaults_are_dropped_and_others_refused() {
+        let doc: serde_json::Value = serde_json::from_str(CONFIG_AT_THE_TAG).unwrap();
+        let old = doc["train"].clone();
+        // The file holds every retired setting (it is a faithful fixture).
+        for (path, _) in RETIRED {
+            let v = match path.split_once('.') {
+                Some((outer, name)) => &old[outer][name],
+                None => &old[*path],
+            };
+            assert!(!v.is_null(), "{path} missing from the fixture");
+        }
+        let c = TrainConfig::from_run_json(old.clone()).unwrap();
+        // Today's settings of that run are its values (the box and σ the CLI chose).
+        let want = TrainConfig {
+            model: ModelConfig {
+                box_size: 32,
+                latent_size: 32,
+                ..ModelConfig::default()
+            },
+            noise_sigma: c.noise_sigma,
+            shifts: c.shifts,
+            normalization: c.normalization,
+            ..TrainConfig::default()
+        };
+        assert_eq!(c, want);
+        assert!(c.noise_sigma.is_some());
+        // Also through a settings file, and with the paper recipe's values of `sharpen` etc.
+        assert_eq!(TrainConfig::from_settings_json(old.clone()).unwrap(), want);
+        let mut paper_like = old.clone();
+        paper_like["sharpen"] = serde_json::json!(1.0);
+        paper_like["sharpen_steps"] = serde_json::json!(0);
+        paper_like["sorted_packs"] = serde_json::json!(false);
+        assert_eq!(TrainConfig::from_run_json(paper_like).unwrap(), want);
+        // An experiment that was on is refused, naming the setting and the tag.
+        for (path, value) in [
+            ("moment_weight", serde_json::json!(0.5)),
+            ("pi_estimator", serde_json::json!("invariant")),
+            ("model.conditional", serde_json::json!(true)),
+            ("sharpen", serde_json::json!(0.1)),
+        ] {
+            let mut on = old.clone();
+            match path.split_once('.') {
+                Some((outer, name)) => on[outer][name] = value,
+                None => on[path] = value,
+            }
+            let e = TrainConfig::from_run_json(on.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(path) && e.contains(RETIRED_TAG), "{e}");
+            let e = TrainConfig::from_settings_json(on).unwrap_err().to_string();
+            assert!(e.contains(path) && e.contains(RETIRED_TAG), "{e}");
+        }
+        // An unknown setting that was never ours stays an error.
+        let mut unknown = old;
+        unknown["moment_weights"] = serde_json::json!(0.0);
+        assert!(TrainConfig::from_run_json(unknown).is_err());
+    }
+}
