@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{setup, util};
 
+mod classify;
 mod step_cost;
 
 /// One measured figure.
@@ -28,6 +29,36 @@ struct Options {
     /// `--step-cost`: the step cost across boxes alone, not every benchmark.
     step_cost_only: bool,
     step_cost: step_cost::Options,
+    /// `--classify`: the classification stage across boxes alone (with `--step-cost`: both).
+    classify_only: bool,
+    classify: classify::Options,
+}
+
+impl Options {
+    /// Whether the benchmarks before issue 15's run (neither part was asked for alone).
+    fn everything(&self) -> bool {
+        !self.step_cost_only && !self.classify_only
+    }
+
+    /// Whether the step cost runs (bench.json is written when it does).
+    fn runs_step_cost(&self) -> bool {
+        self.step_cost_only || !self.classify_only
+    }
+
+    /// Whether the classification benchmark runs.
+    fn runs_classify(&self) -> bool {
+        self.classify_only || !self.step_cost_only
+    }
+
+    /// The `part` bench.json names: the one part run alone, or none for the whole bench.
+    fn part(&self) -> Option<&'static str> {
+        match (self.step_cost_only, self.classify_only) {
+            (false, false) => None,
+            (true, false) => Some("step-cost"),
+            (false, true) => Some("classify"),
+            (true, true) => Some("step-cost+classify"),
+        }
+    }
 }
 
 fn parse(rest: &[String]) -> Result<Options> {
@@ -36,21 +67,53 @@ fn parse(rest: &[String]) -> Result<Options> {
         quick,
         step_cost_only: false,
         step_cost: step_cost::Options::new(quick),
+        classify_only: false,
+        classify: classify::Options::new(quick),
     };
+    let (mut step_cost_given, mut sizes_given) = (None, false);
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
             "--quick" => {}
             "--step-cost" => o.step_cost_only = true,
-            "--boxes" => o.step_cost.boxes = step_cost::parse_boxes(value()?)?,
-            "--timed-steps" => o.step_cost.timed_steps = step_cost::parse_count(a, value()?)?,
-            "--device" => o.step_cost.device = step_cost::DeviceChoice::parse(value()?)?,
+            "--classify" => o.classify_only = true,
+            "--boxes" => {
+                o.step_cost.boxes = step_cost::parse_boxes(value()?)?;
+                step_cost_given = Some("--boxes");
+            }
+            "--timed-steps" => {
+                o.step_cost.timed_steps = step_cost::parse_count(a, value()?)?;
+                step_cost_given = Some("--timed-steps");
+            }
+            "--sizes" => {
+                o.classify.sizes = classify::parse_sizes(value()?)?;
+                sizes_given = true;
+            }
+            "--device" => {
+                let device = step_cost::DeviceChoice::parse(value()?)?;
+                o.step_cost.device = device;
+                o.classify.device = device;
+            }
             other => anyhow::bail!(
                 "bench: unknown argument {other:?} (expected --quick, --quality, --step-cost, \
-                 --boxes, --timed-steps, --device; `cargo xtask --help` describes them)"
+                 --boxes, --timed-steps, --classify, --sizes, --device; `cargo xtask --help` \
+                 describes them)"
             ),
         }
+    }
+    // An option of a part that does not run would be ignored without a word.
+    if let Some(flag) = step_cost_given.filter(|_| !o.runs_step_cost()) {
+        anyhow::bail!(
+            "bench: {flag} sets the step cost, which --classify alone does not run; \
+             --sizes chooses the classification's boxes (add --step-cost to run both)"
+        );
+    }
+    if sizes_given && !o.runs_classify() {
+        anyhow::bail!(
+            "bench: --sizes sets the classification's boxes, which --step-cost alone does not \
+             run; --boxes chooses the step cost's (add --classify to run both)"
+        );
     }
     Ok(o)
 }
@@ -68,12 +131,25 @@ pub fn run(rest: &[String]) -> Result<()> {
     std::fs::create_dir_all(&work).context("creating bench-results/work")?;
 
     let mut figures = Vec::new();
-    if !options.step_cost_only {
+    if options.everything() {
         figures.extend(every_other_figure(&bin, &work, quick)?);
     }
     // Issue 15: the default step's cost at several boxes, and its growth with the box.
-    let (step_figures, step_cost) = step_cost::run(&bin, &work, &options.step_cost)?;
-    figures.extend(step_figures);
+    let step_cost = if options.runs_step_cost() {
+        let (step_figures, step_cost) = step_cost::run(&bin, &work, &options.step_cost)?;
+        figures.extend(step_figures);
+        Some(step_cost)
+    } else {
+        None
+    };
+    // The classification stage's cost at several boxes.
+    let classify = if options.runs_classify() {
+        let (classify_figures, classify) = classify::run(&bin, &work, &options.classify)?;
+        figures.extend(classify_figures);
+        Some(classify)
+    } else {
+        None
+    };
 
     let machine = machine();
     println!("\nmachine: {}", machine["cpu"].as_str().unwrap_or("?"));
@@ -89,29 +165,55 @@ pub fn run(rest: &[String]) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    step_cost::print_table(&step_cost);
-    let doc = document(machine, &options, &figures, step_cost::json(&step_cost));
-    let path = root.join("bench-results/bench.json");
-    util::write_atomic(
-        &path,
-        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
-    )?;
+    if let Some(step_cost) = &step_cost {
+        step_cost::print_table(step_cost);
+    }
+    if let Some(classify) = &classify {
+        classify::print_table(classify);
+        let doc = classify::json(machine.clone(), classify);
+        write_json(&root.join("bench-results/classify.json"), &doc)?;
+    }
+    // bench.json holds the step cost (--classify alone leaves the last whole bench's in place).
+    if let Some(step_cost) = &step_cost {
+        let doc = document(
+            machine,
+            &options,
+            &figures,
+            step_cost::json(step_cost),
+            classify.as_ref().map_or(Value::Null, classify::summary),
+        );
+        write_json(&root.join("bench-results/bench.json"), &doc)?;
+    }
     std::fs::remove_dir_all(&work).ok();
+    Ok(())
+}
+
+/// Writes `doc` as pretty JSON to `path`, atomically, and says so.
+fn write_json(path: &Path, doc: &Value) -> Result<()> {
+    util::write_atomic(path, (serde_json::to_string_pretty(doc)? + "\n").as_bytes())?;
     println!("written: {}", path.display());
     Ok(())
 }
 
-/// bench.json: the machine, whether the run was short, every figure, and the step cost's table
-/// with its ratios (`part` names the one part run alone, null for the whole bench).
-fn document(machine: Value, options: &Options, figures: &[Figure], step_cost: Value) -> Value {
+/// bench.json: the machine, whether the run was short, every figure, the step cost's table
+/// with its ratios, and the classification's summary (classify.json has it all; null when it
+/// did not run). `part` names the part(s) run alone, null for the whole bench.
+fn document(
+    machine: Value,
+    options: &Options,
+    figures: &[Figure],
+    step_cost: Value,
+    classify: Value,
+) -> Value {
     json!({
         "machine": machine,
         "quick": options.quick,
-        "part": options.step_cost_only.then_some("step-cost"),
+        "part": options.part(),
         "results": figures.iter().map(|f| json!({
             "name": f.name, "value": f.value, "unit": f.unit, "target": f.target, "detail": f.detail,
         })).collect::<Vec<_>>(),
         "step_cost": step_cost,
+        "classify": classify,
     })
 }
 
@@ -666,6 +768,7 @@ mod tests {
             &options,
             &[figure],
             json!({"rows": []}),
+            Value::Null,
         );
         assert_eq!(doc["machine"]["cpu"], "x");
         assert_eq!(doc["quick"], false);
@@ -675,8 +778,66 @@ mod tests {
             json!([{"name": "n", "value": 1.5, "unit": "s", "target": null, "detail": {"a": 1}}])
         );
         assert_eq!(doc["step_cost"]["rows"], json!([]));
-        let whole = document(Value::Null, &parsed(&[]).unwrap(), &[], Value::Null);
+        assert!(doc["classify"].is_null());
+        let whole = document(
+            Value::Null,
+            &parsed(&[]).unwrap(),
+            &[],
+            Value::Null,
+            json!({"rows": [{"box": 32}]}),
+        );
         assert!(whole["part"].is_null());
+        assert_eq!(whole["classify"]["rows"][0]["box"], 32);
+    }
+
+    #[test]
+    fn bench_arguments_select_the_classification_and_its_sizes() {
+        let all = parsed(&[]).unwrap();
+        assert!(all.everything() && all.runs_step_cost() && all.runs_classify());
+        assert_eq!(all.classify, classify::Options::new(false));
+        assert_eq!(all.classify.sizes, [32, 64, 128]);
+        assert_eq!(all.classify.images, classify::IMAGES);
+        assert_eq!(
+            parsed(&["--quick"]).unwrap().classify.images,
+            classify::QUICK_IMAGES
+        );
+        let own = parsed(&["--classify", "--sizes", "64,32", "--device", "cpu"]).unwrap();
+        assert!(own.classify_only && !own.everything() && !own.runs_step_cost());
+        assert!(own.runs_classify());
+        assert_eq!(own.part(), Some("classify"));
+        assert_eq!(own.classify.sizes, [32, 64]);
+        assert_eq!(own.classify.device, step_cost::DeviceChoice::Cpu);
+        let step = parsed(&["--step-cost"]).unwrap();
+        assert!(step.runs_step_cost() && !step.runs_classify());
+        let both = parsed(&[
+            "--step-cost",
+            "--classify",
+            "--sizes",
+            "32",
+            "--boxes",
+            "32",
+        ]);
+        let both = both.unwrap();
+        assert!(both.runs_step_cost() && both.runs_classify() && !both.everything());
+        assert_eq!(both.part(), Some("step-cost+classify"));
+        // The whole bench takes both parts' options.
+        assert!(parsed(&["--sizes", "32", "--boxes", "64"]).is_ok());
+        // A part's option where that part does not run is an error that says which is which.
+        let err = parsed(&["--classify", "--boxes", "32"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--boxes") && err.contains("--sizes"), "{err}");
+        let err = parsed(&["--step-cost", "--sizes", "32"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--sizes") && err.contains("--boxes"), "{err}");
+        for bad in [
+            ["--classify", "--sizes"].as_slice(),
+            &["--classify", "--sizes", "31"],
+            &["--classify", "--sizes", "32,x"],
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

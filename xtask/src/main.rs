@@ -44,6 +44,16 @@ commands:
            nvidia-smi lists a GPU (--device auto, the default; cpu: the CPU only; cuda:
            CUDA too, its failure an error). --step-cost: that part alone (bench.json then
            holds only its figures, with part: step-cost).
+           Among them the classification stage: `multicryogan classify` (2 classes, 2 EM
+           iterations, all cores) on a 2,000-image (--quick: 1,000) two-state Hsp90 set of
+           160 Å at --sizes 32,64,128, from the ground-truth states' mean; seconds of the
+           start and per EM iteration, images/s, wall time, the process's peak memory and
+           the ratios to the smallest box, on the devices --device picks; written to
+           bench-results/classify.json (with RELION's version where relion_refine is on
+           the PATH) and summed up in bench.json. --classify: that part alone (only
+           classify.json is written; with --step-cost: both parts). On 2 cores 32² and 64²
+           took 18 minutes, the start most of it (5.1× from 32² to 64²); 128² was not
+           run there.
            --quality: Multi-CryoGAN's quality against training time instead: trains on the
            Hsp90 benchmark in segments of --every 2.5 minutes, scores each with `report`,
            and writes the time each target was first met, the final metrics and a figure
