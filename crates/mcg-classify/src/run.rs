@@ -95,7 +95,7 @@ impl Default for ClassifySettings {
             reference: PathBuf::new(),
             classes: 2,
             out: PathBuf::new(),
-            iterations: 10,
+            iterations: 15,
             init: Init::Pca,
             angular_step_deg: 7.5,
             coarse_step_deg: 15.0,

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// EM iterations after the start.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 15)]
     iterations: usize,
     /// How the classes start: pca (split along the residuals' leading principal component) or
     /// random (random groups, RELION's way).
