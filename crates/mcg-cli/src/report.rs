@@ -22,6 +22,10 @@ use crate::util;
 /// distance (degrees) between the recovered and the true distribution of β. With --history N,
 /// also the FSC resolution of up to N checkpoint snapshots against training time.
 ///
+/// On a `multicryogan classify` folder (its model.json), with --truth: each class map aligned
+/// on its own to each state, classes matched to states by AreaFSC, each class's FSC against its
+/// state, π against the true shares, the particles' accuracy and the EM history.
+///
 /// Writes OUT/report.html (figures embedded; it opens with the result — each end's resolution,
 /// the probabilities or β(α), the FSCCC matrices beside the truth's, slices along the landscape
 /// — and keeps the evidence below: FSC curves, training curves, images, quality over time), the
@@ -30,9 +34,10 @@ use crate::util;
 #[command(after_help = "Examples:\n  \
     multicryogan report --run run --truth hsp90-discrete --out run/report\n  \
     multicryogan report --run run --out run/report\n  \
+    multicryogan report --run cls --truth hsp90-discrete --out cls/report\n  \
     multicryogan report --run run_half1 --half-set run_half2 --out run_half1/report")]
 pub struct Args {
-    /// The run folder of `multicryogan train`.
+    /// The run folder of `multicryogan train`, or a `multicryogan classify` folder.
     #[arg(long, value_name = "DIR")]
     run: PathBuf,
     /// The data set's folder from `multicryogan synth` (ground_truth/, landscape.json,

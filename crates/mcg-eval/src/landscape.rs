@@ -169,6 +169,76 @@ pub fn fsccc_positions(l: usize) -> Vec<f64> {
     (0..=l).map(|m| m as f64 / l.max(1) as f64).collect()
 }
 
+/// The assignment of rows to distinct columns of `similarity` (e.g. classes × truth states by
+/// AreaFSC) with the largest total: `min(rows, columns)` pairs, `result[row]` the row's
+/// column or `None` (rows beyond the columns' count stay unmatched). Exhaustive when both sides
+/// have at most 8 entries; beyond, greedy (the largest remaining entry first). Ties keep the
+/// first assignment found (rows in order, columns in order).
+pub fn best_assignment(similarity: &Array2<f64>) -> Vec<Option<usize>> {
+    let (rows, cols) = similarity.dim();
+    if rows <= 8 && cols <= 8 {
+        let mut search = Search {
+            similarity,
+            pairs: rows.min(cols),
+            used: vec![false; cols],
+            current: vec![None; rows],
+            best: (f64::NEG_INFINITY, vec![None; rows]),
+        };
+        search.run(0, 0, 0.0);
+        return search.best.1;
+    }
+    let mut entries: Vec<(usize, usize)> = (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| (r, c)))
+        .collect();
+    entries.sort_by(|a, b| similarity[[b.0, b.1]].total_cmp(&similarity[[a.0, a.1]]));
+    let mut out = vec![None; rows];
+    let mut used = vec![false; cols];
+    for (r, c) in entries {
+        if out[r].is_none() && !used[c] {
+            out[r] = Some(c);
+            used[c] = true;
+        }
+    }
+    out
+}
+
+/// [`best_assignment`]'s exhaustive search.
+struct Search<'a> {
+    similarity: &'a Array2<f64>,
+    /// Pairs every assignment makes.
+    pairs: usize,
+    /// Columns taken by the rows before.
+    used: Vec<bool>,
+    current: Vec<Option<usize>>,
+    best: (f64, Vec<Option<usize>>),
+}
+
+impl Search<'_> {
+    /// Every completion from `row` on, `matched` pairs made so far with sum `total`.
+    fn run(&mut self, row: usize, matched: usize, total: f64) {
+        let rows = self.current.len();
+        if row == rows {
+            if matched == self.pairs && total > self.best.0 {
+                self.best = (total, self.current.clone());
+            }
+            return;
+        }
+        for c in 0..self.used.len() {
+            if !self.used[c] {
+                self.used[c] = true;
+                self.current[row] = Some(c);
+                self.run(row + 1, matched + 1, total + self.similarity[[row, c]]);
+                self.used[c] = false;
+            }
+        }
+        // Leave this row unmatched only when the rows after it can still make every pair.
+        if rows - row > self.pairs - matched {
+            self.current[row] = None;
+            self.run(row + 1, matched, total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +274,17 @@ mod tests {
     fn positions() {
         assert_eq!(cell_midpoints(4), vec![0.125, 0.375, 0.625, 0.875]);
         assert_eq!(fsccc_positions(4), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+    #[test]
+    fn best_assignment_maximises_the_total_of_distinct_pairs() {
+        // Square: the swap wins (0.9 + 0.8 > 0.7 + 0.6).
+        let s = ndarray::array![[0.7, 0.9], [0.8, 0.6]];
+        assert_eq!(super::best_assignment(&s), vec![Some(1), Some(0)]);
+        // More rows than columns: the row left out is the one that adds least.
+        let s = ndarray::array![[0.2, 0.1], [0.9, 0.3], [0.8, 0.7]];
+        assert_eq!(super::best_assignment(&s), vec![None, Some(0), Some(1)]);
+        // More columns than rows: row 0 gives up its best column (0.5 + 0.95 > 0.9 + 0.3).
+        let s = ndarray::array![[0.5, 0.9, 0.1], [0.4, 0.95, 0.3]];
+        assert_eq!(super::best_assignment(&s), vec![Some(0), Some(1)]);
     }
 }

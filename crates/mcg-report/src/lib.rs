@@ -34,6 +34,7 @@
 // `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
 #![deny(unsafe_code)]
 
+pub mod classification;
 pub mod plot;
 mod report;
 pub mod validate;

@@ -177,7 +177,11 @@ fn summary(m: &Metrics) -> String {
     if let Some(v) = &m.half_set {
         parts.push(crate::validate::summary(v));
     }
-    let text = parts.join(" ");
+    sentence_case(&parts.join(" "))
+}
+
+/// `text` with its first letter in upper case.
+pub(crate) fn sentence_case(text: &str) -> String {
     let mut chars = text.chars();
     chars
         .next()
@@ -200,7 +204,7 @@ fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
     out
 }
 
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+pub(crate) fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("not reached".into(), |x| format!("{x:.digits$}"))
 }
 
@@ -249,9 +253,27 @@ pub(crate) fn files_in(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Refuses to write any of `outputs` in `out` over a file of the input folders `dirs`, then
+/// creates `out`.
+pub(crate) fn prepare_out<'a>(
+    dirs: impl Iterator<Item = &'a PathBuf>,
+    out: &Path,
+    outputs: &[&str],
+) -> Result<()> {
+    let inputs: Vec<PathBuf> = dirs.flat_map(|dir| files_in(dir)).collect();
+    guard::refuse_writing_over_inputs(&inputs, out, outputs, "the report's")?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
+}
+
 /// Writes the report `s` describes (see the module notes) and returns its numbers. Every input
 /// is read and checked before anything is written.
+///
+/// A classification's folder (`multicryogan classify`: a `model.json` and no `config.json`) is
+/// scored by [`crate::classification::report_classification`] instead.
 pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
+    if crate::classification::is_classification(&s.run) {
+        return crate::classification::report_classification(s, progress);
+    }
     ensure!(s.l >= 2, "--l {}: expected at least 2", s.l);
     // Every input is read and checked before anything is written, so that a wrong --run or
     // --truth leaves no figure behind.
@@ -271,13 +293,11 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
     if let Some(b) = &s.half_set {
         crate::validate::check_compatible(&s.run, b)?;
     }
-    let inputs: Vec<PathBuf> = std::iter::once(&s.run)
-        .chain(&s.truth)
-        .chain(&s.half_set)
-        .flat_map(|dir| files_in(dir))
-        .collect();
-    guard::refuse_writing_over_inputs(&inputs, &s.out, OUTPUTS, "the report's")?;
-    std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
+    prepare_out(
+        std::iter::once(&s.run).chain(&s.truth).chain(&s.half_set),
+        &s.out,
+        &OUTPUTS,
+    )?;
     let out = &s.out;
     let mut page = Page::default();
 
@@ -430,6 +450,7 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
         probabilities: None,
         continuous: None,
         half_set: None,
+        classification: None,
     };
 
     // Montage of slices and projections.
@@ -833,16 +854,37 @@ pub fn report(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
         metrics.half_set = Some(v);
     }
 
-    guard::write_json_atomic(&out.join("metrics.json"), &metrics)?;
-    let run = escape(&s.run.display().to_string());
+    let sections = page.sections(&metrics);
+    write_metrics_and_page(
+        out,
+        &s.run,
+        "multicryogan report",
+        "Run",
+        &metrics,
+        &sections,
+    )?;
+    Ok(metrics)
+}
+
+/// Writes `metrics.json` and `report.html` into `out`: the page headed `heading`, naming the
+/// input as `what: run`, then the sections.
+pub(crate) fn write_metrics_and_page(
+    out: &Path,
+    run: &Path,
+    heading: &str,
+    what: &str,
+    metrics: &Metrics,
+    sections: &[Section],
+) -> Result<()> {
+    guard::write_json_atomic(&out.join("metrics.json"), metrics)?;
+    let run = escape(&run.display().to_string());
     write_html(
         &out.join("report.html"),
         &format!("multicryogan report: {run}"),
-        "multicryogan report",
-        &format!("Run: <code>{run}</code>. Numbers: <code>metrics.json</code>."),
-        &page.sections(&metrics),
-    )?;
-    Ok(metrics)
+        heading,
+        &format!("{what}: <code>{run}</code>. Numbers: <code>metrics.json</code>."),
+        sections,
+    )
 }
 
 /// The paper's rule's inputs: the AreaFSC of the two ends, and of each cell's map with the
@@ -964,23 +1006,28 @@ pub(crate) fn write_html(
 }
 
 #[cfg(test)]
-mod tests {
-    /// Every file the report writes is in OUTPUTS, which the overwrite check is given.
-    #[test]
-    fn every_output_is_listed() {
-        let source = include_str!("report.rs");
+pub(crate) mod tests {
+    /// Fails unless `source` writes at least `least` files (by `out.join` of a name) and every one is
+    /// in `outputs`, the list the overwrite check is given.
+    pub(crate) fn assert_outputs_listed(source: &str, outputs: &[&str], least: usize) {
         let written: Vec<&str> = source
             .split("out.join(\"")
             .skip(1)
             .filter_map(|rest| rest.split('"').next())
             .collect();
-        assert!(written.len() >= 10, "{written:?}");
+        assert!(written.len() >= least, "{written:?}");
         for name in written {
             assert!(
-                super::OUTPUTS.contains(&name),
+                outputs.contains(&name),
                 "{name} is written but not in OUTPUTS"
             );
         }
+    }
+
+    /// Every file the report writes is in OUTPUTS, which the overwrite check is given.
+    #[test]
+    fn every_output_is_listed() {
+        assert_outputs_listed(include_str!("report.rs"), &super::OUTPUTS, 10);
     }
 
     use super::*;

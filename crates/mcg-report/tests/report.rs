@@ -2,6 +2,8 @@
 //! run trained with `mcg_train`, and `mcg_report::report` against the set's truth; and the
 //! half-set validation (`validate` module) of such runs against each other.
 
+#[path = "report/classification.rs"]
+mod classification;
 #[path = "report/validate.rs"]
 mod validate;
 
@@ -29,8 +31,13 @@ fn set_and_run(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// 64 continuous Hsp90 particles of 16² at 10 Å in DIR/data.
 fn set(dir: &Path) -> PathBuf {
+    set_of(dir, Preset::Hsp90Continuous)
+}
+
+/// 64 particles of `preset` of 16² at 10 Å in DIR/data.
+fn set_of(dir: &Path, preset: Preset) -> PathBuf {
     let data = dir.join("data");
-    let mut s = SynthSettings::new(LandscapeSource::Preset(Preset::Hsp90Continuous), 64, &data);
+    let mut s = SynthSettings::new(LandscapeSource::Preset(preset), 64, &data);
     s.box_size = 16;
     s.apix = 10.0;
     s.calibration_images = 32;

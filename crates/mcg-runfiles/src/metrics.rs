@@ -33,6 +33,90 @@ pub struct Metrics {
     /// The gold-standard comparison with the run of the other half set (`report --half-set`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub half_set: Option<Validation>,
+    /// A classification's scores (`report` on a `multicryogan classify` folder). Such a
+    /// report's `training` holds the EM iterations (`steps`) and their summed seconds (no
+    /// Wasserstein estimate, throughput `null`), and its `alignment` the transform that puts
+    /// class 1 onto the state it is matched to (each class is aligned on its own;
+    /// `alpha_0_is_first_state`: class 1 is matched to the truth's first state). Absent from a GAN run's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<Classification>,
+}
+
+/// A classification judged against the truth's states (`metrics.json`'s `classification`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    /// Number of classes K.
+    pub classes: usize,
+    /// The truth's states, in its order (empty without a truth).
+    pub states: Vec<String>,
+    /// AreaFSC of each aligned class map (rows) with each state (columns).
+    pub area_fsc: Vec<Vec<f64>>,
+    /// Each class, in class order.
+    pub per_class: Vec<ClassScore>,
+    /// Each state's true share and the π of the class matched to it.
+    pub proportions: Vec<StateProportion>,
+    /// The largest |π − true share| over the states, percentage points (`None`: no true
+    /// shares).
+    pub pi_max_difference_points: Option<f64>,
+    /// The share of particles whose class, under the class → state matching, is their true
+    /// class (`None`: the truth's particles.star has no `_rlnClassNumber`).
+    pub accuracy: Option<f64>,
+    /// The particles `accuracy` counts.
+    pub particles: usize,
+    /// Every iteration of the run, the start first.
+    pub history: Vec<ClassIteration>,
+}
+
+/// One class's scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassScore {
+    /// 1-based, as in `_rlnClassNumber`.
+    pub class: usize,
+    /// The map's file in the run folder.
+    pub map: String,
+    /// The state it is matched to (highest total AreaFSC; `None`: unmatched, or no truth).
+    pub state: Option<String>,
+    /// Its final probability π.
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub pi: f64,
+    /// FSC of the aligned map against its state.
+    pub fsc: Option<ResolutionRecord>,
+    /// Its half-set FSC 0.143 resolution at the last iteration, Å.
+    #[serde(rename = "half_set_resolution_A")]
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub half_set_resolution_angstrom: f64,
+    /// The same as a fraction of Nyquist.
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub half_set_resolution_nyquist: f64,
+}
+
+/// One truth state's share against π.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateProportion {
+    /// The state's name.
+    pub state: String,
+    /// Its share of the particles (`None`: unknown).
+    pub true_fraction: Option<f64>,
+    /// The class matched to it (1-based; `None`: none).
+    pub class: Option<usize>,
+    /// That class's π (0 when no class is matched).
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub pi: f64,
+}
+
+/// One EM iteration of a classification, as `model.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassIteration {
+    /// 0: the start.
+    pub iteration: usize,
+    /// Mean log-likelihood per image, nats.
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub log_likelihood: f64,
+    /// The share of particles whose class changed.
+    #[serde(deserialize_with = "crate::run::nan_if_null")]
+    pub changed: f64,
+    /// π after the iteration.
+    pub pi: Vec<f64>,
 }
 
 /// How long the run trained.

@@ -87,3 +87,75 @@ fn report_on_a_continuous_set_recovers_a_beta_curve_and_its_distance() {
     assert!(m.get("fsc_history").is_none());
     assert!(png_size(&out.join("beta_alpha.png")).0 == 800);
 }
+
+/// `report` on a classification folder (class maps, particles.star, model.json) scores it
+/// against the truth: here the classes are the truth's states with every particle in its true
+/// class, so each class matches its state, FSC 1 to Nyquist, and accuracy 1.
+#[test]
+fn report_scores_a_classification_folder() {
+    use mcg_classify::run::{IterationRecord, MODEL_JSON, Model, PARTICLES_STAR, map_name};
+    use mcg_formats::star::{self, StarOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let star_path = tiny_set_of(dir.path(), "hsp90-discrete");
+    let data = star_path.parent().unwrap().to_path_buf();
+    let truth = mcg_dataset::folder::GroundTruth::load(&data, 10.0).unwrap();
+    let cls = dir.path().join("cls");
+    std::fs::create_dir_all(&cls).unwrap();
+    // The discrete states are the ends of the path the truth's maps run along.
+    let states = [&truth.states[0], &truth.states[truth.states.len() - 1]];
+    for (k, (_, map)) in states.iter().enumerate() {
+        mcg_formats::mrc::write_volume(&cls.join(map_name(k)), map).unwrap();
+    }
+    let set = star::read_particles(&star_path, &StarOptions::default()).unwrap();
+    star::write_particles(&cls.join(PARTICLES_STAR), &set).unwrap();
+    let iteration = IterationRecord {
+        iteration: 0,
+        log_likelihood: -10.0,
+        pi: vec![0.25, 0.75],
+        changed: 1.0,
+        resolution_a: vec![30.0, 30.0],
+        resolution_nyquist: vec![2.0 / 3.0, 2.0 / 3.0],
+        r_max: 5.0,
+        angular_step_deg: 15.0,
+        rotations: 10,
+        seconds: 1.0,
+    };
+    let model = Model {
+        classes: 2,
+        box_size: 16,
+        apix: 10.0,
+        maps: vec![map_name(0), map_name(1)],
+        pi: vec![0.25, 0.75],
+        history: vec![iteration],
+        noise_sigma: 1.0,
+        noise_source: "manifest".into(),
+        offsets: vec![[0.0, 0.0]],
+        init: mcg_classify::Init::Random,
+        seed: 1,
+        recentred_voxels: [0.0; 3],
+    };
+    std::fs::write(cls.join(MODEL_JSON), serde_json::to_vec(&model).unwrap()).unwrap();
+    let out = dir.path().join("cls-report");
+    let printed = ok(&[
+        "report",
+        "--run",
+        s(&cls),
+        "--truth",
+        s(&data),
+        "--out",
+        s(&out),
+        "--json",
+        "-q",
+    ]);
+    let m: Value = serde_json::from_str(&printed).expect("--json prints metrics.json");
+    let c = &m["classification"];
+    assert_eq!(c["accuracy"].as_f64(), Some(1.0), "{c}");
+    for (k, class) in c["per_class"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(class["state"].as_str(), Some(states[k].0.as_str()));
+        assert!(class["fsc"]["resolution_A"]["0.143"].is_null(), "{class}");
+    }
+    assert!(m.get("fsc_ends").is_none());
+    assert!(png_size(&out.join("fsc_classes.png")).0 == 800);
+    assert!(out.join("report.html").is_file());
+}
