@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::{setup, util};
@@ -709,6 +709,25 @@ pub fn gpu_names() -> Option<Vec<String>> {
         .map(|l| l.trim().to_string())
         .collect();
     (!gpus.is_empty()).then_some(gpus)
+}
+
+/// A comma-separated list of image boxes for `option`: even boxes of at least 16 pixels,
+/// sorted, repeats dropped.
+pub fn parse_box_list(option: &str, list: &str) -> Result<Vec<usize>> {
+    let mut boxes = Vec::new();
+    for item in list.split(',') {
+        let b: usize = item
+            .trim()
+            .parse()
+            .with_context(|| format!("{option}: {item:?} is not a box size in pixels"))?;
+        if b < 16 || !b.is_multiple_of(2) {
+            bail!("{option}: {b}: expected even boxes of at least 16 pixels");
+        }
+        boxes.push(b);
+    }
+    boxes.sort_unstable();
+    boxes.dedup();
+    Ok(boxes)
 }
 
 #[cfg(test)]

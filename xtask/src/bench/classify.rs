@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use mcg_formats::mrc;
 use serde_json::{Value, json};
 
@@ -63,20 +63,7 @@ impl Options {
 
 /// `--sizes 32,64`: even boxes of at least 16, sorted, repeats dropped.
 pub fn parse_sizes(list: &str) -> Result<Vec<usize>> {
-    let mut sizes = Vec::new();
-    for item in list.split(',') {
-        let b: usize = item
-            .trim()
-            .parse()
-            .with_context(|| format!("--sizes: {item:?} is not a box size in pixels"))?;
-        if b < 16 || !b.is_multiple_of(2) {
-            bail!("--sizes: {b}: expected even boxes of at least 16 pixels");
-        }
-        sizes.push(b);
-    }
-    sizes.sort_unstable();
-    sizes.dedup();
-    Ok(sizes)
+    super::parse_box_list("--sizes", list)
 }
 
 /// One iteration of a run, from model.json's `history`.

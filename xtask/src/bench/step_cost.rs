@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::{Figure, measured};
@@ -81,20 +81,7 @@ impl Options {
 
 /// `--boxes 32,64,128`: even boxes of at least 16, sorted, repeats dropped.
 pub fn parse_boxes(list: &str) -> Result<Vec<usize>> {
-    let mut boxes = Vec::new();
-    for item in list.split(',') {
-        let b: usize = item
-            .trim()
-            .parse()
-            .with_context(|| format!("--boxes: {item:?} is not a box size in pixels"))?;
-        if b < 16 || !b.is_multiple_of(2) {
-            bail!("--boxes: {b}: expected even boxes of at least 16 pixels");
-        }
-        boxes.push(b);
-    }
-    boxes.sort_unstable();
-    boxes.dedup();
-    Ok(boxes)
+    super::parse_box_list("--boxes", list)
 }
 
 /// A count of at least 1 for option `name`.
