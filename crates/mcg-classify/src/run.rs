@@ -334,6 +334,8 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
     let done = state.model.history.len() - 1;
     let bar = monitor.bar(s.iterations as u64, "classifying (iterations)");
     bar.set_position(done.min(s.iterations) as u64);
+    // The search is rebuilt only when its grid changes.
+    let mut cached: Option<em::Search> = None;
     for it in done + 1..=s.iterations {
         monitor.check_cancelled()?;
         let start = Instant::now();
@@ -341,7 +343,10 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
         let f = freqs_all.count_within(r_max);
         let freqs = freqs_all.tensor(f, dev);
         let step = angular_step(r_max, s.angular_step_deg, s.coarse_step_deg);
-        let search = search_of(s, step, dev);
+        if cached.as_ref().is_none_or(|c| c.grid.step_deg != step) {
+            cached = Some(search_of(s, step, dev));
+        }
+        let search = cached.as_ref().expect("set above");
         let grid = &search.grid;
         let log_pi: Vec<f64> = state.model.pi.iter().map(|p| p.max(1e-12).ln()).collect();
         let exp = search.expectation(
@@ -446,7 +451,7 @@ fn start_classes(
     let f = freqs_all.count_within(r0);
     let freqs = freqs_all.tensor(f, dev);
     let step = angular_step(r0, s.angular_step_deg, s.coarse_step_deg);
-    let grid = RotationGrid::new(step, dev);
+    let mut search = search_of(s, step, dev);
     let mut v = em::to_tensor(&[reference], dev);
     // The start's alignment works on a subset of the images, spread evenly over the set.
     let take = count.min(START_IMAGES);
@@ -473,7 +478,7 @@ fn start_classes(
     // The reference's scale: least squares at each image's best pose, once before the
     // reference is placed in its box and once after.
     let scale_of = |v: &Tensor| -> Result<f64> {
-        let t = templates(model, v, &grid, &freqs);
+        let t = templates(model, v, &search.grid, &freqs);
         let exp = expectation(
             &sub,
             &sub_half,
@@ -517,7 +522,7 @@ fn start_classes(
             &probe,
             probe_half,
             &em::translate(&v, t),
-            &grid,
+            &search.grid,
             &freqs,
             ramps,
         )?;
@@ -575,20 +580,22 @@ fn start_classes(
     // residuals
     // split by their principal component must be centred on the data's mean map, with the
     // images well aligned, not on the reference's errors.
-    let mut exp = e_step(&sub, &sub_half, &v, &grid, &freqs, ramps)?;
+    let mut exp = e_step(&sub, &sub_half, &v, &search.grid, &freqs, ramps)?;
     let r_end = em::radius_of(s.consensus_resolution, n).max(r0);
     let mut r = r0;
-    let (mut grid, mut freqs, mut f, mut step) = (grid, freqs, f, step);
+    let (mut freqs, mut f, mut step) = (freqs, f, step);
     let mean = |e: &em::Expectation| e.log_likelihood.iter().sum::<f64>() / take as f64;
     let mut last = mean(&exp);
     for _ in 0..CONSENSUS_ROUNDS {
-        v = maximisation(model, &grid, &freqs, &exp, &v, s.tau_fudge, r).full;
+        v = maximisation(model, &search.grid, &freqs, &exp, &v, s.tau_fudge, r).full;
         let before = r;
         r = (r + 2.0).min(r_end);
         f = freqs_all.count_within(r);
         freqs = freqs_all.tensor(f, dev);
         step = angular_step(r, s.angular_step_deg, s.coarse_step_deg);
-        let search = search_of(s, step, dev);
+        if search.grid.step_deg != step {
+            search = search_of(s, step, dev);
+        }
         exp = search.expectation(
             model,
             &v,
@@ -601,7 +608,6 @@ fn start_classes(
             &|| monitor.cancelled(),
         );
         monitor.check_cancelled()?;
-        grid = search.grid;
         let ll = mean(&exp);
         tracing::info!(r_max = r, log_likelihood = ll, "consensus round");
         if r == before && ll - last < CONSENSUS_GAIN * ll.abs() {
@@ -610,7 +616,7 @@ fn start_classes(
         last = ll;
     }
     // Every image's pose under the consensus.
-    let exp = search_of(s, step, dev).expectation(
+    let exp = search.expectation(
         model,
         &v,
         &freqs,
@@ -623,11 +629,12 @@ fn start_classes(
     );
     monitor.check_cancelled()?;
     let r0 = r;
+    let grid = &search.grid;
     let poses: init::Poses = exp.best.iter().map(|b| [b[0], b[2]]).collect();
     let class = match s.init {
         Init::Pca => {
             let (_, scores) = init::principal_component(
-                model, &grid, &freqs, terms, half, &poses, ramps, &v, r0, 6, s.seed,
+                model, grid, &freqs, terms, half, &poses, ramps, &v, r0, 6, s.seed,
             );
             init::kmeans_1d(&scores, s.classes)
         }
@@ -645,7 +652,7 @@ fn start_classes(
         None,
     );
     let previous = v.repeat([s.classes as i64, 1, 1, 1]);
-    let maps = maximisation(model, &grid, &freqs, &sums, &previous, s.tau_fudge, r0);
+    let maps = maximisation(model, grid, &freqs, &sums, &previous, s.tau_fudge, r0);
     let mut pi = vec![0.0; s.classes];
     for &c in &class {
         pi[c] += 1.0 / count as f64;
