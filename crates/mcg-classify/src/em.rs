@@ -383,25 +383,38 @@ pub struct Maps {
     pub halves: Tensor,
 }
 
+/// Where the M-step's Wiener term `1/τ²` (τ² the signal's power per shell) comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Prior<'a> {
+    /// τ² = fudge × the per-shell power of these maps' spectra (`[K][N]³`, one per class).
+    /// Only for a map that has power at every shell the M-step fills: a map cut at a lower
+    /// frequency limit would keep the new shells at zero for ever.
+    Spectrum(&'a Tensor, f64),
+    /// τ² from the data, as RELION's gold-standard refinement: the FSC between the class's
+    /// two half sets (each the plain quotient of its sums) gives the full set's signal to
+    /// noise ratio per shell, `SSNR = 2·FSC/(1 − FSC)`, and τ² = fudge × SSNR / the shell's
+    /// mean data weight. Shells whose FSC is not positive get no signal.
+    HalfSets(f64),
+}
+
 /// The reconstruction of the M-step: `num` and `den` from [`expectation`] (templates of `K`
 /// classes at `grid`'s rotations and frequencies `freqs`) back-projected, Hermitian-symmetrised
-/// and divided with the Wiener term `1/(tau_fudge·P_k)`, `P_k` the per-shell power of
-/// `previous` class `k`'s spectrum; nothing beyond `2·r_max` on the `2N` grid.
+/// and divided with the Wiener term `1/τ²` of `prior`; nothing beyond `2·r_max` on the `2N`
+/// grid.
 pub fn maximisation(
     model: &ForwardModel,
     grid: &RotationGrid,
     freqs: &Tensor,
     exp: &Expectation,
-    previous: &Tensor,
-    tau_fudge: f64,
+    prior: Prior<'_>,
     r_max: f64,
 ) -> Maps {
-    let k = previous.size()[0];
-    let n = model.box_size() as i64;
-    let m = 2 * n;
     let r = grid.len() as i64;
     let f = freqs.size()[0];
-    let device = previous.device();
+    let k = exp.den.size()[1] / r;
+    let n = model.box_size() as i64;
+    let m = 2 * n;
+    let device = exp.den.device();
     let leaf =
         Tensor::zeros([k, 6, m + 1, m + 1, m + 1], (Kind::Float, device)).set_requires_grad(true);
     let rotations = grid.tensor.repeat([k, 1, 1]);
@@ -434,8 +447,13 @@ pub fn maximisation(
         dens.push((&den + mirror(&den)) * 0.5);
     }
     let shells = shell_index(m, device);
-    let power = shell_power(&model.centred_spectra(previous), &shells); // [K][shells]
-    let reg = (power * tau_fudge)
+    let tau2 = match prior {
+        Prior::Spectrum(maps, fudge) => {
+            shell_means(&model.centred_spectra(maps).abs().square(), &shells) * fudge
+        }
+        Prior::HalfSets(fudge) => half_set_tau2(&nums, &dens, &shells) * fudge,
+    }; // [K][shells]
+    let reg = tau2
         .clamp_min(1e-30)
         .reciprocal()
         .index_select(1, &shells.flatten(0, -1))
@@ -464,21 +482,46 @@ fn shell_index(m: i64, device: Device) -> Tensor {
     shell_radius(m, device).round().to_kind(Kind::Int64)
 }
 
-/// The mean `|S|²` per shell of centred spectra `[K][m]³`, `[K][shells]`.
-fn shell_power(spectra: &Tensor, shells: &Tensor) -> Tensor {
-    let k = spectra.size()[0];
+/// The mean of `values` (`[K][m]³`, real) over each shell of `shells`, `[K][shells]`.
+fn shell_means(values: &Tensor, shells: &Tensor) -> Tensor {
+    let count = shells.flatten(0, -1).bincount(None::<&Tensor>, 0);
+    let n = count.size()[0];
+    shell_sums(values, shells, n) / count.to_kind(Kind::Float).clamp_min(1.0)
+}
+
+/// The sum of `values` (`[K][m]³`, real) over each of the first `n` shells of `shells`,
+/// `[K][n]`.
+fn shell_sums(values: &Tensor, shells: &Tensor, n: i64) -> Tensor {
+    let k = values.size()[0];
     let flat = shells.flatten(0, -1);
-    let count = flat.bincount(None::<&Tensor>, 0).to_kind(Kind::Float);
-    let nshell = count.size()[0];
-    let power = spectra.abs().square().view([k, -1]);
-    let mut rows = Vec::with_capacity(k as usize);
-    for i in 0..k {
-        let sums = flat
-            .bincount(Some(&power.get(i)), nshell)
-            .to_kind(Kind::Float);
-        rows.push(sums / count.clamp_min(1.0));
-    }
+    let values = values.to_kind(Kind::Float).reshape([k, -1]);
+    let rows: Vec<Tensor> = (0..k)
+        .map(|i| flat.bincount(Some(&values.get(i)), n).to_kind(Kind::Float))
+        .collect();
     Tensor::stack(&rows, 0)
+}
+
+/// τ² per class and shell (`[K][shells]`) from the half sets' sums (`nums`, `dens`: per half,
+/// `[K][m]³`): the FSC of the two plain quotients `num/den`, the full set's SSNR
+/// `2·FSC/(1 − FSC)` (FSC clamped to `[0, 0.999]`), divided by the shell's mean weight of both
+/// halves together.
+fn half_set_tau2(nums: &[Tensor], dens: &[Tensor], shells: &Tensor) -> Tensor {
+    let quotient = |h: usize| {
+        // A floor far below the data's weights, so that voxels no image reaches stay 0.
+        let floor = dens[h].mean(Kind::Float).double_value(&[]).max(1e-30) * 1e-6;
+        &nums[h] / (&dens[h] + floor)
+    };
+    let (a, b) = (quotient(0), quotient(1));
+    let count = shells.flatten(0, -1).bincount(None::<&Tensor>, 0);
+    let n = count.size()[0];
+    let cross = shell_sums(&(&a * b.conj()).real(), shells, n);
+    let p1 = shell_sums(&a.abs().square(), shells, n);
+    let p2 = shell_sums(&b.abs().square(), shells, n);
+    let fsc = (cross / (p1 * p2).sqrt().clamp_min(1e-30)).clamp(0.0, 0.999);
+    let ssnr = &fsc * 2.0 / (fsc.neg() + 1.0);
+    let weight =
+        shell_sums(&(&dens[0] + &dens[1]), shells, n) / count.to_kind(Kind::Float).clamp_min(1.0);
+    ssnr / weight.clamp_min(1e-30)
 }
 
 /// A volume tensor `[N][N][N]` as a physics volume of `apix` Å.

@@ -17,7 +17,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use tch::{Kind, Tensor};
 
-use crate::em::{Expectation, Maps, RotationGrid, maximisation};
+use crate::em::{Expectation, Maps, Prior, RotationGrid, maximisation};
 use crate::images::ImageTerms;
 
 /// How the classes start.
@@ -191,7 +191,14 @@ pub fn principal_component(
         // The Wiener term from the component's own spectrum once it has one; the first round
         // borrows the reference's.
         let prior = if round == 0 { reference } else { &u };
-        let Maps { full, .. } = maximisation(model, &single, freqs, &sums, prior, 1.0, r_max);
+        let Maps { full, .. } = maximisation(
+            model,
+            &single,
+            freqs,
+            &sums,
+            Prior::Spectrum(prior, 1.0),
+            r_max,
+        );
         let norm = full.square().sum(Kind::Float).sqrt().clamp_min(1e-30);
         u = full / norm;
     }

@@ -17,7 +17,7 @@ use mcg_physics::{Pose, Shift, Volume};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::em::{self, RotationGrid, expectation, maximisation, templates};
+use crate::em::{self, Prior, RotationGrid, expectation, maximisation, templates};
 use crate::images::{Frequencies, ImageTerms, disc_offsets, offset_ramps};
 use crate::init::{self, Init, hard_sums};
 
@@ -361,7 +361,14 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             &|| monitor.cancelled(),
         );
         monitor.check_cancelled()?;
-        let maps = maximisation(&model, grid, &freqs, &exp, &volumes, s.tau_fudge, r_max);
+        let maps = maximisation(
+            &model,
+            grid,
+            &freqs,
+            &exp,
+            Prior::HalfSets(s.tau_fudge),
+            r_max,
+        );
         let class: Vec<usize> = exp.best.iter().map(|b| b[1]).collect();
         let changed = class
             .iter()
@@ -587,7 +594,15 @@ fn start_classes(
     let mean = |e: &em::Expectation| e.log_likelihood.iter().sum::<f64>() / take as f64;
     let mut last = mean(&exp);
     for _ in 0..CONSENSUS_ROUNDS {
-        v = maximisation(model, &search.grid, &freqs, &exp, &v, s.tau_fudge, r).full;
+        v = maximisation(
+            model,
+            &search.grid,
+            &freqs,
+            &exp,
+            Prior::HalfSets(s.tau_fudge),
+            r,
+        )
+        .full;
         let before = r;
         r = (r + 2.0).min(r_end);
         f = freqs_all.count_within(r);
@@ -651,8 +666,7 @@ fn start_classes(
         f as i64,
         None,
     );
-    let previous = v.repeat([s.classes as i64, 1, 1, 1]);
-    let maps = maximisation(model, grid, &freqs, &sums, &previous, s.tau_fudge, r0);
+    let maps = maximisation(model, grid, &freqs, &sums, Prior::HalfSets(s.tau_fudge), r0);
     let mut pi = vec![0.0; s.classes];
     for &c in &class {
         pi[c] += 1.0 / count as f64;

@@ -70,7 +70,8 @@ pub struct Args {
     /// 2 when the set records shifts, else 0).
     #[arg(long, value_name = "PX", value_parser = util::finite_f64)]
     offset_range: Option<f64>,
-    /// RELION's τ² fudge factor of the Wiener filter.
+    /// RELION's τ² fudge factor of the Wiener filter: τ² is this times the signal-to-noise
+    /// ratio per shell from the FSC of each class's half sets, over the data's weight.
     #[arg(long, default_value_t = 2.0, value_parser = util::finite_f64)]
     tau_fudge: f64,
     /// The images carry no CTF.
