@@ -99,7 +99,7 @@ impl Default for ClassifySettings {
             reference: PathBuf::new(),
             classes: 2,
             out: PathBuf::new(),
-            iterations: 15,
+            iterations: 25,
             convergence: 0.002,
             init: Init::Pca,
             angular_step_deg: 7.5,
@@ -376,6 +376,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             &|| monitor.cancelled(),
         );
         monitor.check_cancelled()?;
+        let e_seconds = start.elapsed().as_secs_f64();
         let maps = maximisation(
             &model,
             grid,
@@ -383,6 +384,11 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             &exp,
             Prior::HalfSets(s.tau_fudge),
             r_max,
+        );
+        tracing::debug!(
+            e_step = e_seconds,
+            m_step = start.elapsed().as_secs_f64() - e_seconds,
+            "the iteration's steps, seconds"
         );
         let class: Vec<usize> = exp.best.iter().map(|b| b[1]).collect();
         let changed = class

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// EM iterations after the start, at most (see --convergence).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 25)]
     iterations: usize,
     /// Stop early once an iteration at the final frequency limit changes the class of fewer
     /// than this percentage of the particles and moves no class's probability by as many
