@@ -13,6 +13,7 @@ pub use mcg_dataset::guard::{
     stacks_of, write_json_atomic,
 };
 pub use mcg_dataset::hint::{HINT_PREFIX, Hint, WithHint};
+pub use mcg_fsio::budget::peak_rss_mib;
 
 /// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides, `--quiet` keeps errors only.
 pub fn init_logging(verbose: u8, quiet: bool) {
@@ -125,19 +126,6 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 /// Writes `bytes` to `path` atomically ([`mcg_fsio::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(mcg_fsio::write_atomic(path, bytes)?)
-}
-
-/// Peak resident memory of this process in MiB (Linux), for reports.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 /// Prints JSON to stdout.
