@@ -7,6 +7,7 @@
 //! - [`convert`]: particle sets between STAR+MRCS, the HDF5 container and cryoSPARC `.cs`,
 //!   optionally Fourier-cropped to a smaller box ([`downsample`]);
 //! - [`input`]: opening a particle set of any supported kind, its images checked finite;
+//!   [`info`]: what a file (an MRC map or stack, or a particle set) holds;
 //! - [`folder`]: the data-set folder's files as types (paths, manifest, ground truth);
 //! - [`sinks`]: forming images batch by batch while a second thread writes them;
 //! - [`guard`]: the checks made before anything is written (inputs never overwritten,
@@ -56,6 +57,7 @@ pub mod folder;
 pub mod guard;
 pub mod halves;
 pub mod hint;
+pub mod info;
 pub mod input;
 pub mod inspect;
 pub mod merge;
