@@ -60,57 +60,6 @@ pub fn print_error(e: &anyhow::Error) {
     }
 }
 
-/// Reads two MRC maps that are to be compared: both cubic with an even box, of the same box and
-/// voxel size (`apix` in Å overrides both headers). Errors name the file, the field and what
-/// was expected.
-pub fn read_map_pair(
-    first: &Path,
-    second: &Path,
-    apix: Option<f64>,
-) -> Result<(mcg_physics::Volume, mcg_physics::Volume)> {
-    let read = |path: &Path| {
-        mcg_formats::mrc::read_volume(path, apix).with_hint(
-            "maps must be cubic MRC volumes with an even box; --apix sets the voxel size when a \
-             header lacks it",
-        )
-    };
-    let (a, b) = (read(first)?, read(second)?);
-    for (map, path) in [(&a, first), (&b, second)] {
-        let data = map.data();
-        let v0 = data.iter().next().copied().unwrap_or(0.0);
-        if data.iter().all(|&v| v == v0) {
-            return Err(anyhow::anyhow!(
-                "{}: every voxel is {v0}, expected a map with some signal (a constant map has \
-                 no Fourier shell correlation)",
-                path.display()
-            ));
-        }
-    }
-    if a.box_size() != b.box_size() {
-        return Err(anyhow::anyhow!(
-            "{}: box: {}³ voxels, expected the {}³ box of {}",
-            second.display(),
-            b.box_size(),
-            a.box_size(),
-            first.display()
-        ))
-        .with_hint("resample one map onto the other's grid first (same box and voxel size)");
-    }
-    let (pa, pb) = (f64::from(a.apix()), f64::from(b.apix()));
-    if (pa - pb).abs() > 1e-4 * pa.max(pb) {
-        return Err(anyhow::anyhow!(
-            "{}: voxel size: {pb} Å, expected the {pa} Å of {}",
-            second.display(),
-            first.display()
-        ))
-        .with_hint(
-            "resample one map onto the other's grid first; --apix overrides both headers when one \
-             is wrong",
-        );
-    }
-    Ok((a, b))
-}
-
 /// Sets the number of worker threads of the CPU work (rayon's global pool); `None` keeps one
 /// per core.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
