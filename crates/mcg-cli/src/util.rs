@@ -1,7 +1,8 @@
-//! Logging, error printing, atomic JSON writing and other small pieces shared by commands.
+//! Logging, error printing, the interrupt handler, the closed-pipe exit and the flags and
+//! parsers several commands share.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 pub use mcg_dataset::guard::{
     need_disk, need_memory, refuse_overwriting_inputs, refuse_writing_over_inputs, stack_bytes,
-    stacks_of, write_json_atomic,
+    stacks_of,
 };
 pub use mcg_dataset::hint::{HINT_PREFIX, Hint, WithHint};
 pub use mcg_fsio::budget::peak_rss_mib;
@@ -70,11 +71,6 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
             .context("setting the thread count")?;
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` atomically ([`mcg_fsio::write_atomic`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(mcg_fsio::write_atomic(path, bytes)?)
 }
 
 /// Prints JSON to stdout.

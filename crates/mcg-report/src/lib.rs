@@ -33,6 +33,7 @@
 //!
 //! Two map files are compared by [`maps`]: their FSC ([`maps::fsc_maps`]) and the alignment
 //! of one onto the other ([`maps::align_maps`]), as the `fsc` and `align` commands run them.
+//! [`sample::sample`] writes a run's landscape as a volume series with a ChimeraX script.
 
 // `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
 #![deny(unsafe_code)]
@@ -41,6 +42,7 @@ pub mod classification;
 pub mod maps;
 pub mod plot;
 mod report;
+pub mod sample;
 pub mod validate;
 
 pub use mcg_runfiles::Validation;
