@@ -1,10 +1,9 @@
 //! `multicryogan info`: what a file holds ([`mcg_dataset::info::describe`]), printed as JSON or
-//! as indented text.
+//! as indented text ([`mcg_dataset::info::text`]).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde_json::Value;
 
 use crate::util;
 
@@ -35,42 +34,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         util::print_json(&report)
     } else {
-        print_text(&report, 0);
+        print!("{}", mcg_dataset::info::text(&report));
         Ok(())
-    }
-}
-
-/// Prints a JSON report as indented `key: value` lines.
-fn print_text(value: &Value, indent: usize) {
-    let pad = "  ".repeat(indent);
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                match v {
-                    Value::Object(_) => {
-                        println!("{pad}{k}:");
-                        print_text(v, indent + 1);
-                    }
-                    Value::Array(items) if items.iter().any(|i| i.is_object()) => {
-                        println!("{pad}{k}:");
-                        for (i, item) in items.iter().enumerate() {
-                            println!("{pad}  [{i}]");
-                            print_text(item, indent + 2);
-                        }
-                    }
-                    _ => println!("{pad}{k}: {}", scalar(v)),
-                }
-            }
-        }
-        other => println!("{pad}{}", scalar(other)),
-    }
-}
-
-fn scalar(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
-        Value::Null => "-".into(),
-        other => other.to_string(),
     }
 }

@@ -3,9 +3,10 @@
 //! optics groups and columns, and optionally its pixels' statistics).
 //!
 //! [`describe`] returns a [`FileInfo`]; its serialised form (through [`serde_json::to_value`])
-//! is the command's JSON, field for field.
+//! is the command's JSON, field for field, and [`text`] that JSON's text form.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use mcg_formats::star::read_star;
 use mcg_formats::{ImageSource, ParticleSet};
 use ndarray::{Array2, Array3, ArrayView2};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::input::{self, Kind, Locate};
 
@@ -344,6 +346,54 @@ fn read_all(images: &dyn ImageSource) -> Result<RunningStats> {
     Ok(stats)
 }
 
+/// The text form of a report such as a [`FileInfo`]'s JSON (`info` without `--json`): a
+/// `key: value` line per field, nested objects and lists of objects indented below their key
+/// (list items numbered `[i]`), other lists joined by commas, null as `-`.
+pub fn text(report: &Value) -> String {
+    let mut out = String::new();
+    write_text(&mut out, report, 0);
+    out
+}
+
+fn write_text(out: &mut String, value: &Value, indent: usize) {
+    // Writing to a String cannot fail.
+    let pad = "  ".repeat(indent);
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    Value::Object(_) => {
+                        let _ = writeln!(out, "{pad}{k}:");
+                        write_text(out, v, indent + 1);
+                    }
+                    Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+                        let _ = writeln!(out, "{pad}{k}:");
+                        for (i, item) in items.iter().enumerate() {
+                            let _ = writeln!(out, "{pad}  [{i}]");
+                            write_text(out, item, indent + 2);
+                        }
+                    }
+                    _ => {
+                        let _ = writeln!(out, "{pad}{k}: {}", scalar(v));
+                    }
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other));
+        }
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Running pixel statistics (f64 sums of the values and their squares).
 #[derive(Debug, Clone)]
 pub struct RunningStats {
@@ -413,6 +463,22 @@ mod tests {
         assert_eq!((s.pixels, s.min, s.max), (5, -2.0, 4.0));
         assert!((s.mean - 1.6).abs() < 1e-12, "{}", s.mean);
         assert!((s.std - 4.24f64.sqrt()).abs() < 1e-12, "{}", s.std);
+    }
+
+    #[test]
+    fn the_text_form_indents_objects_and_numbers_list_items() {
+        let report = serde_json::json!({
+            "file": "a.star",
+            "particles": 3,
+            "voxel_size_A": null,
+            "shape_zyx": [3, 2, 2],
+            "stats": {"min": 0.5, "labels": ["x", "y"]},
+            "groups": [{"id": 1}, {"id": 2, "inner": {"box": 16}}],
+        });
+        let expected = "file: a.star\nparticles: 3\nvoxel_size_A: -\nshape_zyx: 3, 2, 2\n\
+                        stats:\n  min: 0.5\n  labels: x, y\n\
+                        groups:\n  [0]\n    id: 1\n  [1]\n    id: 2\n    inner:\n      box: 16\n";
+        assert_eq!(text(&report), expected);
     }
 
     #[test]
