@@ -9,10 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
 
-pub use mcg_dataset::guard::{
-    need_disk, need_memory, refuse_overwriting_inputs, refuse_writing_over_inputs, stack_bytes,
-    stacks_of,
-};
+pub use mcg_dataset::guard::{refuse_writing_over_inputs, stacks_of};
 pub use mcg_dataset::hint::{HINT_PREFIX, Hint, WithHint};
 pub use mcg_fsio::budget::peak_rss_mib;
 

@@ -3,7 +3,8 @@
 //!
 //! - [`synth`]: synthetic sets of a conformational landscape from [`synth::SynthSettings`]
 //!   (whole, one shard, or all shards and their merge, [`merge::merge_shards`]);
-//! - [`project`]: images of one volume, at a STAR file's poses or random ones;
+//! - [`project`]: images of one volume, at a STAR file's poses or random ones; [`ctf`]: each
+//!   particle's CTF as an image;
 //! - [`convert`]: particle sets between STAR+MRCS, the HDF5 container and cryoSPARC `.cs`,
 //!   optionally Fourier-cropped to a smaller box ([`downsample`]);
 //! - [`input`]: opening a particle set of any supported kind, its images checked finite;
@@ -52,6 +53,7 @@
 
 pub mod builtin;
 pub mod convert;
+pub mod ctf;
 pub mod downsample;
 pub mod folder;
 pub mod guard;
