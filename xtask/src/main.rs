@@ -9,7 +9,7 @@ mod quality;
 mod setup;
 mod util;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 const USAGE: &str = "\
 cargo xtask <command>
@@ -19,8 +19,10 @@ commands:
            libtorch 2.11.0 from the PyPI wheels into a cache outside the repository
   test     set up, check formatting and lints, then run every test of the workspace
   demo     set up, build, and run the main job: a small Hsp90 discrete data set (structures
-           from ../shared when present, the built-in phantom otherwise), Multi-CryoGAN trained
-           on it (--minutes 20, --device auto), its report, and the numbers that matter
+           from ../shared when present, the built-in phantom otherwise) and `multicryogan
+           reconstruct` on it (--minutes 10, --device auto): the pose-free consensus, the
+           classification with the poses marginalised, the Multi-CryoGAN landscape from the
+           classes, the reports against the truth, and the numbers that matter
   synth    set up, build, and make the paper's two data sets (100,000 Hsp90 images each,
            continuous and discrete) in out/hsp90-continuous and out/hsp90-discrete;
            extra arguments go to `multicryogan synth` (e.g. --structures DIR, --shards 10)
@@ -121,13 +123,16 @@ fn test(rest: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The main job on an embedded default: a small Hsp90 discrete data set, Multi-CryoGAN trained
-/// on it for a bounded time (`--minutes`, default 20), and its report, closing with the numbers
-/// that matter. `--device auto|cpu|cuda` picks where to train; other arguments go to `synth`.
-/// Run again, it resumes the run in out/demo/run for another `--minutes`.
+/// The main job on an embedded default: a small Hsp90 discrete data set, `multicryogan
+/// reconstruct` on it (the pose-free consensus, the classification with the poses
+/// marginalised, the Multi-CryoGAN landscape from the classes, and the reports against the
+/// truth) within `--minutes` (default 10), closing with the numbers that matter.
+/// `--device auto|cpu|cuda` picks where to run; other arguments go to `synth`. Run again, it
+/// continues the reconstruction in out/demo/reconstruct at the stage it reached, or, once
+/// finished, prints its result again.
 fn demo(rest: &[String]) -> Result<()> {
     setup::run()?;
-    let mut minutes = "20".to_string();
+    let mut minutes = "10".to_string();
     let mut device = "auto".to_string();
     let mut synth_extra = Vec::new();
     let mut it = rest.iter();
@@ -149,71 +154,42 @@ fn demo(rest: &[String]) -> Result<()> {
     let bin = release_cli()?;
     let out = util::root().join("out/demo");
     let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let (out_s, run_s, report_s) = (s(&out), s(&out.join("run")), s(&out.join("report")));
+    let (out_s, rec_s) = (s(&out), s(&out.join("reconstruct")));
     let star = s(&out.join("particles.star"));
-    eprintln!("demo: 1/3 synthesising 10,000 Hsp90 images (25 % closed, 75 % open) into {out_s}");
-    let mut args = demo_synth_args("1", &out_s);
-    args.extend(synth_extra);
-    util::run(&bin, &args)?;
-    eprintln!("demo: 2/3 training Multi-CryoGAN for {minutes} minutes ({device}) into {run_s}");
-    let has_checkpoint = out.join("run/checkpoint.safetensors").is_file();
-    if has_checkpoint {
-        eprintln!("demo: {run_s} has a checkpoint: resuming it");
-    }
-    let own = ["--minutes", minutes.as_str(), "--device", device.as_str()];
-    util::run(
-        &bin,
-        &train_args(&FULL, &star, &run_s, has_checkpoint, &own),
-    )?;
-    eprintln!("demo: 3/3 writing the report into {report_s}");
-    util::run(
-        &bin,
-        &[
-            "report", "--run", &run_s, "--truth", &out_s, "--out", &report_s, "--device", &device,
-        ],
-    )?;
-    let path = out.join("report/metrics.json");
-    let m: mcg_runfiles::Metrics = serde_json::from_str(&std::fs::read_to_string(&path)?)
-        .with_context(|| format!("{}: not a report's metrics.json", path.display()))?;
-    let res = |name: &str, e: Option<&mcg_runfiles::metrics::EndFsc>| {
-        let Some(e) = e else {
-            return format!("{name}: no truth to compare with");
-        };
-        let r = &e.fsc;
-        format!(
-            "{name} vs {}: FSC 0.5 at {}",
-            e.truth,
-            r.resolution_angstrom
-                .half
-                .map_or("not reached".to_string(), |a| format!(
-                    "{a:.1} Å ({:.2} of Nyquist)",
-                    r.resolution_nyquist_fraction.half.unwrap_or(f64::NAN)
-                ))
-        )
-    };
-    let pct = |v: Option<f64>| v.map_or("–".into(), |x| format!("{:.0} %", 100.0 * x));
-    println!("\nMulti-CryoGAN demo: report at {report_s}/report.html");
-    println!(
-        "  {}",
-        res("α = 0", m.fsc_ends.as_ref().map(|e| &e.alpha_0))
-    );
-    println!(
-        "  {}",
-        res("α = 1", m.fsc_ends.as_ref().map(|e| &e.alpha_1))
-    );
-    if let Some(p) = &m.probabilities {
-        println!(
-            "  probabilities: {} {} / {} {} / transition {} (truth: {} / {})",
-            p.alpha_0_state,
-            pct(Some(p.alpha_0_fraction)),
-            p.alpha_1_state,
-            pct(Some(p.alpha_1_fraction)),
-            pct(Some(p.transition)),
-            pct(p.truth.alpha_0_state),
-            pct(p.truth.alpha_1_state),
+    if out.join("particles.star").is_file() {
+        eprintln!("demo: 1/2 the data set is in {out_s} (remove the folder to start over)");
+    } else {
+        eprintln!(
+            "demo: 1/2 synthesising 10,000 Hsp90 images (25 % closed, 75 % open) into {out_s}"
         );
+        let mut args = demo_synth_args("1", &out_s);
+        args.extend(synth_extra);
+        util::run(&bin, &args)?;
     }
-    Ok(())
+    let record = out.join("reconstruct/reconstruct.json");
+    let mut args = vec![
+        "reconstruct",
+        "--particles",
+        &star,
+        "--out",
+        &rec_s,
+        "--truth",
+        &out_s,
+        "--minutes",
+        &minutes,
+        "--device",
+        &device,
+    ];
+    if record.is_file() {
+        eprintln!("demo: {rec_s} holds a reconstruction: continuing it");
+        args.push("--resume");
+    }
+    eprintln!(
+        "demo: 2/2 reconstructing within {minutes} minutes ({device}) into {rec_s}: the \
+         pose-free consensus, the classification with the poses marginalised, the \
+         Multi-CryoGAN landscape from the classes, and the reports"
+    );
+    util::run(&bin, &args)
 }
 
 /// The paper's two data sets (section 5): 100,000 images of 32² at 5 Å, CTF 1–2 µm, −10 dB.

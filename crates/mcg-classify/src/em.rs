@@ -410,25 +410,45 @@ pub fn maximisation(
     r_max: f64,
 ) -> Maps {
     let r = grid.len() as i64;
-    let f = freqs.size()[0];
     let k = exp.den.size()[1] / r;
     let n = model.box_size() as i64;
     let m = 2 * n;
     let device = exp.den.device();
+    // The back-projection is the adjoint of the sampling, over the rotations that some image
+    // weighs in some class (the others add nothing). All classes go in one batch: libtorch's
+    // 3D sampler runs its batch's volumes in parallel, not the points of one volume.
+    let used = exp
+        .den
+        .abs()
+        .sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float)
+        .view([k, r])
+        .sum_dim_intlist([0i64].as_slice(), false, Kind::Float)
+        .gt(0.0)
+        .nonzero()
+        .squeeze_dim(1);
+    let u = used.size()[0];
+    tracing::trace!(rotations = r, weighed = u, "the M-step's rotations");
     let leaf =
         Tensor::zeros([k, 6, m + 1, m + 1, m + 1], (Kind::Float, device)).set_requires_grad(true);
-    let rotations = grid.tensor.repeat([k, 1, 1]);
-    let sampled = model.sample_points(&leaf, &rotations, r, &(freqs * 2.0)); // [K][6][R][F]
-    let mut channels = Vec::with_capacity(6);
-    for h in 0..2 {
-        let num = exp.num.get(h).view([k, r, f]);
-        channels.push(num.real());
-        channels.push(num.imag());
-        channels.push(exp.den.get(h).view([k, r, f]));
+    if u > 0 {
+        let rotations = grid.tensor.index_select(0, &used).repeat([k, 1, 1]);
+        let sampled = model.sample_points(&leaf, &rotations, u, &(freqs * 2.0)); // [K][6][U][F]
+        let f = freqs.size()[0];
+        let mut channels = Vec::with_capacity(6);
+        for h in 0..2 {
+            let num = exp.num.get(h).view([k, r, f]).index_select(1, &used);
+            channels.push(num.real());
+            channels.push(num.imag());
+            channels.push(exp.den.get(h).view([k, r, f]).index_select(1, &used));
+        }
+        let weights = Tensor::stack(&channels, 1);
+        (sampled * weights).sum(Kind::Float).backward();
     }
-    let weights = Tensor::stack(&channels, 1);
-    (sampled * weights).sum(Kind::Float).backward();
-    let mut g = leaf.grad();
+    let mut g = if u > 0 {
+        leaf.grad()
+    } else {
+        tch::no_grad(|| leaf.zeros_like())
+    };
     // The periodic planes are copies of plane 0: their adjoint adds into it.
     for d in 2..5 {
         let _ = g.narrow(d, 0, 1).g_add_(&g.narrow(d, m, 1));

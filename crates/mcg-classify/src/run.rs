@@ -33,6 +33,11 @@ pub const START_IMAGES: usize = 3000;
 /// The images (at most) whose likelihood places the reference in its box.
 pub const CENTRE_IMAGES: usize = 1000;
 
+/// The classes have settled at the split resolution (see
+/// [`ClassifySettings::split_resolution`]) once an iteration changes the class of fewer than
+/// this share of the particles and moves no class's probability by as much.
+pub const SETTLED: f64 = 0.01;
+
 /// Images per class below which a class cannot be reconstructed.
 pub const MIN_IMAGES_PER_CLASS: usize = 100;
 
@@ -68,6 +73,12 @@ pub struct ClassifySettings {
     pub initial_resolution: f64,
     /// The resolution the consensus is refined to before the split, as a fraction of Nyquist.
     pub consensus_resolution: f64,
+    /// The frequency limit, as a fraction of Nyquist, at which the classes are held until
+    /// they settle (an iteration changes the class of fewer than [`SETTLED`] of the particles
+    /// and moves no π by as much); then it rises with the half-set resolution. The split is
+    /// a low-resolution signal, and an iteration at 0.55 of Nyquist costs about a third of
+    /// one at Nyquist. 1: no hold.
+    pub split_resolution: f64,
     /// In-plane offsets searched around each image's recorded shift: radius in pixels (0: the
     /// recorded shifts are used as they are; `None`: 2 pixels when the set records shifts,
     /// else 0).
@@ -99,7 +110,7 @@ impl Default for ClassifySettings {
             reference: PathBuf::new(),
             classes: 2,
             out: PathBuf::new(),
-            iterations: 25,
+            iterations: 40,
             convergence: 0.002,
             init: Init::Pca,
             angular_step_deg: 7.5,
@@ -107,6 +118,7 @@ impl Default for ClassifySettings {
             local_candidates: 8,
             initial_resolution: 0.3,
             consensus_resolution: 0.55,
+            split_resolution: 0.55,
             offset_range_px: None,
             offset_step_px: 1.0,
             tau_fudge: 2.0,
@@ -117,6 +129,53 @@ impl Default for ClassifySettings {
             batch_bytes: 128e6,
             resume: false,
         }
+    }
+}
+
+impl ClassifySettings {
+    /// Refuses settings out of their range, naming the CLI's flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.classes < 1 {
+            bail!("--classes: found {}, expected at least 1", self.classes);
+        }
+        if !(self.angular_step_deg > 0.0 && self.angular_step_deg <= 30.0) {
+            bail!(
+                "--angular-step: found {}, expected a step in (0, 30] degrees",
+                self.angular_step_deg
+            );
+        }
+        if !(0.0..1.0).contains(&self.convergence) {
+            bail!(
+                "--convergence: found {}, expected a percentage in [0, 100)",
+                100.0 * self.convergence
+            );
+        }
+        for (flag, v) in [
+            ("--initial-resolution", self.initial_resolution),
+            ("--consensus-resolution", self.consensus_resolution),
+            ("--split-resolution", self.split_resolution),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                bail!("{flag}: found {v}, expected a fraction of Nyquist in (0, 1]");
+            }
+        }
+        if !(self.tau_fudge > 0.0 && self.tau_fudge.is_finite()) {
+            bail!(
+                "--tau-fudge: found {}, expected a number > 0",
+                self.tau_fudge
+            );
+        }
+        if let Some(s) = self.noise_sigma
+            && !(s > 0.0 && s.is_finite())
+        {
+            bail!("--noise-sigma: found {s}, expected σ > 0");
+        }
+        if let Some(r) = self.offset_range_px
+            && !(0.0..=32.0).contains(&r)
+        {
+            bail!("--offset-range: found {r}, expected 0 … 32 pixels");
+        }
+        Ok(())
     }
 }
 
@@ -178,6 +237,10 @@ pub struct Model {
     /// [`ClassifySettings::convergence`]), if it did.
     #[serde(default)]
     pub converged_at: Option<usize>,
+    /// The iteration after which the classes had settled at the split resolution and the
+    /// frequency limit was let rise (see [`ClassifySettings::split_resolution`]).
+    #[serde(default)]
+    pub settled_at: Option<usize>,
 }
 
 /// The state kept after each complete iteration (`checkpoint/state.json`).
@@ -226,9 +289,7 @@ fn search_of(s: &ClassifySettings, step: f64, dev: Device) -> em::Search {
 
 /// Runs a classification (see the module notes) and returns `model.json`'s content.
 pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> {
-    if s.classes < 1 {
-        bail!("--classes: found {}, expected at least 1", s.classes);
-    }
+    s.validate()?;
     let (set, images) = input::particles(&s.particles, &s.locate)?;
     let count = set.len();
     if count < MIN_IMAGES_PER_CLASS * s.classes {
@@ -322,6 +383,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             seed: s.seed,
             recentred_voxels: [0.0; 3],
             converged_at: None,
+            settled_at: None,
         };
         let (volumes, pi, class, scale, moved, r0, record) = start_classes(
             s, &model, &terms, &half, &ramps, &freqs_all, &reference, dev, monitor,
@@ -405,8 +467,31 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
         }
         pi.iter_mut().for_each(|p| *p /= count as f64);
         let (res_a, res_ny) = half_resolutions(&maps.halves, apix, r_max)?;
+        let moved = pi
+            .iter()
+            .zip(&state.model.pi)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        // Held at the split resolution until the classes settle, then free to rise.
+        let held = |m: &Model| m.settled_at.is_none() && s.split_resolution < 1.0;
+        let was_held = held(&state.model);
+        if was_held && changed < SETTLED && moved < SETTLED {
+            tracing::info!(
+                iteration = it,
+                changed,
+                pi_moved = moved,
+                "the classes settled"
+            );
+            state.model.settled_at = Some(it);
+        }
+        let full = n as f64 / 2.0 - 1.0;
+        let cap = if held(&state.model) {
+            em::radius_of(s.split_resolution, n).max(r_max)
+        } else {
+            full
+        };
         let best = res_ny.iter().cloned().fold(0.0, f64::max);
-        let r_next = (best * n as f64 / 2.0 + 2.0).clamp(r_max, n as f64 / 2.0 - 1.0);
+        let r_next = (best * n as f64 / 2.0 + 2.0).min(cap).min(full).max(r_max);
         let record = IterationRecord {
             iteration: it,
             log_likelihood: exp.log_likelihood.iter().sum::<f64>() / count as f64,
@@ -428,12 +513,8 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             seconds = record.seconds,
             "classification iteration"
         );
-        let moved = pi
-            .iter()
-            .zip(&state.model.pi)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
         if s.convergence > 0.0
+            && !was_held
             && r_next == r_max
             && changed < s.convergence
             && moved < s.convergence

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use clap::Args as ClapArgs;
 use mcg_classify::{ClassifySettings, Init, classify};
-use mcg_forward::device::{self, DeviceChoice};
+use mcg_forward::device::DeviceChoice;
 
 use crate::progress::Progress;
 use crate::util::{self, LocateArgs};
@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// EM iterations after the start, at most (see --convergence).
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 40)]
     iterations: usize,
     /// Stop early once an iteration at the final frequency limit changes the class of fewer
     /// than this percentage of the particles and moves no class's probability by as many
@@ -71,6 +71,13 @@ pub struct Args {
     /// data's mean map before the classes are split from it.
     #[arg(long, default_value_t = 0.55, value_parser = util::finite_f64)]
     consensus_resolution: f64,
+    /// The frequency limit, as a fraction of Nyquist, at which the classes are held until they
+    /// settle (an iteration changes the class of fewer than 1 % of the particles and moves no
+    /// probability by a point); then it rises with the classes' half-set resolution. The
+    /// split is a low-resolution signal, and an iteration there costs about a third of one at
+    /// Nyquist. 1: no hold. model.json's settled_at records when it ended.
+    #[arg(long, default_value_t = 0.55, value_parser = util::finite_f64)]
+    split_resolution: f64,
     /// Radius in pixels of the in-plane offsets searched around each recorded shift (default:
     /// 2 when the set records shifts, else 0).
     #[arg(long, value_name = "PX", value_parser = util::finite_f64)]
@@ -103,44 +110,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
-    if let Some(t) = args.threads {
-        ensure!(t > 0, "--threads: found 0, expected at least 1");
-        device::set_threads(t);
-    }
-    ensure!(
-        args.angular_step > 0.0 && args.angular_step <= 30.0,
-        "--angular-step: found {}, expected a step in (0, 30] degrees",
-        args.angular_step
-    );
-    ensure!(
-        (0.0..100.0).contains(&args.convergence),
-        "--convergence: found {}, expected a percentage in [0, 100)",
-        args.convergence
-    );
-    ensure!(
-        args.initial_resolution > 0.0 && args.initial_resolution <= 1.0,
-        "--initial-resolution: found {}, expected a fraction of Nyquist in (0, 1]",
-        args.initial_resolution
-    );
-    ensure!(
-        args.consensus_resolution > 0.0 && args.consensus_resolution <= 1.0,
-        "--consensus-resolution: found {}, expected a fraction of Nyquist in (0, 1]",
-        args.consensus_resolution
-    );
-    ensure!(
-        args.tau_fudge > 0.0,
-        "--tau-fudge: found {}, expected a number > 0",
-        args.tau_fudge
-    );
-    if let Some(s) = args.noise_sigma {
-        ensure!(s > 0.0, "--noise-sigma: found {s}, expected σ > 0");
-    }
-    if let Some(r) = args.offset_range {
-        ensure!(
-            (0.0..=32.0).contains(&r),
-            "--offset-range: found {r}, expected 0 … 32 pixels"
-        );
-    }
+    util::set_torch_threads(args.threads)?;
     let settings = ClassifySettings {
         particles: args.particles,
         locate: args.locate.get(),
@@ -154,6 +124,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         local_candidates: args.local_candidates,
         initial_resolution: args.initial_resolution,
         consensus_resolution: args.consensus_resolution,
+        split_resolution: args.split_resolution,
         offset_range_px: args.offset_range,
         tau_fudge: args.tau_fudge,
         ctf: !args.no_ctf,

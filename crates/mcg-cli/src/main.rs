@@ -12,6 +12,7 @@ mod fsc;
 mod info;
 mod progress;
 mod project;
+mod reconstruct;
 mod report;
 mod sample;
 mod synth;
@@ -60,6 +61,7 @@ enum Command {
     /// plays them as a movie.
     Sample(sample::Args),
     Classify(Box<classify::Args>),
+    Reconstruct(Box<reconstruct::Args>),
     Report(report::Args),
     Validate(validate::Args),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run(*a, &progress),
         Command::Sample(a) => sample::run(a, &progress),
         Command::Classify(a) => classify::run(*a, &progress),
+        Command::Reconstruct(a) => reconstruct::run(*a, &progress),
         Command::Report(a) => report::run(a, &progress),
         Command::Validate(a) => validate::run(a, &progress),
         Command::Fsc(a) => fsc::run(a),

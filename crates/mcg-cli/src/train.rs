@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use mcg_train::data::{HalfSet, NoiseChoice, PrepareSettings, RunDataSettings, prepare_run};
 use mcg_train::models::{GeneratorKind, Mode};
 use mcg_train::run::RunOptions;
@@ -203,10 +203,7 @@ fn half_sets(args: Args, progress: &Progress) -> Result<()> {
 
 /// One run; `half`: on half `h` (0 or 1) of the particles as split by `seed`.
 fn train(args: &Args, half: Option<(usize, u64)>, progress: &Progress) -> Result<()> {
-    if let Some(t) = args.threads {
-        ensure!(t > 0, "--threads must be at least 1");
-        device::set_threads(t);
-    }
+    util::set_torch_threads(args.threads)?;
     let dev = device::select(args.device)?;
     info!(device = ?dev, "device");
     let mut config = base_config(args)?;

@@ -139,6 +139,15 @@ pub fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
     }
 }
 
+/// `--threads` of the libtorch commands: libtorch's CPU threads, when given (at least 1).
+pub fn set_torch_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
+        anyhow::ensure!(t > 0, "--threads: found 0, expected at least 1");
+        mcg_train::device::set_threads(t);
+    }
+    Ok(())
+}
+
 /// The parser of every floating-point option: a number, refused when it is NaN or infinite
 /// (which would otherwise run through a whole command and give NaN images, maps or losses).
 pub fn finite_f64(text: &str) -> std::result::Result<f64, String> {

@@ -77,6 +77,11 @@ pub struct TrainConfig {
     /// learnt, and as the run reports it) does not feed back into how the components are
     /// trained, so that a component whose share falls is not starved of D's attention.
     pub pi_feedback: bool,
+    /// The mixture's probabilities, held fixed (e.g. a classification's π, which the GAN does
+    /// not estimate well: its critic leaves π near equal shares), and simulated in their
+    /// proportions rather than weighted ([`crate::models::Generator::stratified_batch`]);
+    /// `None`: learnt.
+    pub fixed_pi: Option<Vec<f64>>,
 }
 
 /// The git tag of the last commit that had the retired experiments (see [`RETIRED`]); their
@@ -223,6 +228,7 @@ impl Default for TrainConfig {
             blur_steps: 1500,
             warm_steps: 500,
             pi_feedback: true,
+            fixed_pi: None,
         }
     }
 }
@@ -371,6 +377,20 @@ impl TrainConfig {
                     "batch_size = {} must be a multiple of model.components = {} (a mixture \
                      simulates the same number of images of each component)",
                     self.batch_size, self.model.components
+                ));
+            }
+        }
+        if let Some(pi) = &self.fixed_pi {
+            let k = self.model.components;
+            if self.model.architecture() != Architecture::Mixture || pi.len() != k {
+                return bad(format!(
+                    "fixed_pi = {pi:?}: expected the mixture generator's {k} probabilities"
+                ));
+            }
+            let sum: f64 = pi.iter().sum();
+            if pi.iter().any(|p| !(p.is_finite() && *p > 0.0)) || (sum - 1.0).abs() > 1e-6 {
+                return bad(format!(
+                    "fixed_pi = {pi:?}: expected probabilities > 0 that sum to 1"
                 ));
             }
         }

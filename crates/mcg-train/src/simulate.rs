@@ -140,7 +140,12 @@ impl Trainer {
     pub(crate) fn prepare(&self, heterogeneous: bool) -> Prepared {
         let cfg = &self.config;
         let draws = (cfg.batch_size / cfg.poses_per_volume) as i64;
-        let batch = self.g.batch(draws, heterogeneous);
+        // A π held fixed is simulated in its proportions, without importance weights.
+        let batch = if heterogeneous && cfg.fixed_pi.is_some() {
+            self.g.stratified_batch(draws)
+        } else {
+            self.g.batch(draws, heterogeneous)
+        };
         Prepared {
             volumes: Volumes::new(&self.forward, cfg.projector, batch.volumes),
             // Without feedback the GAN simulates the components in equal shares.

@@ -55,14 +55,16 @@ impl Trainer {
         config.validate()?;
         tch::manual_seed(torch_seed(config.seed, 2, 0));
         let vs = nn::VarStore::new(device);
-        let g = Generator::new(&(vs.root() / "g"), &config.model);
+        let mut g = Generator::new(&(vs.root() / "g"), &config.model);
         let d = Discriminator::new(&(vs.root() / "d"), &config.model);
-        let opt_g = Adam::new(
-            trainable(&vs, "g."),
-            config.lr_g,
-            config.beta1,
-            config.beta2,
-        );
+        // Fixed probabilities are set once and left out of G's optimiser.
+        let mut g_vars = trainable(&vs, "g.");
+        if let Some(pi) = &config.fixed_pi {
+            let pi: Vec<f32> = pi.iter().map(|&p| p as f32).collect();
+            g.set_probabilities(&Tensor::from_slice(&pi).to_device(device));
+            g_vars.retain(|(name, _)| !name.ends_with("logits"));
+        }
+        let opt_g = Adam::new(g_vars, config.lr_g, config.beta1, config.beta2);
         let opt_d = Adam::new(
             trainable(&vs, "d."),
             config.lr_d,
@@ -595,6 +597,99 @@ mod tests {
                 after < 0.3,
                 "{recipe}: profile distance after training: {after}"
             );
+        }
+    }
+
+    #[test]
+    fn fixed_probabilities_stay_where_they_were_set() {
+        let n = 16;
+        let vol = truth(n);
+        let params: Vec<ImagingParams> = (0..64)
+            .map(|i| RandomImaging::default().draw(5, i))
+            .collect();
+        let mut images = Array3::zeros((params.len(), n, n));
+        Simulator::new(&vol, ProjectorKind::RealSpace).clean(&params, false, images.view_mut());
+        let source: Arc<dyn ImageSource> = Arc::new(Memory(images));
+        let data = DataPhysics {
+            particles: params,
+            apix: 5.0,
+            noise_sigma: 0.0,
+            noise_patches: None,
+            noise_filter: None,
+        };
+        let config = |fixed_pi: Option<Vec<f64>>| TrainConfig {
+            model: ModelConfig {
+                mode: Mode::Multi,
+                generator: crate::models::GeneratorKind::Mixture,
+                components: 2,
+                component_coarsening: 1,
+                box_size: n,
+                discriminator_channels: 8,
+                pack: 2,
+                ..ModelConfig::default()
+            },
+            batch_size: 16,
+            poses_per_volume: 8,
+            d_steps: 1,
+            // A learning rate that moves learnt logits visibly within a few steps.
+            lr_g: 0.05,
+            ctf: false,
+            warm_steps: 0,
+            blur_start_px: 0.0,
+            fixed_pi,
+            seed: 4,
+            ..TrainConfig::default()
+        };
+        let pi_after = |fixed_pi: Option<Vec<f64>>| {
+            let mut trainer = Trainer::new(config(fixed_pi), Device::Cpu).unwrap();
+            let feed = Prefetcher::start(source.clone(), 16, 4, 0);
+            for _ in 0..10 {
+                trainer.train_step(&data, &mut || feed.next()).unwrap();
+            }
+            Vec::<f64>::try_from(&trainer.generator().probabilities().to_kind(Kind::Double))
+                .unwrap()
+        };
+        // Started from two maps with π held at ¼ / ¾, the components are the maps: α below
+        // ¼ gives the first, above it the second.
+        let mut trainer = Trainer::new(config(Some(vec![0.25, 0.75])), Device::Cpu).unwrap();
+        let other = blobs(
+            n,
+            &[([0.0, 0.0, 0.0], 2.0, 1.0), ([-3.0, 1.0, 0.0], 1.5, 0.9)],
+        );
+        let maps: Vec<f32> = vol
+            .data()
+            .iter()
+            .chain(other.data().iter())
+            .copied()
+            .collect();
+        let maps = Tensor::from_slice(&maps).view([2, n as i64, n as i64, n as i64]);
+        trainer.init_volumes(&maps).unwrap();
+        let got = trainer
+            .generator()
+            .volumes(&Tensor::from_slice(&[0.1f32, 0.9]));
+        let mask = crate::models::sphere_mask(n as i64, Device::Cpu);
+        let diff = f64::try_from((got - &maps * &mask).abs().max()).unwrap();
+        let scale = f64::try_from(maps.abs().max()).unwrap();
+        assert!(
+            diff < 1e-5 * scale,
+            "components differ from the maps by {diff}"
+        );
+        let fixed = pi_after(Some(vec![0.25, 0.75]));
+        assert!(
+            (fixed[0] - 0.25).abs() < 1e-6 && (fixed[1] - 0.75).abs() < 1e-6,
+            "{fixed:?}"
+        );
+        // The same run with π learnt moves it from its start (½, ½): the oracle that the
+        // steps above could have moved it.
+        let learnt = pi_after(None);
+        assert!((learnt[0] - 0.5).abs() > 1e-4, "{learnt:?}");
+        // π for another number of components, or not summing to 1, is refused.
+        for bad in [vec![1.0], vec![0.5, 0.6], vec![0.0, 1.0]] {
+            let err = config(Some(bad.clone()))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("fixed_pi"), "{bad:?}: {err}");
         }
     }
 }

@@ -283,6 +283,27 @@ impl Generator {
         GeneratedBatch { volumes, weights }
     }
 
+    /// The mixture's components in proportion to its π, for a π held fixed: `count` draws at
+    /// the systematic positions αⱼ = (j + u)/count (u ~ U(0, 1) from libtorch's generator),
+    /// each the component whose cell of the cumulative π holds it, so that component k comes
+    /// ⌊πₖ·count⌋ or ⌈πₖ·count⌉ times, with no importance weights. (The weights K·πₖ,
+    /// multiplied over PacGAN's packs, make D's loss diverge when π is far from equal
+    /// shares.) The other generators: [`Generator::batch`].
+    pub fn stratified_batch(&self, count: i64) -> GeneratedBatch {
+        match &self.body {
+            Body::Mixture { .. } => {
+                let device = self.device();
+                let u = Tensor::rand([1], (Kind::Float, device));
+                let alphas = (Tensor::arange(count, (Kind::Float, device)) + u) / count as f64;
+                GeneratedBatch {
+                    volumes: self.volumes(&alphas),
+                    weights: None,
+                }
+            }
+            _ => self.batch(count, true),
+        }
+    }
+
     /// `count` latent positions α ~ U(0, 1) from libtorch's generator.
     fn draw_alphas(&self, count: i64) -> Tensor {
         Tensor::rand([count], (Kind::Float, self.device()))
@@ -359,8 +380,9 @@ fn weighted_mean(parts: &Tensor, logits: &Tensor) -> Tensor {
 
 impl Generator {
     /// Sets the volumes from maps `[K][N][N][N]`: one map sets the single or base volume; K
-    /// maps set the mixture's components (B₀ their mean, Dₖ the differences, which needs
-    /// `component_coarsening = 1`). The CNN generator has no voxels to set.
+    /// maps set the mixture's components (B₀ their mean weighted by the mixture's current π,
+    /// Dₖ the differences, which needs `component_coarsening = 1`), so that each component
+    /// is its map (where the map is ≥ 0 and inside the mask). The CNN generator has no voxels to set.
     pub fn init_volumes(&mut self, maps: &Tensor) -> Result<(), String> {
         let size = maps.size();
         let n = self.n;
@@ -369,16 +391,32 @@ impl Generator {
                 "starting maps of shape {size:?}, expected [K][{n}][{n}][{n}]"
             ));
         }
-        // The base volume, and the components with whether they are the mixture's.
-        let (base, parts) = match &mut self.body {
+        // The base volume, the components with whether they are the mixture's, and the
+        // mixture's π.
+        let (base, parts, pi) = match &mut self.body {
             Body::Cnn { .. } => return Err("the cnn generator cannot start from maps".into()),
-            Body::Single { volume } => (volume, None),
-            Body::Voxel { base, parts, .. } => (base, Some((parts, false))),
-            Body::Mixture { base, parts, .. } => (base, Some((parts, true))),
+            Body::Single { volume } => (volume, None, None),
+            Body::Voxel { base, parts, .. } => (base, Some((parts, false)), None),
+            Body::Mixture {
+                base,
+                parts,
+                logits,
+            } => (
+                base,
+                Some((parts, true)),
+                Some(mixture_probabilities(logits).detach()),
+            ),
         };
         let k = size[0];
         tch::no_grad(|| {
-            let mean = maps.mean_dim(&[0i64][..], false, Kind::Float);
+            // B₀ is the maps' π-weighted mean, so that Dₖ − Σⱼ πⱼDⱼ = mapₖ − B₀ and each
+            // component starts as its map whatever π (set before, e.g. held fixed).
+            let mean = match &pi {
+                Some(p) if p.size()[0] == k => {
+                    (maps * p.view([-1, 1, 1, 1])).sum_dim_intlist(&[0i64][..], false, Kind::Float)
+                }
+                _ => maps.mean_dim(&[0i64][..], false, Kind::Float),
+            };
             base.copy_(&mean.clamp_min(0.0));
             if k == 1 {
                 return Ok(());

@@ -242,6 +242,20 @@ mod tests {
         let warm = g.batch(8, false);
         assert_eq!(warm.volumes.size(), [1, 8, 8, 8]);
         assert!(warm.weights.is_none());
+        // Stratified (π held fixed): 8 draws, 2 of component 0 and 6 of component 1 whatever
+        // the systematic offset, and no weights.
+        for _ in 0..5 {
+            let b = g.stratified_batch(8);
+            assert!(b.weights.is_none());
+            let means: Vec<f32> = b
+                .volumes
+                .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
+                .try_into()
+                .unwrap();
+            let ones = means.iter().filter(|m| (*m - 1.0).abs() < 1e-5).count();
+            let threes = means.iter().filter(|m| (*m - 3.0).abs() < 1e-5).count();
+            assert_eq!((ones, threes), (2, 6), "{means:?}");
+        }
         // The gradient reaches the probabilities through the weights.
         let loss = (g.batch(8, true).weights.unwrap() * Tensor::from_slice(&[1.0f32, -1.0]))
             .sum(Kind::Float);

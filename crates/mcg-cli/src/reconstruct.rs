@@ -1,0 +1,102 @@
+//! `multicryogan reconstruct`: the flags of [`mcg_reconstruct::reconstruct`], the main job in
+//! one command.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use mcg_reconstruct::{ReconstructSettings, reconstruct};
+use mcg_train::DeviceChoice;
+
+use crate::progress::Progress;
+use crate::util;
+
+/// The main job in one command: the conformations of a molecule and their proportions from its
+/// particle images.
+///
+/// Three stages, each in its own folder inside OUT:
+///   1. OUT/consensus: the pose-free consensus (CryoGAN, one volume; no pose estimated or
+///      marginalised), until its AreaFSC against its previous half-minute stops rising, at most
+///      --consensus-minutes;
+///   2. OUT/classify: 3D classification with the poses marginalised (maximum likelihood over K
+///      class volumes, each image's pose summed over a grid of rotations, as RELION's), from
+///      the consensus, until it converges;
+///   3. OUT/landscape: the Multi-CryoGAN landscape (pose-free), its K components started from
+///      the class maps, π held at the classification's, for the rest of --minutes.
+///
+/// With --truth (a `multicryogan synth` folder), OUT/report (the landscape) and
+/// OUT/classify/report (the classes) score the result against the ground truth. OUT/
+/// reconstruct.json records each stage's time and outcome. --pose-free keeps the paper's pure
+/// path: Multi-CryoGAN alone for the whole budget, no classification. Ctrl-C keeps the stage's
+/// last checkpoint; --resume continues at the stage reached.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    multicryogan reconstruct --particles hsp90/particles.star --out rec\n  \
+    multicryogan reconstruct --particles hsp90/particles.star --out rec --truth hsp90\n  \
+    multicryogan reconstruct --particles hsp90/particles.star --out rec --resume\n  \
+    multicryogan reconstruct --particles hsp90/particles.star --out rec_paper --pose-free --minutes 20")]
+pub struct Args {
+    /// The particle set (.star, .cs, .h5, .mrcs).
+    #[arg(long, value_name = "FILE")]
+    particles: PathBuf,
+    /// Output folder (a folder per stage inside it).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The whole budget in minutes: the consensus takes at most --consensus-minutes, the
+    /// classification what it needs to converge, the landscape the rest (at least half a
+    /// minute).
+    #[arg(long, default_value_t = 10.0, value_parser = util::finite_f64)]
+    minutes: f64,
+    /// The consensus's most minutes.
+    #[arg(long, default_value_t = 3.0, value_parser = util::finite_f64)]
+    consensus_minutes: f64,
+    /// Number of conformations K: classes, and the landscape's components.
+    #[arg(long, default_value_t = 2)]
+    classes: usize,
+    /// A `multicryogan synth` folder: report the result against its ground truth.
+    #[arg(long, value_name = "DIR")]
+    truth: Option<PathBuf>,
+    /// The paper's pure pose-free path: Multi-CryoGAN alone, no classification.
+    #[arg(long)]
+    pose_free: bool,
+    /// Seed of every stage.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda or auto (the GPU when one is usable).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// CPU threads for libtorch (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Continue the reconstruction in --out at the stage it reached.
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    locate: util::LocateArgs,
+    /// Print reconstruct.json on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, progress: &Progress) -> Result<()> {
+    util::set_torch_threads(args.threads)?;
+    let settings = ReconstructSettings {
+        particles: args.particles,
+        locate: args.locate.get(),
+        out: args.out,
+        minutes: args.minutes,
+        consensus_minutes: args.consensus_minutes,
+        classes: args.classes,
+        truth: args.truth,
+        pose_free: args.pose_free,
+        seed: args.seed,
+        device: args.device,
+        resume: args.resume,
+    };
+    let record = reconstruct(&settings, progress, progress.cancel_flag())?;
+    if args.json {
+        util::print_json(&serde_json::to_value(&record)?)?;
+    } else {
+        print!("{}", mcg_reconstruct::summary_text(&settings.out, &record));
+    }
+    Ok(())
+}

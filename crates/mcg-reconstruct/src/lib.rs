@@ -1,0 +1,1031 @@
+//! The product's main job in one call: particles in, conformations and their proportions out.
+//!
+//! [`reconstruct`] chains three stages, each in its own folder inside the output folder, and
+//! records each one's time and outcome in `reconstruct.json`:
+//!
+//! 1. **`consensus/`: the pose-free consensus** (CryoGAN, one volume; no pose is estimated or
+//!    marginalised). It trains in chunks of [`CONSENSUS_CHUNK_MINUTES`] and stops once its
+//!    AreaFSC against its previous chunk stops rising ([`consensus_settled`]), or at its share
+//!    of the budget.
+//! 2. **`classify/`: the classification with the poses marginalised** (`mcg_classify`:
+//!    maximum likelihood over K class volumes, each image's pose summed over a grid of
+//!    rotations), started from the consensus. It stops when it has converged.
+//! 3. **`landscape/`: the Multi-CryoGAN landscape** (pose-free again), its mixture's K
+//!    components started from the class maps and its probabilities held at the
+//!    classification's π (the GAN's critic leaves π near equal shares: docs/results.md), for
+//!    what is left of the budget.
+//!
+//! Then, with a truth, `report/` (the landscape against the truth) and `classify/report/`.
+//! `pose_free` keeps the paper's pure path instead: Multi-CryoGAN alone, for the whole budget,
+//! in `landscape/`.
+//!
+//! `resume` continues at the stage that was reached: stages recorded as done are skipped, and
+//! the one that was under way continues from its own checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use mcg_classify::run::{ClassifySettings, classify};
+use mcg_dataset::input::Locate;
+use mcg_dataset::monitor::Monitor;
+use mcg_eval::align::{AlignConfig, Transform, align};
+use mcg_eval::fsc::{FscConfig, fsc};
+use mcg_formats::mrc;
+use mcg_physics::Volume;
+use mcg_train::data::{PrepareSettings, RunDataSettings, prepare_run};
+use mcg_train::models::{GeneratorKind, Mode};
+use mcg_train::run::{RunData, RunOptions, RunSummary};
+use mcg_train::train::TrainConfig;
+use mcg_train::{DeviceChoice, device};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+/// The record of a reconstruction, in its folder.
+pub const RECORD: &str = "reconstruct.json";
+/// The consensus's folder, a `multicryogan train` run.
+pub const CONSENSUS: &str = "consensus";
+/// The classification's folder, a `multicryogan classify` run.
+pub const CLASSIFY: &str = "classify";
+/// The landscape's folder, a `multicryogan train` run.
+pub const LANDSCAPE: &str = "landscape";
+/// The report's folder (with a truth).
+pub const REPORT: &str = "report";
+/// The consensus trains in chunks of this many minutes, compared one with the next.
+pub const CONSENSUS_CHUNK_MINUTES: f64 = 0.5;
+/// The minutes the budget keeps for the reports when there is a truth.
+pub const REPORT_MINUTES: f64 = 1.0;
+/// The landscape trains for at least this many minutes, whatever is left of the budget.
+pub const MIN_LANDSCAPE_MINUTES: f64 = 0.5;
+
+/// The settings of a reconstruction (plain values; the CLI fills them from its flags).
+#[derive(Debug, Clone)]
+pub struct ReconstructSettings {
+    /// The particle set (STAR, `.cs`, HDF5, MRC stack).
+    pub particles: PathBuf,
+    /// Where its images are, and its pixel size when the file has none.
+    pub locate: Locate,
+    /// The output folder: one folder per stage inside it.
+    pub out: PathBuf,
+    /// The whole budget, minutes: the consensus takes at most `consensus_minutes` of it, the
+    /// classification what it needs, the landscape the rest (at least
+    /// [`MIN_LANDSCAPE_MINUTES`]).
+    pub minutes: f64,
+    /// The consensus's most minutes.
+    pub consensus_minutes: f64,
+    /// Number of classes K (and of the landscape's components).
+    pub classes: usize,
+    /// A `multicryogan synth` folder: the result is reported against its truth.
+    pub truth: Option<PathBuf>,
+    /// The paper's pure pose-free path: Multi-CryoGAN alone, no classification.
+    pub pose_free: bool,
+    /// Seed of every stage.
+    pub seed: u64,
+    /// Where the tensors live.
+    pub device: DeviceChoice,
+    /// Continue the reconstruction in `out` at the stage it reached.
+    pub resume: bool,
+}
+
+impl Default for ReconstructSettings {
+    fn default() -> Self {
+        Self {
+            particles: PathBuf::new(),
+            locate: Locate::default(),
+            out: PathBuf::new(),
+            minutes: 10.0,
+            consensus_minutes: 3.0,
+            classes: 2,
+            truth: None,
+            pose_free: false,
+            seed: 0,
+            device: DeviceChoice::Auto,
+            resume: false,
+        }
+    }
+}
+
+impl ReconstructSettings {
+    /// Refuses settings out of their range, naming the CLI's flag.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.minutes.is_finite() && self.minutes > 0.0) {
+            bail!("--minutes: found {}, expected a budget > 0", self.minutes);
+        }
+        if !(self.consensus_minutes.is_finite() && self.consensus_minutes > 0.0) {
+            bail!(
+                "--consensus-minutes: found {}, expected minutes > 0",
+                self.consensus_minutes
+            );
+        }
+        if self.classes < 1 {
+            bail!("--classes: found {}, expected at least 1", self.classes);
+        }
+        Ok(())
+    }
+}
+
+/// One stage's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stage {
+    /// `consensus`, `classify`, `landscape` or `report`.
+    pub name: String,
+    /// Its folder, relative to the reconstruction's.
+    pub folder: String,
+    /// How it treats poses: `pose-free` (the GANs: none estimated or marginalised) or
+    /// `poses marginalised` (the classification).
+    pub poses: String,
+    /// Whether it finished.
+    pub done: bool,
+    /// Wall seconds it took (summed over resumed invocations).
+    pub seconds: f64,
+    /// What it ended with (a few numbers: steps, iterations, π, the stop's reason).
+    pub outcome: serde_json::Value,
+}
+
+/// `reconstruct.json`: the settings that matter for a resume, and each stage's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// The software that wrote it.
+    pub software: String,
+    /// The particle set.
+    pub particles: String,
+    /// K.
+    pub classes: usize,
+    /// The budget, minutes.
+    pub minutes: f64,
+    /// The pure pose-free path.
+    pub pose_free: bool,
+    /// The seed.
+    pub seed: u64,
+    /// The stages reached, in order.
+    pub stages: Vec<Stage>,
+    /// The result: the final maps (relative paths), π, and, with a truth, each map's
+    /// FSC 0.5 against its state (fractions of Nyquist) from the report.
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+impl Record {
+    fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    fn seconds_so_far(&self) -> f64 {
+        self.stages.iter().map(|s| s.seconds).sum()
+    }
+
+    /// Records `stage`, replacing the record of the same name.
+    fn put(&mut self, stage: Stage) {
+        match self.stages.iter_mut().find(|s| s.name == stage.name) {
+            Some(s) => *s = stage,
+            None => self.stages.push(stage),
+        }
+    }
+}
+
+/// Reads `reconstruct.json` in `dir`.
+pub fn read_record(dir: &Path) -> Result<Record> {
+    let path = dir.join(RECORD);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a reconstruction's record", path.display()))
+}
+
+fn write_record(dir: &Path, record: &Record) -> Result<()> {
+    let path = dir.join(RECORD);
+    let text = serde_json::to_string_pretty(record).expect("the record serialises") + "\n";
+    mcg_fsio::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs the reconstruction (see the module notes): progress goes to `monitor`, and `cancel`
+/// (the caller's flag) stops it after the current stage's checkpoint.
+pub fn reconstruct(
+    s: &ReconstructSettings,
+    monitor: &dyn Monitor,
+    cancel: &AtomicBool,
+) -> Result<Record> {
+    s.validate()?;
+    let mut record = if s.resume {
+        let r = read_record(&s.out).context("--resume")?;
+        if r.classes != s.classes || r.pose_free != s.pose_free {
+            bail!(
+                "{}: a reconstruction with {} classes{}; these settings ask for {}{}",
+                s.out.join(RECORD).display(),
+                r.classes,
+                if r.pose_free { ", pose-free" } else { "" },
+                s.classes,
+                if s.pose_free { ", pose-free" } else { "" }
+            );
+        }
+        r
+    } else {
+        if s.out.join(RECORD).exists() {
+            bail!(
+                "{} already holds a reconstruction: continue it with --resume, or give another \
+                 --out",
+                s.out.display()
+            );
+        }
+        mcg_dataset::guard::refuse_writing_over_inputs(
+            std::slice::from_ref(&s.particles),
+            &s.out,
+            [RECORD, CONSENSUS, CLASSIFY, LANDSCAPE, REPORT],
+            "reconstruct output",
+        )?;
+        std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
+        Record {
+            software: concat!("multicryogan ", env!("CARGO_PKG_VERSION")).into(),
+            particles: s.particles.display().to_string(),
+            classes: s.classes,
+            minutes: s.minutes,
+            pose_free: s.pose_free,
+            seed: s.seed,
+            stages: Vec::new(),
+            result: serde_json::Value::Null,
+        }
+    };
+    write_record(&s.out, &record)?;
+    let dev = device::select(s.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+
+    if s.pose_free {
+        if record.stage(LANDSCAPE).is_none_or(|st| !st.done) {
+            let minutes = s.minutes - record.seconds_so_far() / 60.0 - report_reserve(s);
+            let config = landscape_config(s, None);
+            run_train_stage(
+                s,
+                &mut record,
+                LANDSCAPE,
+                config,
+                minutes.max(MIN_LANDSCAPE_MINUTES),
+                Vec::new(),
+                serde_json::Value::Null,
+                dev,
+                monitor,
+                cancel,
+            )?;
+        }
+    } else {
+        if record.stage(CONSENSUS).is_none_or(|st| !st.done) {
+            consensus_stage(s, &mut record, dev, monitor, cancel)?;
+        }
+        if record.stage(CLASSIFY).is_none_or(|st| !st.done) {
+            classify_stage(s, &mut record, monitor)?;
+        }
+        if record.stage(LANDSCAPE).is_none_or(|st| !st.done) {
+            let model = mcg_classify::run::read_model(&s.out.join(CLASSIFY))?;
+            let maps = model
+                .maps
+                .iter()
+                .map(|m| {
+                    let path = s.out.join(CLASSIFY).join(m);
+                    mrc::read_volume(&path, None)
+                        .with_context(|| format!("reading the class map {}", path.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (maps, frames) = common_frame(maps, &model.pi)?;
+            let config = landscape_config(s, Some(fixed_pi(&model.pi)));
+            let minutes = (s.minutes - record.seconds_so_far() / 60.0 - report_reserve(s))
+                .max(MIN_LANDSCAPE_MINUTES);
+            run_train_stage(
+                s,
+                &mut record,
+                LANDSCAPE,
+                config,
+                minutes,
+                maps,
+                serde_json::json!({ "class_frames": frames }),
+                dev,
+                monitor,
+                cancel,
+            )?;
+        }
+    }
+    if let Some(truth) = &s.truth
+        && record.stage(REPORT).is_none_or(|st| !st.done)
+    {
+        report_stage(s, truth, &mut record, monitor)?;
+    }
+    record.result = result(s, &record)?;
+    write_record(&s.out, &record)?;
+    Ok(record)
+}
+
+/// The class maps in one frame, that of the most probable class: each other map aligned onto
+/// it (rotation and shift, no change of hand; `mcg_eval::align`). Each class of a
+/// classification has its own poses, so its map may settle turned about a pseudo-symmetry
+/// axis of the molecule (the Hsp90 dimer's, seed 2 of the demo's set); the landscape's
+/// components, and a path through them, need one frame. Returns the maps and, per class, the
+/// rotation (degrees) and shift (voxels) applied.
+pub fn common_frame(
+    maps: Vec<Volume>,
+    pi: &[f64],
+) -> Result<(Vec<Volume>, Vec<serde_json::Value>)> {
+    let reference = pi
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(k, _)| k);
+    let config = AlignConfig {
+        allow_flip: false,
+        ..AlignConfig::default()
+    };
+    let mut out = Vec::with_capacity(maps.len());
+    let mut frames = Vec::with_capacity(maps.len());
+    for (k, map) in maps.iter().enumerate() {
+        if k == reference {
+            out.push(map.clone());
+            frames.push(serde_json::json!({"class": k + 1, "reference": true}));
+            continue;
+        }
+        let a = align(map, &maps[reference], &config)
+            .with_context(|| format!("aligning class {} onto class {}", k + 1, reference + 1))?;
+        let angle =
+            mcg_eval::align::angle_between(&a.transform.rotation, &Transform::identity().rotation);
+        tracing::info!(class = k + 1, onto = reference + 1, rotation_deg = angle, shift_voxels = ?a.transform.shift_voxels, "the class map moved into the common frame");
+        frames.push(serde_json::json!({
+            "class": k + 1,
+            "onto_class": reference + 1,
+            "rotation_deg": angle,
+            "shift_voxels": a.transform.shift_voxels,
+            "correlation_before": a.score_before,
+            "correlation": a.score,
+        }));
+        out.push(a.aligned);
+    }
+    Ok((out, frames))
+}
+
+/// The minutes kept for the reports at the end (with a truth).
+fn report_reserve(s: &ReconstructSettings) -> f64 {
+    if s.truth.is_some() {
+        REPORT_MINUTES
+    } else {
+        0.0
+    }
+}
+
+/// π as the landscape holds it: positive, summing to 1.
+fn fixed_pi(pi: &[f64]) -> Vec<f64> {
+    let clamped: Vec<f64> = pi.iter().map(|p| p.max(1e-3)).collect();
+    let sum: f64 = clamped.iter().sum();
+    clamped.iter().map(|p| p / sum).collect()
+}
+
+/// The consensus's settings: CryoGAN's single volume, our defaults otherwise.
+fn consensus_config(s: &ReconstructSettings) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.model.mode = Mode::Single;
+    c.seed = s.seed;
+    c
+}
+
+/// The landscape's settings: the mixture of K components at full resolution; from the class
+/// maps (`fixed` their π) with no warm start and no blur, or (pose-free, `fixed` None) the
+/// defaults.
+fn landscape_config(s: &ReconstructSettings, fixed: Option<Vec<f64>>) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.model.mode = Mode::Multi;
+    c.model.generator = GeneratorKind::Mixture;
+    c.model.components = s.classes.max(2);
+    c.seed = s.seed;
+    if let Some(pi) = fixed {
+        c.model.components = pi.len();
+        c.model.component_coarsening = 1;
+        c.warm_steps = 0;
+        c.blur_start_px = 0.0;
+        c.fixed_pi = Some(pi);
+    }
+    // A mixture simulates as many images of each component: the batch is the smallest
+    // multiple of K, of the poses per volume and of the pack not below the default's.
+    let unit = [c.model.components, c.poses_per_volume, c.model.pack]
+        .into_iter()
+        .fold(1, lcm);
+    c.batch_size = c.batch_size.div_ceil(unit) * unit;
+    c
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    a / gcd(a, b) * b
+}
+
+/// The data of a training stage, its settings fitted to them.
+fn prepare_stage(
+    s: &ReconstructSettings,
+    config: &mut TrainConfig,
+    resume: bool,
+    dev: Device,
+    monitor: &dyn Monitor,
+) -> Result<RunData> {
+    let settings = RunDataSettings {
+        prepare: PrepareSettings {
+            particles: s.particles.clone(),
+            locate: s.locate.clone(),
+            ..PrepareSettings::default()
+        },
+        normalization: None,
+        shift_sigma: None,
+        no_shifts: false,
+        resume,
+        fixed_box: resume,
+    };
+    prepare_run(config, &settings, dev, monitor, &|_| Ok(()))
+}
+
+/// Trains `config` into stage `name`'s folder for `minutes` (continuing its checkpoint when
+/// there is one), from the maps `init` on a fresh start, and records the stage as done with
+/// `outcome`'s fields added.
+#[allow(clippy::too_many_arguments)]
+fn run_train_stage(
+    s: &ReconstructSettings,
+    record: &mut Record,
+    name: &str,
+    mut config: TrainConfig,
+    minutes: f64,
+    init: Vec<Volume>,
+    outcome: serde_json::Value,
+    dev: Device,
+    monitor: &dyn Monitor,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let out = s.out.join(name);
+    let resume = out.join("checkpoint.safetensors").is_file();
+    if resume {
+        config = mcg_train::run::resumed_settings(&out)?;
+    }
+    let before = record.stage(name).map_or(0.0, |st| st.seconds);
+    let start = Instant::now();
+    tracing::info!(stage = name, minutes, resume, "stage");
+    let data = prepare_stage(s, &mut config, resume, dev, monitor)?;
+    let summary = train_for(
+        &config, &data, &out, minutes, resume, init, dev, name, monitor, cancel,
+    )?;
+    let done = !summary.interrupted;
+    record.put(Stage {
+        name: name.into(),
+        folder: name.into(),
+        poses: "pose-free".into(),
+        done,
+        seconds: before + start.elapsed().as_secs_f64(),
+        outcome: {
+            let mut o = serde_json::json!({"steps": summary.step});
+            if let (Some(o), Some(extra)) = (o.as_object_mut(), outcome.as_object()) {
+                o.extend(extra.clone());
+            }
+            o
+        },
+    });
+    write_record(&s.out, record)?;
+    if !done {
+        bail!("interrupted in stage {name}: continue with --resume");
+    }
+    Ok(())
+}
+
+/// One invocation of the trainer into `out`, with a progress bar over its seconds.
+#[allow(clippy::too_many_arguments)]
+fn train_for(
+    config: &TrainConfig,
+    data: &RunData,
+    out: &Path,
+    minutes: f64,
+    resume: bool,
+    init: Vec<Volume>,
+    dev: Device,
+    what: &str,
+    monitor: &dyn Monitor,
+    cancel: &AtomicBool,
+) -> Result<RunSummary> {
+    let opts = RunOptions {
+        init_volumes: if resume { Vec::new() } else { init },
+        out: out.to_path_buf(),
+        steps: None,
+        minutes: Some(minutes),
+        resume,
+        force: false,
+        device: dev,
+    };
+    let total = (minutes * 60.0).ceil() as u64;
+    let bar = monitor.bar(total, what);
+    let start = Instant::now();
+    let summary = mcg_train::run::run(
+        config.clone(),
+        data,
+        &opts,
+        &mut |_: u64, _: Option<u64>, _: &mcg_train::train::StepMetrics| {
+            bar.set_position(start.elapsed().as_secs().min(total));
+        },
+        cancel,
+    )
+    .with_context(|| format!("training into {}", out.display()))?;
+    bar.finish();
+    Ok(summary)
+}
+
+/// Whether a consensus has settled, from the AreaFSC of each chunk's map against the one
+/// before: once the latest does not rise above the best before it. (The GAN's map has no
+/// noise, so its FSC against the previous chunk stays above 0.5 to Nyquist within a minute;
+/// the area keeps rising while the map still changes.)
+pub fn consensus_settled(areas: &[f64]) -> bool {
+    match areas.split_last() {
+        Some((last, before)) if !before.is_empty() => {
+            *last <= before.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+        }
+        _ => false,
+    }
+}
+
+/// The consensus (stage 1): chunks of CryoGAN until its FSC against the previous chunk stops
+/// rising or its minutes are spent.
+fn consensus_stage(
+    s: &ReconstructSettings,
+    record: &mut Record,
+    dev: Device,
+    monitor: &dyn Monitor,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let out = s.out.join(CONSENSUS);
+    let mut resume = out.join("checkpoint.safetensors").is_file();
+    let mut config = if resume {
+        mcg_train::run::resumed_settings(&out)?
+    } else {
+        consensus_config(s)
+    };
+    let previous = record.stage(CONSENSUS).cloned();
+    let before = previous.as_ref().map_or(0.0, |st| st.seconds);
+    let mut areas: Vec<f64> = previous
+        .as_ref()
+        .and_then(|st| serde_json::from_value(st.outcome["area_fsc_to_previous"].clone()).ok())
+        .unwrap_or_default();
+    let start = Instant::now();
+    tracing::info!(
+        stage = CONSENSUS,
+        minutes = s.consensus_minutes,
+        resume,
+        "stage"
+    );
+    let data = prepare_stage(s, &mut config, resume, dev, monitor)?;
+    let volume_path = out.join("volumes").join("alpha_0.50.mrc");
+    let mut last = if resume {
+        mrc::read_volume(&volume_path, None).ok()
+    } else {
+        None
+    };
+    let mut steps = 0;
+    let reason = loop {
+        let spent = before + start.elapsed().as_secs_f64();
+        let left = s.consensus_minutes - spent / 60.0;
+        if left <= 0.0 {
+            break "its minutes were spent";
+        }
+        let chunk = CONSENSUS_CHUNK_MINUTES.min(left);
+        let summary = train_for(
+            &config,
+            &data,
+            &out,
+            chunk,
+            resume,
+            Vec::new(),
+            dev,
+            CONSENSUS,
+            monitor,
+            cancel,
+        )?;
+        steps = summary.step;
+        resume = true;
+        let interrupted = summary.interrupted;
+        let volume = mrc::read_volume(&volume_path, None)
+            .with_context(|| format!("reading the consensus {}", volume_path.display()))?;
+        if let Some(prev) = &last {
+            let area = fsc(prev, &volume, &FscConfig::default())?.area();
+            tracing::info!(step = steps, area_fsc_to_previous = area, "consensus chunk");
+            areas.push(area);
+        }
+        last = Some(volume);
+        record.put(Stage {
+            name: CONSENSUS.into(),
+            folder: CONSENSUS.into(),
+            poses: "pose-free".into(),
+            done: false,
+            seconds: before + start.elapsed().as_secs_f64(),
+            outcome: serde_json::json!({"steps": steps, "area_fsc_to_previous": areas}),
+        });
+        write_record(&s.out, record)?;
+        if interrupted {
+            bail!("interrupted in stage {CONSENSUS}: continue with --resume");
+        }
+        if consensus_settled(&areas) {
+            break "its AreaFSC against the previous chunk stopped rising";
+        }
+    };
+    tracing::info!(steps, reason, "consensus done");
+    record.put(Stage {
+        name: CONSENSUS.into(),
+        folder: CONSENSUS.into(),
+        poses: "pose-free".into(),
+        done: true,
+        seconds: before + start.elapsed().as_secs_f64(),
+        outcome: serde_json::json!({"steps": steps, "area_fsc_to_previous": areas, "stopped": reason}),
+    });
+    write_record(&s.out, record)
+}
+
+/// The classification (stage 2), from the consensus.
+fn classify_stage(
+    s: &ReconstructSettings,
+    record: &mut Record,
+    monitor: &dyn Monitor,
+) -> Result<()> {
+    let out = s.out.join(CLASSIFY);
+    let before = record.stage(CLASSIFY).map_or(0.0, |st| st.seconds);
+    let settings = ClassifySettings {
+        particles: s.particles.clone(),
+        locate: s.locate.clone(),
+        reference: s.out.join(CONSENSUS).join("volumes").join("alpha_0.50.mrc"),
+        classes: s.classes,
+        out: out.clone(),
+        seed: s.seed,
+        device: s.device,
+        resume: out
+            .join(mcg_classify::run::CHECKPOINT)
+            .join("state.json")
+            .is_file(),
+        ..ClassifySettings::default()
+    };
+    let start = Instant::now();
+    tracing::info!(stage = CLASSIFY, resume = settings.resume, "stage");
+    let result = classify(&settings, monitor);
+    let seconds = before + start.elapsed().as_secs_f64();
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            record.put(Stage {
+                name: CLASSIFY.into(),
+                folder: CLASSIFY.into(),
+                poses: "poses marginalised".into(),
+                done: false,
+                seconds,
+                outcome: serde_json::Value::Null,
+            });
+            write_record(&s.out, record)?;
+            return Err(e.context("stage classify (continue with --resume)"));
+        }
+    };
+    let m = &summary.model;
+    record.put(Stage {
+        name: CLASSIFY.into(),
+        folder: CLASSIFY.into(),
+        poses: "poses marginalised".into(),
+        done: true,
+        seconds,
+        outcome: serde_json::json!({
+            "iterations": m.history.len().saturating_sub(1),
+            "converged_at": m.converged_at,
+            "pi": m.pi,
+            "half_set_resolution_nyquist": m.history.last().map(|h| h.resolution_nyquist.clone()),
+        }),
+    });
+    write_record(&s.out, record)
+}
+
+/// The reports (with a truth): the landscape's in `report/`, the classification's in
+/// `classify/report/`.
+fn report_stage(
+    s: &ReconstructSettings,
+    truth: &Path,
+    record: &mut Record,
+    monitor: &dyn Monitor,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut runs = vec![(s.out.join(LANDSCAPE), s.out.join(REPORT))];
+    if !s.pose_free {
+        runs.push((s.out.join(CLASSIFY), s.out.join(CLASSIFY).join(REPORT)));
+    }
+    for (run, out) in runs {
+        let settings = mcg_report::ReportSettings {
+            truth: Some(truth.to_path_buf()),
+            device: s.device,
+            ..mcg_report::ReportSettings::new(run, out)
+        };
+        mcg_report::report(&settings, monitor)?;
+    }
+    record.put(Stage {
+        name: REPORT.into(),
+        folder: REPORT.into(),
+        poses: "against the truth".into(),
+        done: true,
+        seconds: start.elapsed().as_secs_f64(),
+        outcome: serde_json::Value::Null,
+    });
+    write_record(&s.out, record)
+}
+
+/// The result: the final maps, π, and with a truth the reports' resolutions.
+fn result(s: &ReconstructSettings, record: &Record) -> Result<serde_json::Value> {
+    let maps = ["alpha_0.00.mrc", "alpha_1.00.mrc"]
+        .map(|m| format!("{LANDSCAPE}/volumes/{m}"))
+        .to_vec();
+    let pi = record
+        .stage(CLASSIFY)
+        .map(|st| st.outcome["pi"].clone())
+        .unwrap_or(serde_json::Value::Null);
+    let mut out = serde_json::json!({"landscape_maps": maps, "pi": pi});
+    if !s.pose_free {
+        let model = mcg_classify::run::read_model(&s.out.join(CLASSIFY))?;
+        out["class_maps"] = serde_json::json!(
+            model
+                .maps
+                .iter()
+                .map(|m| format!("{CLASSIFY}/{m}"))
+                .collect::<Vec<_>>()
+        );
+    }
+    if s.truth.is_some() {
+        for (key, dir) in [
+            ("landscape_report", s.out.join(REPORT)),
+            ("classify_report", s.out.join(CLASSIFY).join(REPORT)),
+        ] {
+            let path = dir.join("metrics.json");
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let m: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a report's metrics.json", path.display()))?;
+                out[key] = serde_json::json!({
+                    "fsc_ends": m.get("fsc_ends"),
+                    "probabilities": m.get("probabilities"),
+                    "classification": m.get("classification"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The reconstruction at a glance (what the CLI prints): each stage with its time, the maps,
+/// π, and with a truth the reports' scores.
+pub fn summary_text(dir: &Path, record: &Record) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(t, "reconstruction: {}", dir.display());
+    for st in &record.stages {
+        let detail = match st.name.as_str() {
+            CONSENSUS | LANDSCAPE => format!("{} G steps", st.outcome["steps"]),
+            CLASSIFY => format!(
+                "{} EM iterations{}",
+                st.outcome["iterations"],
+                if st.outcome["converged_at"].is_null() {
+                    ", not converged"
+                } else {
+                    ", converged"
+                }
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            t,
+            "  {:<10} {:>6.0} s  {:<19} {detail}",
+            st.name, st.seconds, st.poses
+        );
+    }
+    let read = |p: PathBuf| -> Option<mcg_runfiles::Metrics> {
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let nyquist = |c: &mcg_runfiles::metrics::ResolutionRecord| {
+        c.resolution_nyquist_fraction
+            .half
+            .map_or("not reached".to_string(), |f| format!("{f:.2} of Nyquist"))
+    };
+    if let Ok(model) = mcg_classify::run::read_model(&dir.join(CLASSIFY)) {
+        let _ = writeln!(t, "classes (poses marginalised):");
+        for (k, map) in model.maps.iter().enumerate() {
+            let _ = writeln!(
+                t,
+                "  {}  π {:.1} %",
+                dir.join(CLASSIFY).join(map).display(),
+                100.0 * model.pi[k]
+            );
+        }
+        if let Some(m) = read(dir.join(CLASSIFY).join(REPORT).join("metrics.json"))
+            && let Some(c) = &m.classification
+        {
+            for cl in &c.per_class {
+                let truth = c
+                    .proportions
+                    .iter()
+                    .find(|p| p.class == Some(cl.class))
+                    .and_then(|p| p.true_fraction)
+                    .map_or(String::new(), |f| format!(" (true {:.1} %)", 100.0 * f));
+                let _ = writeln!(
+                    t,
+                    "    class {} = {}: π {:.1} %{truth}, FSC 0.5 against it at {}",
+                    cl.class,
+                    cl.state.as_deref().unwrap_or("unmatched"),
+                    100.0 * cl.pi,
+                    cl.fsc.as_ref().map_or("—".into(), nyquist)
+                );
+            }
+            if let Some(a) = c.accuracy {
+                let _ = writeln!(
+                    t,
+                    "    particles in their true state's class: {:.1} %",
+                    100.0 * a
+                );
+            }
+        }
+    }
+    let landscape = dir.join(LANDSCAPE).join("volumes");
+    if landscape.is_dir() {
+        let _ = writeln!(
+            t,
+            "landscape (Multi-CryoGAN): {} … {}",
+            landscape.join("alpha_0.00.mrc").display(),
+            landscape.join("alpha_1.00.mrc").display()
+        );
+        if let Some(m) = read(dir.join(REPORT).join("metrics.json")) {
+            if let Some(e) = &m.fsc_ends {
+                for (name, end) in [("α = 0", &e.alpha_0), ("α = 1", &e.alpha_1)] {
+                    let _ = writeln!(
+                        t,
+                        "    {name} against {}: FSC 0.5 at {}",
+                        end.truth,
+                        nyquist(&end.fsc)
+                    );
+                }
+            }
+            if let Some(p) = &m.probabilities {
+                let _ = writeln!(
+                    t,
+                    "    probabilities {} {:.0} % / {} {:.0} %",
+                    p.alpha_0_state,
+                    100.0 * p.alpha_0_fraction,
+                    p.alpha_1_state,
+                    100.0 * p.alpha_1_fraction
+                );
+            }
+            let _ = writeln!(
+                t,
+                "  report: {}",
+                dir.join(REPORT).join("report.html").display()
+            );
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consensus_settles_once_its_area_fsc_stops_rising() {
+        assert!(!consensus_settled(&[]));
+        assert!(!consensus_settled(&[0.9]));
+        assert!(!consensus_settled(&[0.1426, 0.9447, 0.9636]));
+        // consT1's chunks (docs/results.md): it settles at the fourth comparison.
+        assert!(consensus_settled(&[0.1426, 0.9447, 0.9636, 0.9625]));
+        assert!(consensus_settled(&[0.5, 0.5]));
+        // Rising again after a dip is judged against the best before.
+        assert!(!consensus_settled(&[0.6, 0.8, 0.7, 0.85]));
+    }
+
+    #[test]
+    fn the_landscape_holds_pi_positive_and_summing_to_one() {
+        let pi = fixed_pi(&[0.0, 0.25, 0.75]);
+        assert!((pi.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(pi.iter().all(|&p| p > 0.0));
+        assert!((pi[2] / pi[1] - 3.0).abs() < 1e-12);
+        let c = landscape_config(
+            &ReconstructSettings {
+                classes: 3,
+                ..ReconstructSettings::default()
+            },
+            Some(pi.clone()),
+        );
+        assert_eq!(c.fixed_pi, Some(pi));
+        assert_eq!(c.model.components, 3);
+        assert_eq!(c.model.component_coarsening, 1);
+        assert_eq!((c.warm_steps, c.blur_start_px), (0, 0.0));
+        // Three components: the batch grows from 32 to 48, a multiple of 3, 4 and 8.
+        assert_eq!(c.batch_size, 48);
+        c.validate().unwrap();
+        // The pose-free path is the default recipe.
+        let paper = landscape_config(&ReconstructSettings::default(), None);
+        assert_eq!(paper.fixed_pi, None);
+        assert_eq!(paper.warm_steps, TrainConfig::default().warm_steps);
+        assert_eq!(paper.batch_size, TrainConfig::default().batch_size);
+    }
+
+    #[test]
+    fn a_stage_record_replaces_its_own_name_only() {
+        let stage = |name: &str, seconds: f64| Stage {
+            name: name.into(),
+            folder: name.into(),
+            poses: "pose-free".into(),
+            done: false,
+            seconds,
+            outcome: serde_json::Value::Null,
+        };
+        let mut r = Record {
+            software: String::new(),
+            particles: String::new(),
+            classes: 2,
+            minutes: 10.0,
+            pose_free: false,
+            seed: 0,
+            stages: vec![stage(CONSENSUS, 30.0)],
+            result: serde_json::Value::Null,
+        };
+        r.put(stage(CLASSIFY, 60.0));
+        r.put(stage(CONSENSUS, 45.0));
+        assert_eq!(r.stages.len(), 2);
+        assert_eq!(r.stage(CONSENSUS).unwrap().seconds, 45.0);
+        assert_eq!(r.seconds_so_far(), 105.0);
+        let text = summary_text(Path::new("rec"), &r);
+        assert!(
+            text.contains("consensus") && text.contains("classify"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn settings_out_of_range_name_their_flag() {
+        for (s, flag) in [
+            (
+                ReconstructSettings {
+                    minutes: 0.0,
+                    ..Default::default()
+                },
+                "--minutes",
+            ),
+            (
+                ReconstructSettings {
+                    minutes: f64::NAN,
+                    ..Default::default()
+                },
+                "--minutes",
+            ),
+            (
+                ReconstructSettings {
+                    consensus_minutes: -1.0,
+                    ..Default::default()
+                },
+                "--consensus-minutes",
+            ),
+            (
+                ReconstructSettings {
+                    classes: 0,
+                    ..Default::default()
+                },
+                "--classes",
+            ),
+        ] {
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+        ReconstructSettings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_class_maps_are_moved_into_the_most_probable_class_frame() {
+        use mcg_physics::Blob;
+        let blob = |centre: [f64; 3], sigma: f64, amplitude: f64| Blob {
+            centre,
+            sigma,
+            amplitude,
+        };
+        // An asymmetric molecule, and the same turned 90° about z and shifted by a voxel.
+        let map = Volume::gaussian_blobs(
+            24,
+            5.0,
+            &[
+                blob([0.0, 0.0, 0.0], 2.5, 1.0),
+                blob([5.0, 0.0, 0.0], 1.8, 0.8),
+                blob([0.0, 3.5, 2.0], 1.5, 0.6),
+            ],
+        )
+        .unwrap();
+        let turn = Transform {
+            rotation: [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+            flipped: false,
+            shift_voxels: [1.0, 0.0, 0.0],
+        };
+        let turned = turn.apply(&map);
+        let (maps, frames) = common_frame(vec![turned, map.clone()], &[0.3, 0.7]).unwrap();
+        // Class 2 (π 0.7) is the reference, unchanged; class 1 is brought onto it.
+        assert_eq!(maps[1].data(), map.data());
+        assert_eq!(frames[1]["reference"], true);
+        assert_eq!(frames[0]["onto_class"], 2);
+        let angle = frames[0]["rotation_deg"].as_f64().unwrap();
+        assert!((angle - 90.0).abs() < 3.0, "{angle}");
+        let r = mcg_eval::align::correlation(&maps[0], &map);
+        assert!(r > 0.98, "correlation after {r}");
+        assert!(frames[0]["correlation_before"].as_f64().unwrap() < 0.9);
+    }
+}
