@@ -48,7 +48,10 @@ commands:
            iterations, all cores) on a 2,000-image (--quick: 1,000) two-state Hsp90 set of
            160 Å at --sizes 32,64,128, from the ground-truth states' mean; seconds of the
            start and per EM iteration, images/s, wall time, the process's peak memory and
-           the ratios to the smallest box, on the devices --device picks; written to
+           the ratios to the smallest box, on the devices --device picks, and each run
+           against the set's truth (π, the share of particles in their true state's class
+           under the better of the two labellings, each class map's FSC 0.5 against its
+           state); written to
            bench-results/classify.json (with RELION's version where relion_refine is on
            the PATH) and summed up in bench.json. --classify: that part alone (only
            classify.json is written; with --step-cost: both parts). On 2 cores 32² and 64²
