@@ -1,6 +1,6 @@
 //! `cargo xtask bench --classify`: the cost of the classification stage, `multicryogan
 //! classify` (3D classification with the poses marginalised), at several image boxes (32², 64²
-//! and 128² by default), and its quality against the truth.
+//! and 128² by default), its quality against the truth, and RELION 3.1 beside it.
 //!
 //! For each box a two-state Hsp90 set ([`IMAGES`] images, 25 % closed / 75 % open, −10 dB) of
 //! the same physical extent as the step cost's (160 Å: 5 Å pixels at 32², 2.5 Å at 64², 1.25 Å
@@ -17,6 +17,11 @@
 //! class of their true state under the better of the two labellings of the classes, and each
 //! class map's FSC against the state that labelling gives it (no alignment: the reference, and
 //! so every class, is in the truth's frame).
+//!
+//! Where `relion_refine` is on the `PATH`, RELION 3.1's 3D classification runs on the smallest
+//! box's set, from the same reference, with the same threads, and is timed and scored the same
+//! way ([`relion`]); where it is absent, or fails, classify.json and the table say so and our
+//! figures stand.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +34,8 @@ use serde_json::{Value, json};
 
 use super::step_cost::DeviceChoice;
 use super::{Figure, measured};
+
+pub mod relion;
 
 /// Images per synthetic set: enough for two classes of hundreds, a few minutes at 64² on two
 /// cores.
@@ -118,7 +125,10 @@ pub struct Row {
 pub struct Classify {
     pub options: Options,
     pub threads: usize,
+    /// `relion_refine --version`'s line, or that it is absent ([`RELION_ABSENT`]).
     pub relion: String,
+    /// RELION's 3D classification beside ours (or why it did not run).
+    pub relion_run: relion::Outcome,
     /// Where the sets' structures came from (the synth manifest's `structures`).
     pub structures: Value,
     pub rows: Vec<Row>,
@@ -414,9 +424,7 @@ fn quality_line(q: &Result<Quality, String>) -> String {
 /// RELION's `relion_refine` where it is on the PATH: its version line (or that it is there but
 /// gave none); [`RELION_ABSENT`] otherwise.
 pub fn relion() -> String {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join("relion_refine").is_file()));
-    if !on_path {
+    if !relion_on_path() {
         return RELION_ABSENT.into();
     }
     // relion_refine --version prints its version and may exit non-zero; take either stream.
@@ -429,6 +437,12 @@ pub fn relion() -> String {
         })
         .unwrap_or_default();
     relion_version(&text).unwrap_or_else(|| "present (relion_refine gave no version)".into())
+}
+
+/// Whether `relion_refine` is on the PATH.
+pub fn relion_on_path() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join("relion_refine").is_file()))
 }
 
 /// The line of `relion_refine --version`'s output that names the version.
@@ -446,6 +460,7 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
         options: o.clone(),
         threads,
         relion: relion(),
+        relion_run: relion::Outcome::Absent,
         structures: Value::Null,
         rows: Vec::new(),
         not_timed: Vec::new(),
@@ -477,7 +492,11 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
         }
     }
     set_ratios(&mut c.rows);
-    let figures = c
+    // RELION on the smallest box's set, after our figures: its failure leaves them standing.
+    if relion_on_path() {
+        c.relion_run = relion::run(&sets[0], work, o.images, threads, &c.relion);
+    }
+    let mut figures: Vec<Figure> = c
         .rows
         .iter()
         .map(|r| Figure {
@@ -493,12 +512,28 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
             detail: row_json(r, o.sizes[0]),
         })
         .collect();
+    if let relion::Outcome::Ran(r) = &c.relion_run {
+        figures.push(Figure {
+            name: format!(
+                "RELION 3D classification {}² ({} images, 2 classes, {} iterations): seconds",
+                r.box_size,
+                r.images,
+                relion::ITERATIONS
+            ),
+            value: r.seconds,
+            unit: "s",
+            target: None,
+            detail: c.relion_run.json(),
+        });
+    }
     Ok((figures, c))
 }
 
 /// One box's two-state set.
 pub struct Set {
     pub box_size: usize,
+    /// The set's folder.
+    pub dir: PathBuf,
     /// Its particles.star.
     pub star: PathBuf,
     /// The reference written beside it (the ground-truth states' mean, weighted by their
@@ -525,6 +560,7 @@ fn two_state_set(bin: &Path, work: &Path, b: usize, images: usize) -> Result<Set
     Ok(Set {
         box_size: b,
         star: out.join("particles.star"),
+        dir: out,
         reference,
         structures,
         truth,
@@ -688,13 +724,13 @@ fn ratios(c: &Classify) -> Value {
     json!({"to_reference_box": boxes, "cpu_over_cuda": cuda})
 }
 
-/// classify.json: the machine, RELION's presence, the settings, every row with its quality and
-/// the ratios.
+/// classify.json: the machine, the settings, every row with its quality, the ratios, and
+/// RELION's run beside ours (or why it did not run).
 pub fn json(machine: Value, c: &Classify) -> Value {
     let reference = c.options.sizes[0];
     json!({
         "machine": machine,
-        "relion": c.relion,
+        "relion": c.relion_run.json(),
         "command": format!(
             "multicryogan classify --particles SET/particles.star --reference SET/reference.mrc \
              --classes {CLASSES} --iterations {ITERATIONS} --threads {} --device DEVICE",
@@ -736,7 +772,7 @@ pub fn summary(c: &Classify) -> Value {
         "images": c.options.images,
         "iterations": ITERATIONS,
         "threads": c.threads,
-        "relion": c.relion,
+        "relion": c.relion_run.summary(),
         "rows": c.rows.iter().map(|r| json!({
             "device": r.device, "box": r.box_size,
             "seconds_per_iteration": r.seconds_per_iteration, "start_seconds": r.start_seconds,
@@ -798,13 +834,14 @@ pub fn print_table(c: &Classify) {
     );
     for r in &c.rows {
         println!(
-            "ours {} {}², {:.0} s: {}",
+            "ours {} {}², {ITERATIONS} EM iterations, {:.0} s: {}",
             r.device.to_uppercase(),
             r.box_size,
             r.wall_seconds,
             quality_line(&r.quality)
         );
     }
+    println!("{}", c.relion_run.line());
 }
 
 #[cfg(test)]
@@ -895,13 +932,21 @@ mod tests {
             },
             threads: 2,
             relion: RELION_ABSENT.into(),
+            relion_run: relion::Outcome::Absent,
             structures: json!("built-in phantom"),
             rows,
             not_timed: vec![],
         };
         let doc = json(json!({"cpu": "x"}), &c);
         assert_eq!(doc["machine"]["cpu"], "x");
-        assert_eq!(doc["relion"], "absent (apt-get install relion)");
+        assert_eq!(doc["relion"]["status"], "absent");
+        assert!(
+            doc["relion"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("apt-get install relion")
+        );
+        assert_eq!(summary(&c)["relion"]["status"], "absent");
         // Unscored rows say why.
         assert_eq!(doc["rows"][0]["quality"]["error"], "not scored");
         assert!(summary(&c)["rows"][0]["accuracy"].is_null());
