@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use mcg_fsio::budget::vm_hwm_kib;
 use serde_json::{Value, json};
 
 use crate::{setup, util};
@@ -664,15 +665,6 @@ fn measured_in(dir: Option<&Path>, bin: &Path, args: &[&str]) -> Result<Measured
     })
 }
 
-/// The `VmHWM:` line of a /proc/PID/status text, in KiB.
-fn vm_hwm_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-}
-
 /// CPU model, core count, memory and OS of this machine.
 pub fn machine() -> Value {
     // lscpu's "Model name" (which also names ARM cores), else /proc/cpuinfo's "model name".
@@ -869,10 +861,7 @@ mod tests {
     }
 
     #[test]
-    fn peak_memory_is_read_from_proc_status() {
-        let status = "Name:\tmulticryogan\nVmPeak:\t  900 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
-        assert_eq!(vm_hwm_kib(status), Some(204_800));
-        assert_eq!(vm_hwm_kib("Name:\tzombie\nState:\tZ\n"), None);
+    fn peak_memory_of_a_child_is_measured() {
         if Path::new("/proc/self/status").is_file() {
             let m = measured(Path::new("sleep"), &["0.2"]).unwrap();
             assert!(m.peak_rss_mib.is_some_and(|mib| mib > 0.0));

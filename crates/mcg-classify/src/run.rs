@@ -49,8 +49,12 @@ pub struct ClassifySettings {
     pub classes: usize,
     /// The output folder.
     pub out: PathBuf,
-    /// EM iterations after the start.
+    /// EM iterations after the start (at most: see `convergence`).
     pub iterations: usize,
+    /// The run stops early once an iteration at the final frequency limit changes the class
+    /// of fewer than this share of the particles and moves no class's probability by this
+    /// much (0: every iteration runs).
+    pub convergence: f64,
     /// How the classes start.
     pub init: Init,
     /// The finest angular step of the global search, degrees.
@@ -95,7 +99,8 @@ impl Default for ClassifySettings {
             reference: PathBuf::new(),
             classes: 2,
             out: PathBuf::new(),
-            iterations: 15,
+            iterations: 25,
+            convergence: 0.002,
             init: Init::Pca,
             angular_step_deg: 7.5,
             coarse_step_deg: 15.0,
@@ -169,6 +174,10 @@ pub struct Model {
     /// particles are, before the start.
     #[serde(default)]
     pub recentred_voxels: [f64; 3],
+    /// The iteration after which the run stopped because it had converged (see
+    /// [`ClassifySettings::convergence`]), if it did.
+    #[serde(default)]
+    pub converged_at: Option<usize>,
 }
 
 /// The state kept after each complete iteration (`checkpoint/state.json`).
@@ -312,6 +321,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             init: s.init,
             seed: s.seed,
             recentred_voxels: [0.0; 3],
+            converged_at: None,
         };
         let (volumes, pi, class, scale, moved, r0, record) = start_classes(
             s, &model, &terms, &half, &ramps, &freqs_all, &reference, dev, monitor,
@@ -336,7 +346,12 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
     bar.set_position(done.min(s.iterations) as u64);
     // The search is rebuilt only when its grid changes.
     let mut cached: Option<em::Search> = None;
-    for it in done + 1..=s.iterations {
+    let first = if state.model.converged_at.is_some() {
+        s.iterations + 1
+    } else {
+        done + 1
+    };
+    for it in first..=s.iterations {
         monitor.check_cancelled()?;
         let start = Instant::now();
         let r_max = state.r_max;
@@ -361,6 +376,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             &|| monitor.cancelled(),
         );
         monitor.check_cancelled()?;
+        let e_seconds = start.elapsed().as_secs_f64();
         let maps = maximisation(
             &model,
             grid,
@@ -368,6 +384,11 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             &exp,
             Prior::HalfSets(s.tau_fudge),
             r_max,
+        );
+        tracing::debug!(
+            e_step = e_seconds,
+            m_step = start.elapsed().as_secs_f64() - e_seconds,
+            "the iteration's steps, seconds"
         );
         let class: Vec<usize> = exp.best.iter().map(|b| b[1]).collect();
         let changed = class
@@ -407,6 +428,19 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             seconds = record.seconds,
             "classification iteration"
         );
+        let moved = pi
+            .iter()
+            .zip(&state.model.pi)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        if s.convergence > 0.0
+            && r_next == r_max
+            && changed < s.convergence
+            && moved < s.convergence
+        {
+            tracing::info!(iteration = it, changed, pi_moved = moved, "converged");
+            state.model.converged_at = Some(it);
+        }
         volumes = maps.full;
         state.model.pi = pi;
         state.model.history.push(record);
@@ -421,6 +455,9 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             Some((&exp, grid, &offsets)),
         )?;
         bar.set_position(it as u64);
+        if state.model.converged_at.is_some() {
+            break;
+        }
     }
     bar.finish();
     Ok(Summary {

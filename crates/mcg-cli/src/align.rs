@@ -1,13 +1,10 @@
-//! `multicryogan align`: align a map to a reference.
+//! `multicryogan align`: align a map to a reference ([`mcg_report::maps::align_maps`]).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{Context, Result};
-use mcg_eval::align::{AlignConfig, align};
-use mcg_formats::mrc;
-use mcg_physics::Volume;
-use serde_json::json;
+use anyhow::Result;
+use mcg_eval::align::AlignConfig;
+use mcg_report::maps::{AlignSettings, align_maps};
 
 use crate::util;
 
@@ -54,82 +51,23 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let start = Instant::now();
-    util::refuse_overwriting_inputs(
-        &[args.volume.clone(), args.reference.clone()],
-        &[("--out", &args.out)],
-    )?;
-    let (volume, reference) = util::read_map_pair(&args.volume, &args.reference, args.apix)?;
-    let config = AlignConfig {
-        global_box: args.global_box,
-        angular_step_deg: args.angular_step,
-        allow_flip: !args.no_flip,
-        ..AlignConfig::default()
+    let settings = AlignSettings {
+        volume: args.volume,
+        reference: args.reference,
+        out: args.out,
+        config: AlignConfig {
+            global_box: args.global_box,
+            angular_step_deg: args.angular_step,
+            allow_flip: !args.no_flip,
+            ..AlignConfig::default()
+        },
+        apix: args.apix,
     };
-    // (A step outside (0°, 90°] is refused by the alignment itself, naming it.)
-    if args.angular_step > 0.0 && args.angular_step <= 90.0 {
-        util::need_memory(
-            &format!("--angular-step {}", args.angular_step),
-            "the global search's grid of rotations",
-            mcg_eval::align::search_bytes(&config),
-        )?;
-    }
-    let found = align(&volume, &reference, &config).with_context(|| {
-        format!(
-            "aligning {} to {}",
-            args.volume.display(),
-            args.reference.display()
-        )
-    })?;
-    let aligned =
-        Volume::new(found.aligned.into_data(), reference.apix()).context("the aligned map")?;
-    mrc::write_volume(&args.out, &aligned)?;
-
-    let t = found.transform;
-    let apix = f64::from(reference.apix());
-    let pose = t.pose();
-    let shift_a = t.shift_angstrom(apix);
+    let found = align_maps(&settings)?;
     if args.json {
-        util::print_json(&json!({
-            "volume": args.volume,
-            "reference": args.reference,
-            "output": args.out,
-            "euler_deg": {"rot": pose.rot, "tilt": pose.tilt, "psi": pose.psi},
-            "rotation_matrix": t.rotation,
-            "flipped": t.flipped,
-            "shift_A": shift_a,
-            "shift_voxels": t.shift_voxels,
-            "correlation_before": found.score_before,
-            "correlation_after": found.score,
-            "voxel_size_A": apix,
-            "seconds": start.elapsed().as_secs_f64(),
-            "transform": "aligned(r) = V(F·Rᵀ·(r − t)), r from the box centre (voxel N/2): \
-                          hand flip F (z → −z) if flipped, then rotation R = RELION A(rot, tilt, psi), \
-                          then shift t",
-        }))
+        util::print_json(&found.to_json())
     } else {
-        println!(
-            "aligned {} to {}",
-            args.volume.display(),
-            args.reference.display()
-        );
-        println!(
-            "rotation (RELION Euler angles): rot {:.2}°, tilt {:.2}°, psi {:.2}°",
-            pose.rot, pose.tilt, pose.psi
-        );
-        println!(
-            "flipped (mirrored z → −z before rotating): {}",
-            if t.flipped { "yes" } else { "no" }
-        );
-        println!(
-            "shift: x {:.2} Å, y {:.2} Å, z {:.2} Å",
-            shift_a[0], shift_a[1], shift_a[2]
-        );
-        println!(
-            "correlation: {:.4} before, {:.4} after",
-            found.score_before, found.score
-        );
-        println!("written: {}", args.out.display());
+        print!("{found}");
         Ok(())
     }
 }

@@ -44,9 +44,14 @@ pub struct Args {
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// EM iterations after the start.
-    #[arg(long, default_value_t = 15)]
+    /// EM iterations after the start, at most (see --convergence).
+    #[arg(long, default_value_t = 25)]
     iterations: usize,
+    /// Stop early once an iteration at the final frequency limit changes the class of fewer
+    /// than this percentage of the particles and moves no class's probability by as many
+    /// points (0: run every iteration). model.json's converged_at records it.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0.2, value_parser = util::finite_f64)]
+    convergence: f64,
     /// How the classes start: pca (split along the residuals' leading principal component) or
     /// random (random groups, RELION's way).
     #[arg(long, default_value = "pca")]
@@ -108,6 +113,11 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         args.angular_step
     );
     ensure!(
+        (0.0..100.0).contains(&args.convergence),
+        "--convergence: found {}, expected a percentage in [0, 100)",
+        args.convergence
+    );
+    ensure!(
         args.initial_resolution > 0.0 && args.initial_resolution <= 1.0,
         "--initial-resolution: found {}, expected a fraction of Nyquist in (0, 1]",
         args.initial_resolution
@@ -138,6 +148,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         classes: args.classes,
         out: args.out,
         iterations: args.iterations,
+        convergence: args.convergence / 100.0,
         init: args.init,
         angular_step_deg: args.angular_step,
         local_candidates: args.local_candidates,

@@ -1,15 +1,12 @@
-//! `multicryogan ctf`: each particle's 2D CTF as an image, for inspection.
+//! `multicryogan ctf`: each particle's 2D CTF as an image, for inspection
+//! ([`mcg_dataset::ctf::write_ctf_stack`]).
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, ensure};
-use mcg_formats::mrc::MrcStackWriter;
-use mcg_physics::ctf::ctf_image;
-use ndarray::Axis;
+use anyhow::Result;
+use mcg_dataset::ctf::{CtfStackSettings, write_ctf_stack};
 
-use crate::progress::{Monitor as _, Progress};
-use crate::util;
-use mcg_dataset::input;
+use crate::progress::Progress;
 
 /// Write each particle's 2D CTF as one image of an MRC stack, centred: zero frequency at pixel
 /// (N/2, N/2), row = ky, column = kx, RELION's sign (+Q0 at zero frequency).
@@ -30,58 +27,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args, progress: &Progress) -> Result<()> {
-    let set = input::metadata(&args.star, &args.locate.get())?;
-    let mut inputs = util::stacks_of(&set);
-    inputs.push(args.star.clone());
-    util::refuse_overwriting_inputs(&inputs, &[("--out", &args.out)])?;
-    ensure!(!set.is_empty(), "{}: no particles", args.star.display());
-    let first = set.optics_of(0);
-    let n = match args.box_size.or(first.image_size) {
-        Some(n) => n,
-        None => anyhow::bail!(
-            "{}: the image size is not recorded (_rlnImageSize); pass --box",
-            args.star.display()
-        ),
+    let settings = CtfStackSettings {
+        star: args.star,
+        out: args.out,
+        box_size: args.box_size,
+        locate: args.locate.get(),
     };
-    ensure!(n >= 2 && n % 2 == 0, "--box must be even, got {n}");
-    let option = match args.box_size {
-        Some(n) => format!("--box {n}"),
-        None => format!("{}: _rlnImageSize {n}", args.star.display()),
-    };
-    util::need_memory(&option, "one CTF image", batch_size_bytes(n))?;
-    let folder = args.out.parent().unwrap_or(std::path::Path::new("."));
-    util::need_disk(
-        &option,
-        "the CTF stack",
-        util::stack_bytes(set.len(), n),
-        folder,
-    )?;
-    let apix = first.pixel_size;
-    let mut writer = MrcStackWriter::create(&args.out, n, n, apix)?;
-    let bar = progress.bar(set.len() as u64, "CTFs");
-    for i in 0..set.len() {
-        progress.check_cancelled()?;
-        let group = set.optics_of(i);
-        ensure!(
-            (group.pixel_size - apix).abs() <= 1e-6 * apix,
-            "{}: optics groups have different pixel sizes ({} and {} Å); one stack needs one",
-            args.star.display(),
-            apix,
-            group.pixel_size
-        );
-        let image = ctf_image(&set.particles[i].ctf, n, apix);
-        writer.append(image.view().insert_axis(Axis(0)))?;
-        bar.inc(1);
-    }
-    writer
-        .finish()
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    bar.finish_and_clear();
-    println!("{}", args.out.display());
+    write_ctf_stack(&settings, progress)?;
+    println!("{}", settings.out.display());
     Ok(())
-}
-
-/// Bytes that forming one CTF image of `n`² pixels takes (the image and its frequencies).
-fn batch_size_bytes(n: usize) -> f64 {
-    (n as f64).powi(2) * 4.0 * 4.0
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, bail};
 use mcg_dataset::synth::{self as lib, LandscapeSource, NoiseModel, Sharding, SynthSettings};
 use mcg_physics::normalize::Normalization;
 use serde_json::json;
@@ -113,7 +113,7 @@ pub struct Args {
     /// The noise's power spectrum: white, realistic (a model of cryo-EM background noise) or
     /// spectrum:FILE.json (a table {"box_size": N, "power": [...]}, scaled to σ²). Default:
     /// white (realistic with --conditions realistic).
-    #[arg(long, value_name = "KIND", value_parser = parse_noise)]
+    #[arg(long, value_name = "KIND")]
     noise: Option<NoiseModel>,
     /// Write K pure-noise images (the particles' noise and normalisation, no particle) to
     /// OUT/background.mrcs, like patches boxed from empty micrograph regions (whole sets only).
@@ -242,21 +242,7 @@ impl Args {
             Conditions::Paper => lib::Conditions::Paper,
             Conditions::Realistic => lib::Conditions::Realistic,
         });
-        if max_shift > 0.0 {
-            ensure!(
-                self.shift_sigma.is_none(),
-                "--shift-sigma and --max-shift: give one of them (Gaussian or uniform shifts)"
-            );
-            settings.imaging.max_shift = max_shift;
-            settings.imaging.shift_sigma = None;
-        }
-        if let Some(px) = self.shift_sigma {
-            ensure!(
-                px >= 0.0,
-                "--shift-sigma {px}: expected a standard deviation ≥ 0 pixels"
-            );
-            settings.imaging.shift_sigma = Some(px * self.apix);
-        }
+        settings.override_shifts(max_shift, self.shift_sigma)?;
         if let Some(db) = self.snr_db {
             settings.snr_db = db;
         }
@@ -283,23 +269,6 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         println!("{}", args.out.display());
     }
     Ok(())
-}
-
-/// Parses `--noise`: `white`, `realistic` or `spectrum:FILE` (also `spectrum=FILE`).
-fn parse_noise(text: &str) -> std::result::Result<NoiseModel, String> {
-    match text.trim() {
-        "white" => Ok(NoiseModel::White),
-        "realistic" => Ok(NoiseModel::Realistic),
-        other => match other
-            .strip_prefix("spectrum:")
-            .or_else(|| other.strip_prefix("spectrum="))
-        {
-            Some(path) if !path.is_empty() => Ok(NoiseModel::Spectrum(PathBuf::from(path))),
-            _ => Err(format!(
-                "unknown noise {other:?}: expected white, realistic or spectrum:FILE.json"
-            )),
-        },
-    }
 }
 
 pub fn run_merge(args: MergeArgs, progress: &Progress) -> Result<()> {

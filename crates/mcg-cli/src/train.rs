@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail, ensure};
 use mcg_train::data::{HalfSet, NoiseChoice, PrepareSettings, RunDataSettings, prepare_run};
 use mcg_train::models::{GeneratorKind, Mode};
-use mcg_train::run::{RunDir, RunOptions};
+use mcg_train::run::RunOptions;
 use mcg_train::train::TrainConfig;
 use mcg_train::{DeviceChoice, device};
 use tracing::info;
@@ -211,7 +211,7 @@ fn train(args: &Args, half: Option<(usize, u64)>, progress: &Progress) -> Result
     info!(device = ?dev, "device");
     let mut config = base_config(args)?;
     apply_flags(&mut config, args);
-    apply_sets(&mut config, &args.set)?;
+    config.apply_sets(&args.set)?;
     let normalization = match args.normalize.as_str() {
         "auto" => None,
         text => Some(
@@ -220,16 +220,7 @@ fn train(args: &Args, half: Option<(usize, u64)>, progress: &Progress) -> Result
         ),
     };
     let invert = if args.resume {
-        let recorded = RunDir::new(&args.out)
-            .read_config()
-            .context("--resume")?
-            .data;
-        ensure!(
-            !args.invert || recorded.inverted,
-            "--invert: the run in {} was trained without it; resume without --invert",
-            args.out.display()
-        );
-        recorded.inverted
+        mcg_train::run::resumed_inversion(&args.out, args.invert)?
     } else {
         mcg_train::run::check_fresh_run_folder(&args.out, args.force)?;
         args.invert
@@ -272,16 +263,8 @@ fn train(args: &Args, half: Option<(usize, u64)>, progress: &Progress) -> Result
             .with_hint("copy the file out of the run folder first, or train into another folder")
     };
     let data = prepare_run(&mut config, &settings, dev, progress, &refuse_inputs)?;
-    let init_volumes = args
-        .init
-        .iter()
-        .map(|path| {
-            mcg_formats::mrc::read_volume(path, None)
-                .with_context(|| format!("reading the starting map {}", path.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let opts = RunOptions {
-        init_volumes,
+        init_volumes: mcg_train::run::read_init_volumes(&args.init)?,
         out: args.out.clone(),
         steps: args.steps,
         minutes: args.minutes,
@@ -327,18 +310,10 @@ fn train(args: &Args, half: Option<(usize, u64)>, progress: &Progress) -> Result
 /// Defaults, or the --config file, or (resuming) the run's own config.json.
 fn base_config(args: &Args) -> Result<TrainConfig> {
     if let Some(path) = &args.config {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        return TrainConfig::from_settings_json(value)
-            .with_context(|| format!("{}: not valid training settings", path.display()));
+        return TrainConfig::from_settings_file(path);
     }
     if args.resume {
-        let dir = RunDir::new(&args.out);
-        let doc = dir.read_config().context("--resume")?;
-        return mcg_train::run::train_config(&doc)
-            .with_context(|| format!("{}: field train", dir.config().display()));
+        return mcg_train::run::resumed_settings(&args.out);
     }
     if args.paper {
         return Ok(TrainConfig::paper());
@@ -365,33 +340,6 @@ fn apply_flags(config: &mut TrainConfig, args: &Args) {
     if let Some(v) = args.pi_feedback {
         config.pi_feedback = v;
     }
-}
-
-/// `--set KEY=VALUE`s over the settings (see [`Args::set`]), read back as a settings file is.
-fn apply_sets(config: &mut TrainConfig, sets: &[String]) -> Result<()> {
-    if sets.is_empty() {
-        return Ok(());
-    }
-    let mut value = serde_json::to_value(&*config)?;
-    for set in sets {
-        let (key, text) = set
-            .split_once('=')
-            .with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
-        let v = serde_json::from_str(text)
-            .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
-        let mut slot = &mut value;
-        for part in key.split('.') {
-            slot = slot.get_mut(part).with_context(|| {
-                format!(
-                    "--set {set:?}: no setting {key:?} (expected a field of RUN/config.json's \
-                     \"train\", model.FIELD for the model's)"
-                )
-            })?;
-        }
-        *slot = v;
-    }
-    *config = TrainConfig::from_settings_json(value).context("--set")?;
-    Ok(())
 }
 
 /// The `--noise` choices.

@@ -1,18 +1,17 @@
-//! Logging, error printing, atomic JSON writing and other small pieces shared by commands.
+//! Logging, error printing, the interrupt handler, the closed-pipe exit and the flags and
+//! parsers several commands share.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
 
-pub use mcg_dataset::guard::{
-    need_disk, need_memory, refuse_overwriting_inputs, refuse_writing_over_inputs, stack_bytes,
-    stacks_of, write_json_atomic,
-};
+pub use mcg_dataset::guard::{refuse_writing_over_inputs, stacks_of};
 pub use mcg_dataset::hint::{HINT_PREFIX, Hint, WithHint};
+pub use mcg_fsio::budget::peak_rss_mib;
 
 /// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides, `--quiet` keeps errors only.
 pub fn init_logging(verbose: u8, quiet: bool) {
@@ -59,57 +58,6 @@ pub fn print_error(e: &anyhow::Error) {
     }
 }
 
-/// Reads two MRC maps that are to be compared: both cubic with an even box, of the same box and
-/// voxel size (`apix` in Å overrides both headers). Errors name the file, the field and what
-/// was expected.
-pub fn read_map_pair(
-    first: &Path,
-    second: &Path,
-    apix: Option<f64>,
-) -> Result<(mcg_physics::Volume, mcg_physics::Volume)> {
-    let read = |path: &Path| {
-        mcg_formats::mrc::read_volume(path, apix).with_hint(
-            "maps must be cubic MRC volumes with an even box; --apix sets the voxel size when a \
-             header lacks it",
-        )
-    };
-    let (a, b) = (read(first)?, read(second)?);
-    for (map, path) in [(&a, first), (&b, second)] {
-        let data = map.data();
-        let v0 = data.iter().next().copied().unwrap_or(0.0);
-        if data.iter().all(|&v| v == v0) {
-            return Err(anyhow::anyhow!(
-                "{}: every voxel is {v0}, expected a map with some signal (a constant map has \
-                 no Fourier shell correlation)",
-                path.display()
-            ));
-        }
-    }
-    if a.box_size() != b.box_size() {
-        return Err(anyhow::anyhow!(
-            "{}: box: {}³ voxels, expected the {}³ box of {}",
-            second.display(),
-            b.box_size(),
-            a.box_size(),
-            first.display()
-        ))
-        .with_hint("resample one map onto the other's grid first (same box and voxel size)");
-    }
-    let (pa, pb) = (f64::from(a.apix()), f64::from(b.apix()));
-    if (pa - pb).abs() > 1e-4 * pa.max(pb) {
-        return Err(anyhow::anyhow!(
-            "{}: voxel size: {pb} Å, expected the {pa} Å of {}",
-            second.display(),
-            first.display()
-        ))
-        .with_hint(
-            "resample one map onto the other's grid first; --apix overrides both headers when one \
-             is wrong",
-        );
-    }
-    Ok((a, b))
-}
-
 /// Sets the number of worker threads of the CPU work (rayon's global pool); `None` keeps one
 /// per core.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -120,24 +68,6 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
             .context("setting the thread count")?;
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` atomically ([`mcg_fsio::write_atomic`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(mcg_fsio::write_atomic(path, bytes)?)
-}
-
-/// Peak resident memory of this process in MiB (Linux), for reports.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 /// Prints JSON to stdout.

@@ -3,10 +3,12 @@
 //!
 //! - [`synth`]: synthetic sets of a conformational landscape from [`synth::SynthSettings`]
 //!   (whole, one shard, or all shards and their merge, [`merge::merge_shards`]);
-//! - [`project`]: images of one volume, at a STAR file's poses or random ones;
+//! - [`project`]: images of one volume, at a STAR file's poses or random ones; [`ctf`]: each
+//!   particle's CTF as an image;
 //! - [`convert`]: particle sets between STAR+MRCS, the HDF5 container and cryoSPARC `.cs`,
 //!   optionally Fourier-cropped to a smaller box ([`downsample`]);
 //! - [`input`]: opening a particle set of any supported kind, its images checked finite;
+//!   [`info`]: what a file (an MRC map or stack, or a particle set) holds;
 //! - [`folder`]: the data-set folder's files as types (paths, manifest, ground truth);
 //! - [`sinks`]: forming images batch by batch while a second thread writes them;
 //! - [`guard`]: the checks made before anything is written (inputs never overwritten,
@@ -51,11 +53,13 @@
 
 pub mod builtin;
 pub mod convert;
+pub mod ctf;
 pub mod downsample;
 pub mod folder;
 pub mod guard;
 pub mod halves;
 pub mod hint;
+pub mod info;
 pub mod input;
 pub mod inspect;
 pub mod merge;

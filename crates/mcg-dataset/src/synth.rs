@@ -81,6 +81,27 @@ pub enum NoiseModel {
     Spectrum(PathBuf),
 }
 
+/// `white`, `realistic` or `spectrum:FILE` (also `spectrum=FILE`), as `--noise` takes them.
+impl std::str::FromStr for NoiseModel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "white" => Ok(Self::White),
+            "realistic" => Ok(Self::Realistic),
+            other => match other
+                .strip_prefix("spectrum:")
+                .or_else(|| other.strip_prefix("spectrum="))
+            {
+                Some(path) if !path.is_empty() => Ok(Self::Spectrum(PathBuf::from(path))),
+                _ => Err(format!(
+                    "unknown noise {other:?}: expected white, realistic or spectrum:FILE.json"
+                )),
+            },
+        }
+    }
+}
+
 /// Bundles of imaging conditions; single settings given afterwards override them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Conditions {
@@ -220,6 +241,28 @@ impl SynthSettings {
                 self.normalization = Normalization::Background { radius_px: None };
             }
         }
+    }
+
+    /// Shifts given on top of a bundle of conditions: uniform in a disc of `max_shift` Å (when
+    /// above 0; it replaces the bundle's shifts) or Gaussian of `shift_sigma_px` pixels per
+    /// axis (of the current [`Self::apix`]), not both. Errors name the flags.
+    pub fn override_shifts(&mut self, max_shift: f64, shift_sigma_px: Option<f64>) -> Result<()> {
+        if max_shift > 0.0 {
+            ensure!(
+                shift_sigma_px.is_none(),
+                "--shift-sigma and --max-shift: give one of them (Gaussian or uniform shifts)"
+            );
+            self.imaging.max_shift = max_shift;
+            self.imaging.shift_sigma = None;
+        }
+        if let Some(px) = shift_sigma_px {
+            ensure!(
+                px >= 0.0,
+                "--shift-sigma {px}: expected a standard deviation ≥ 0 pixels"
+            );
+            self.imaging.shift_sigma = Some(px * self.apix);
+        }
+        Ok(())
     }
 
     fn preset(&self) -> Option<Preset> {
@@ -956,5 +999,54 @@ pub fn parse_shard(text: &str, n: usize) -> Result<(usize, usize)> {
     match parsed {
         Some((k, m)) if 1 <= k && k <= m && m <= n => Ok((k, m)),
         _ => bail!("--shard {text:?}: expected K/M with 1 ≤ K ≤ M ≤ --n ({n}), e.g. 3/100"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifts_given_override_the_bundles() {
+        let mut s = SynthSettings::new(LandscapeSource::Preset(Preset::Hsp90Discrete), 8, "out");
+        s.apix = 2.0;
+        s.apply_conditions(Conditions::Realistic);
+        assert_eq!(s.imaging.shift_sigma, Some(4.0));
+        // Nothing given: the bundle's Gaussian shifts of 2 pixels stay.
+        s.override_shifts(0.0, None).unwrap();
+        assert_eq!(
+            (s.imaging.max_shift, s.imaging.shift_sigma),
+            (0.0, Some(4.0))
+        );
+        // A σ in pixels of 2 Å.
+        s.override_shifts(0.0, Some(1.5)).unwrap();
+        assert_eq!(s.imaging.shift_sigma, Some(3.0));
+        // A disc replaces the Gaussian.
+        s.override_shifts(6.0, None).unwrap();
+        assert_eq!((s.imaging.max_shift, s.imaging.shift_sigma), (6.0, None));
+        let both = s.override_shifts(6.0, Some(1.0)).unwrap_err().to_string();
+        assert!(both.starts_with("--shift-sigma and --max-shift"), "{both}");
+        let negative = s.override_shifts(0.0, Some(-1.0)).unwrap_err().to_string();
+        assert!(negative.starts_with("--shift-sigma -1:"), "{negative}");
+    }
+
+    #[test]
+    fn noise_models_are_read_as_the_flag_writes_them() {
+        let parse = |text: &str| text.parse::<NoiseModel>();
+        assert_eq!(parse("white"), Ok(NoiseModel::White));
+        assert_eq!(parse(" realistic "), Ok(NoiseModel::Realistic));
+        for text in ["spectrum:measured.json", "spectrum=measured.json"] {
+            assert_eq!(
+                parse(text),
+                Ok(NoiseModel::Spectrum(PathBuf::from("measured.json")))
+            );
+        }
+        for bad in ["pink", "spectrum:", "spectrum", ""] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                err.starts_with("unknown noise") && err.contains("spectrum:FILE.json"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

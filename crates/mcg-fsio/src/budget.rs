@@ -44,6 +44,23 @@ pub fn available_memory() -> Option<u64> {
     Some(cgroup_room.map_or(available, |room| room.min(available)))
 }
 
+/// The `VmHWM:` line of a Linux `/proc/PID/status` text: the process's peak resident memory
+/// (its high-water mark), KiB. `None` when the text has no such line (a zombie, not Linux).
+pub fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// Peak resident memory of this process, MiB ([`vm_hwm_kib`] of `/proc/self/status`), for
+/// reports; `None` where /proc does not show it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    Some(vm_hwm_kib(&status)? as f64 / 1024.0)
+}
+
 /// Bytes free to an unprivileged writer on the file system holding `path` (or, when `path`
 /// does not exist yet, its nearest existing folder). `None` where it cannot be told.
 pub fn free_disk(path: &Path) -> Option<u64> {
@@ -158,6 +175,22 @@ mod tests {
         assert_eq!(human(1500.0), "1.5 kB");
         assert_eq!(human(133e9), "133 GB");
         assert_eq!(human(8.2e18), "8200 PB");
+    }
+
+    #[test]
+    fn peak_memory_is_read_from_proc_status() {
+        let status = "Name:\tmulticryogan\nVmPeak:\t  900 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(204_800));
+        assert_eq!(vm_hwm_kib("Name:\tzombie\nState:\tZ\n"), None);
+        assert_eq!(vm_hwm_kib("VmHWM:\t many kB\n"), None);
+        if Path::new("/proc/self/status").is_file() {
+            // This test process holds at least its own code and stack.
+            assert!(
+                peak_rss_mib().is_some_and(|mib| mib > 0.1),
+                "{:?}",
+                peak_rss_mib()
+            );
+        }
     }
 
     #[test]

@@ -30,13 +30,19 @@
 //! landscape, the FSC of each pair with its 0.143 resolution, and the agreement of their FSCCC
 //! matrices and probabilities, into `validation.json` ([`Validation`]); `report` adds the same
 //! comparison with [`ReportSettings::half_set`].
+//!
+//! Two map files are compared by [`maps`]: their FSC ([`maps::fsc_maps`]) and the alignment
+//! of one onto the other ([`maps::align_maps`]), as the `fsc` and `align` commands run them.
+//! [`sample::sample`] writes a run's landscape as a volume series with a ChimeraX script.
 
 // `deny`, not `forbid`: ndarray's `s!` macro expands to an `allow(unsafe_code)`.
 #![deny(unsafe_code)]
 
 pub mod classification;
+pub mod maps;
 pub mod plot;
 mod report;
+pub mod sample;
 pub mod validate;
 
 pub use mcg_runfiles::Validation;

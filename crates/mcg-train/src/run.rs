@@ -240,6 +240,39 @@ pub fn train_config(file: &RunConfigFile) -> Result<TrainConfig, serde_json::Err
     TrainConfig::from_run_json(file.train.clone())
 }
 
+/// The settings a resumed run in `out` goes on with: its `config.json`'s ([`train_config`]).
+pub fn resumed_settings(out: &Path) -> anyhow::Result<TrainConfig> {
+    use anyhow::Context;
+    let dir = RunDir::new(out);
+    let doc = dir.read_config().context("--resume")?;
+    train_config(&doc).with_context(|| format!("{}: field train", dir.config().display()))
+}
+
+/// Whether the run in `out`, resumed, reads its images negated: as its `config.json` records.
+/// `invert` (`--invert` given again) on a run trained without it is refused.
+pub fn resumed_inversion(out: &Path, invert: bool) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let recorded = RunDir::new(out).read_config().context("--resume")?.data;
+    anyhow::ensure!(
+        !invert || recorded.inverted,
+        "--invert: the run in {} was trained without it; resume without --invert",
+        out.display()
+    );
+    Ok(recorded.inverted)
+}
+
+/// Reads the maps a fresh run starts from ([`RunOptions::init_volumes`]); errors name the map.
+pub fn read_init_volumes(paths: &[PathBuf]) -> anyhow::Result<Vec<Volume>> {
+    use anyhow::Context;
+    paths
+        .iter()
+        .map(|path| {
+            mcg_formats::mrc::read_volume(path, None)
+                .with_context(|| format!("reading the starting map {}", path.display()))
+        })
+        .collect()
+}
+
 /// Checks, changing nothing, that a fresh run may go into `out`: refused when the folder
 /// holds another run's files, unless `force`. A caller can run it before costly preparations;
 /// [`run`] runs it again.

@@ -2,6 +2,9 @@
 //! the reading of settings written before (a run folder's `config.json`, a checkpoint, a
 //! `--config` file), with the retired experiments' settings (see [`RETIRED`]).
 
+use std::path::Path;
+
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -249,6 +252,46 @@ impl TrainConfig {
         serde_json::from_value(value)
     }
 
+    /// Settings from a settings file (`--config`: JSON like a run's `config.json`'s "train"
+    /// part), read as [`TrainConfig::from_settings_json`] reads them. Errors name the file.
+    pub fn from_settings_file(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        Self::from_settings_json(value)
+            .with_context(|| format!("{}: not valid training settings", path.display()))
+    }
+
+    /// Sets fields from `--set KEY=VALUE`s, in order: KEY a field (`model.FIELD` for the
+    /// model's), VALUE JSON or else a string; the result is read back as a settings file is
+    /// ([`TrainConfig::from_settings_json`]). Errors name the `--set` and what was expected.
+    pub fn apply_sets(&mut self, sets: &[String]) -> anyhow::Result<()> {
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let mut value = serde_json::to_value(&*self)?;
+        for set in sets {
+            let (key, text) = set
+                .split_once('=')
+                .with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
+            let v = serde_json::from_str(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+            let mut slot = &mut value;
+            for part in key.split('.') {
+                slot = slot.get_mut(part).with_context(|| {
+                    format!(
+                        "--set {set:?}: no setting {key:?} (expected a field of RUN/config.json's \
+                         \"train\", model.FIELD for the model's)"
+                    )
+                })?;
+            }
+            *slot = v;
+        }
+        *self = Self::from_settings_json(value).context("--set")?;
+        Ok(())
+    }
+
     /// The paper's recipe as this trainer ran it before the fast step and the voxel generators:
     /// the 3D CNN generator, G run for every D step, lr_d = lr_g / 10, D's LeakyReLU slope 0.01.
     pub fn paper() -> Self {
@@ -401,6 +444,82 @@ mod tests {
         let p = TrainConfig::paper();
         let back = TrainConfig::from_run_json(serde_json::to_value(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn sets_change_the_named_fields_and_refuse_others() {
+        let mut c = TrainConfig::default();
+        let sets = [
+            "lr_d=2e-4",
+            "model.pack=4",
+            "projector=real-space",
+            "noise_sigma=null",
+        ];
+        c.apply_sets(&sets.map(String::from)).unwrap();
+        // JSON values as JSON, anything else as a string (the projector's name).
+        let expected = TrainConfig {
+            lr_d: 2e-4,
+            projector: Projector::RealSpace,
+            noise_sigma: None,
+            model: ModelConfig {
+                pack: 4,
+                ..ModelConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        assert_eq!(c, expected);
+        // Later sets win; no sets change nothing.
+        c.apply_sets(&["lr_d=1e-3".into(), "lr_d=5e-5".into()])
+            .unwrap();
+        assert_eq!(c.lr_d, 5e-5);
+        c.apply_sets(&[]).unwrap();
+        assert_eq!(c.lr_d, 5e-5);
+        for (set, says) in [
+            ("lr_d", "--set \"lr_d\": expected KEY=VALUE"),
+            ("nope=1", "--set \"nope=1\": no setting \"nope\""),
+            (
+                "model.nope=1",
+                "--set \"model.nope=1\": no setting \"model.nope\"",
+            ),
+            ("batch_size=x", "--set: invalid type: string \"x\""),
+        ] {
+            let mut c = TrainConfig::default();
+            let err = format!("{:#}", c.apply_sets(&[set.to_string()]).unwrap_err());
+            assert!(err.starts_with(says), "{set}: {err}");
+            assert_eq!(
+                c,
+                TrainConfig::default(),
+                "{set}: a refused set changes nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn a_settings_file_is_read_with_todays_defaults_and_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.json");
+        std::fs::write(&path, r#"{"batch_size": 8, "model": {"pack": 2}}"#).unwrap();
+        let c = TrainConfig::from_settings_file(&path).unwrap();
+        assert_eq!((c.batch_size, c.model.pack), (8, 2));
+        assert_eq!(c.step, StepKind::Fast);
+        std::fs::write(&path, "{").unwrap();
+        let err = format!("{:#}", TrainConfig::from_settings_file(&path).unwrap_err());
+        assert!(err.contains("settings.json: not valid JSON"), "{err}");
+        std::fs::write(&path, r#"{"bach_size": 8}"#).unwrap();
+        let err = format!("{:#}", TrainConfig::from_settings_file(&path).unwrap_err());
+        assert!(
+            err.contains("settings.json: not valid training settings") && err.contains("bach_size"),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.json");
+        let err = format!(
+            "{:#}",
+            TrainConfig::from_settings_file(&missing).unwrap_err()
+        );
+        assert!(
+            err.starts_with("reading ") && err.contains("missing.json"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -90,18 +90,15 @@ fn model(out: &Path) -> serde_json::Value {
 }
 
 /// At high SNR the two states are told apart: > 99 % of particles in their true class and
-/// π within 3 points of 25 / 75; the outputs are there and RELION's columns are written.
+/// π within 3 points of 25 / 75; the run stops once it has converged (and a resumed converged
+/// run adds nothing); the outputs are there and RELION's columns are written.
 #[test]
 fn classify_splits_a_two_state_set_at_high_snr() {
     let dir = tempfile::tempdir().unwrap();
     let (star, reference) = two_state_set(dir.path(), 1200, "20");
     let out = dir.path().join("cls");
-    classify(
-        &star,
-        &reference,
-        &out,
-        &["--iterations", "4", "--angular-step", "10"],
-    );
+    let args = ["--iterations", "20", "--angular-step", "10"];
+    classify(&star, &reference, &out, &args);
     let acc = accuracy(&classes(&star), &classes(&out.join("particles.star")));
     assert!(acc > 0.99, "accuracy {acc}");
     let m = model(&out);
@@ -113,7 +110,18 @@ fn classify_splits_a_two_state_set_at_high_snr() {
         .collect();
     pi.sort_by(f64::total_cmp);
     assert!((pi[0] - 0.25).abs() < 0.03, "π {pi:?}");
-    assert_eq!(m["history"].as_array().unwrap().len(), 5);
+    let history = m["history"].as_array().unwrap();
+    let stop = m["converged_at"].as_u64().expect("a converged run") as usize;
+    assert!(stop < 20, "converged after {stop} iterations");
+    assert_eq!(history.len(), stop + 1);
+    assert!(history[stop]["changed"].as_f64().unwrap() < 0.002);
+    classify(
+        &star,
+        &reference,
+        &out,
+        &[&args[..], &["--resume"]].concat(),
+    );
+    assert_eq!(model(&out)["history"], m["history"]);
     // Each class map against its state (the reference is in the states' frame): detail
     // well beyond the starting limit (half of Nyquist) is recovered.
     let truth = |b: &str| {

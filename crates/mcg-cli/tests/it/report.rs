@@ -134,6 +134,7 @@ fn report_scores_a_classification_folder() {
         init: mcg_classify::Init::Random,
         seed: 1,
         recentred_voxels: [0.0; 3],
+        converged_at: None,
     };
     std::fs::write(cls.join(MODEL_JSON), serde_json::to_vec(&model).unwrap()).unwrap();
     let out = dir.path().join("cls-report");

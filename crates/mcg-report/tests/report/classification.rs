@@ -63,6 +63,7 @@ fn classification(
         init: Init::Pca,
         seed: 0,
         recentred_voxels: [0.0; 3],
+        converged_at: None,
     };
     std::fs::write(dir.join(MODEL_JSON), serde_json::to_string(&model).unwrap()).unwrap();
     dir.to_path_buf()
