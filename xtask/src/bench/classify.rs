@@ -129,6 +129,10 @@ pub struct Classify {
     pub relion: String,
     /// RELION's 3D classification beside ours (or why it did not run).
     pub relion_run: relion::Outcome,
+    /// Ours with the default settings, to convergence, on the smallest box's set on the
+    /// first device: the run whose quality and time stand beside RELION's (the rows' runs
+    /// stop after [`ITERATIONS`] iterations, to time them).
+    pub converged: Option<Row>,
     /// Where the sets' structures came from (the synth manifest's `structures`).
     pub structures: Value,
     pub rows: Vec<Row>,
@@ -461,6 +465,7 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
         threads,
         relion: relion(),
         relion_run: relion::Outcome::Absent,
+        converged: None,
         structures: Value::Null,
         rows: Vec::new(),
         not_timed: Vec::new(),
@@ -479,7 +484,7 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
     for (device, required) in devices {
         let mut rows = Vec::new();
         let timed: Result<()> = sets.iter().try_for_each(|set| {
-            rows.push(time_box(bin, work, set, o.images, device, threads)?);
+            rows.push(time_box(bin, work, set, o.images, device, threads, Some(ITERATIONS))?);
             Ok(())
         });
         match timed {
@@ -492,6 +497,17 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
         }
     }
     set_ratios(&mut c.rows);
+    // Ours to convergence on the smallest box's set, on the first device that was timed.
+    if let Some(device) = c.rows.first().map(|r| r.device.clone()) {
+        match time_box(bin, work, &sets[0], o.images, &device, threads, None) {
+            Ok(r) => c.converged = Some(r),
+            Err(e) => {
+                eprintln!("bench: classify to convergence could not be run: {e:#}");
+                c.not_timed
+                    .push((format!("{device} to convergence"), format!("{e:#}")));
+            }
+        }
+    }
     // RELION on the smallest box's set, after our figures: its failure leaves them standing.
     if relion_on_path() {
         c.relion_run = relion::run(&sets[0], work, o.images, threads, &c.relion);
@@ -512,6 +528,20 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
             detail: row_json(r, o.sizes[0]),
         })
         .collect();
+    if let Some(r) = &c.converged {
+        figures.push(Figure {
+            name: format!(
+                "classify {}² ({} images, 2 classes) to convergence, {}: seconds",
+                r.box_size,
+                r.images,
+                r.device.to_uppercase()
+            ),
+            value: r.wall_seconds,
+            unit: "s",
+            target: None,
+            detail: row_json(r, o.sizes[0]),
+        });
+    }
     if let relion::Outcome::Ran(r) = &c.relion_run {
         figures.push(Figure {
             name: format!(
@@ -601,7 +631,8 @@ fn score_ours(run: &Path, pi: &[f64], truth: &Truth) -> Result<Quality> {
     score(&assigned, pi, &read_maps(&maps)?, truth)
 }
 
-/// Runs classify on one set and reads its model.json.
+/// Runs classify on one set, for `iterations` EM iterations (`None`: the defaults, to
+/// convergence), and reads its model.json.
 #[allow(clippy::too_many_arguments)]
 fn time_box(
     bin: &Path,
@@ -610,42 +641,44 @@ fn time_box(
     images: usize,
     device: &str,
     threads: usize,
+    iterations: Option<usize>,
 ) -> Result<Row> {
     let b = set.box_size;
-    let run = work.join(format!("classify_{b}_{device}"));
+    let suffix = if iterations.is_some() { "" } else { "_converged" };
+    let run = work.join(format!("classify_{b}_{device}{suffix}"));
     std::fs::remove_dir_all(&run).ok();
     let (star, reference) = (set.star.to_string_lossy(), set.reference.to_string_lossy());
-    let (run_s, threads_s, iterations, classes) = (
+    let (run_s, threads_s, classes) = (
         run.to_string_lossy().into_owned(),
         threads.to_string(),
-        ITERATIONS.to_string(),
         CLASSES.to_string(),
     );
+    let iterations_s = iterations.map(|i| i.to_string());
     eprintln!(
-        "bench: classify at {b}² on {device}: {images} images, {CLASSES} classes, \
-         {ITERATIONS} iterations, {threads} threads"
+        "bench: classify at {b}² on {device}: {images} images, {CLASSES} classes, {}, \
+         {threads} threads",
+        iterations.map_or("to convergence".into(), |i| format!("{i} iterations"))
     );
-    let m = measured(
-        bin,
-        &[
-            "classify",
-            "--particles",
-            &star,
-            "--reference",
-            &reference,
-            "--classes",
-            &classes,
-            "--out",
-            &run_s,
-            "--iterations",
-            &iterations,
-            "--threads",
-            &threads_s,
-            "--device",
-            device,
-            "--quiet",
-        ],
-    )?;
+    let mut args = vec![
+        "classify",
+        "--particles",
+        &star,
+        "--reference",
+        &reference,
+        "--classes",
+        &classes,
+        "--out",
+        &run_s,
+        "--threads",
+        &threads_s,
+        "--device",
+        device,
+        "--quiet",
+    ];
+    if let Some(i) = &iterations_s {
+        args.extend(["--iterations", i.as_str()]);
+    }
+    let m = measured(bin, &args)?;
     let path = run.join("model.json");
     let model: Value = serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
@@ -752,6 +785,7 @@ pub fn json(machine: Value, c: &Classify) -> Value {
         "reference_box": reference,
         "memory": MEMORY_METHOD,
         "rows": c.rows.iter().map(|r| row_json(r, reference)).collect::<Vec<_>>(),
+        "to_convergence": c.converged.as_ref().map(|r| row_json(r, reference)),
         "ratios": ratios(c),
         "not_timed": not_timed(c),
     })
@@ -773,6 +807,11 @@ pub fn summary(c: &Classify) -> Value {
         "iterations": ITERATIONS,
         "threads": c.threads,
         "relion": c.relion_run.summary(),
+        "to_convergence": c.converged.as_ref().map(|r| json!({
+            "device": r.device, "box": r.box_size, "iterations": r.history.len().saturating_sub(1),
+            "seconds": r.wall_seconds, "accuracy": r.quality.as_ref().ok().map(|q| q.accuracy),
+            "pi": r.pi,
+        })),
         "rows": c.rows.iter().map(|r| json!({
             "device": r.device, "box": r.box_size,
             "seconds_per_iteration": r.seconds_per_iteration, "start_seconds": r.start_seconds,
@@ -837,6 +876,16 @@ pub fn print_table(c: &Classify) {
             "ours {} {}², {ITERATIONS} EM iterations, {:.0} s: {}",
             r.device.to_uppercase(),
             r.box_size,
+            r.wall_seconds,
+            quality_line(&r.quality)
+        );
+    }
+    if let Some(r) = &c.converged {
+        println!(
+            "ours {} {}², to convergence ({} EM iterations), {:.0} s: {}",
+            r.device.to_uppercase(),
+            r.box_size,
+            r.history.len().saturating_sub(1),
             r.wall_seconds,
             quality_line(&r.quality)
         );
@@ -933,6 +982,7 @@ mod tests {
             threads: 2,
             relion: RELION_ABSENT.into(),
             relion_run: relion::Outcome::Absent,
+            converged: None,
             structures: json!("built-in phantom"),
             rows,
             not_timed: vec![],
@@ -968,6 +1018,19 @@ mod tests {
         let s = summary(&c);
         assert_eq!(s["rows"][3]["device"], "cuda");
         assert_eq!(s["rows"][3]["ratio_to_reference_box"], 2.0);
+        // The run to convergence stands beside RELION's when there is one.
+        assert!(doc["to_convergence"].is_null() && s["to_convergence"].is_null());
+        let c = Classify {
+            converged: Some(fake("cpu", 32, 3.0)),
+            ..c
+        };
+        let (doc, s) = (json(json!({}), &c), summary(&c));
+        assert_eq!(doc["to_convergence"]["box"], 32);
+        assert_eq!(doc["to_convergence"]["seconds_per_iteration"], 3.0);
+        assert_eq!(
+            (s["to_convergence"]["device"].as_str(), s["to_convergence"]["iterations"].as_u64()),
+            (Some("cpu"), Some(2))
+        );
         assert_eq!(s["details"], "bench-results/classify.json");
     }
 
