@@ -608,8 +608,17 @@ struct Measured {
 /// (VmHWM of /proc/PID/status) every 20 ms until it ends: the last reading is the peak up to at
 /// most 20 ms before the end.
 fn measured(bin: &Path, args: &[&str]) -> Result<Measured> {
+    measured_in(None, bin, args)
+}
+
+/// [`measured`], run in folder `dir` when given (else in this process's).
+fn measured_in(dir: Option<&Path>, bin: &Path, args: &[&str]) -> Result<Measured> {
     let start = Instant::now();
-    let child = std::process::Command::new(bin)
+    let mut command = std::process::Command::new(bin);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let child = command
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
