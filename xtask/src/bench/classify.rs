@@ -484,7 +484,15 @@ pub fn run(bin: &Path, work: &Path, o: &Options) -> Result<(Vec<Figure>, Classif
     for (device, required) in devices {
         let mut rows = Vec::new();
         let timed: Result<()> = sets.iter().try_for_each(|set| {
-            rows.push(time_box(bin, work, set, o.images, device, threads, Some(ITERATIONS))?);
+            rows.push(time_box(
+                bin,
+                work,
+                set,
+                o.images,
+                device,
+                threads,
+                Some(ITERATIONS),
+            )?);
             Ok(())
         });
         match timed {
@@ -644,7 +652,11 @@ fn time_box(
     iterations: Option<usize>,
 ) -> Result<Row> {
     let b = set.box_size;
-    let suffix = if iterations.is_some() { "" } else { "_converged" };
+    let suffix = if iterations.is_some() {
+        ""
+    } else {
+        "_converged"
+    };
     let run = work.join(format!("classify_{b}_{device}{suffix}"));
     std::fs::remove_dir_all(&run).ok();
     let (star, reference) = (set.star.to_string_lossy(), set.reference.to_string_lossy());
@@ -1028,7 +1040,10 @@ mod tests {
         assert_eq!(doc["to_convergence"]["box"], 32);
         assert_eq!(doc["to_convergence"]["seconds_per_iteration"], 3.0);
         assert_eq!(
-            (s["to_convergence"]["device"].as_str(), s["to_convergence"]["iterations"].as_u64()),
+            (
+                s["to_convergence"]["device"].as_str(),
+                s["to_convergence"]["iterations"].as_u64()
+            ),
             (Some("cpu"), Some(2))
         );
         assert_eq!(s["details"], "bench-results/classify.json");
