@@ -166,6 +166,25 @@ pub struct Record {
     pub result: serde_json::Value,
 }
 
+impl Stage {
+    /// Stage `name`'s record: its folder is its name, and how it treats poses follows from it.
+    fn new(name: &str, done: bool, seconds: f64, outcome: serde_json::Value) -> Self {
+        let poses = match name {
+            CLASSIFY => "poses marginalised",
+            REPORT => "against the truth",
+            _ => "pose-free",
+        };
+        Self {
+            name: name.into(),
+            folder: name.into(),
+            poses: poses.into(),
+            done,
+            seconds,
+            outcome,
+        }
+    }
+}
+
 impl Record {
     fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
@@ -252,14 +271,14 @@ pub fn reconstruct(
 
     if s.pose_free {
         if record.stage(LANDSCAPE).is_none_or(|st| !st.done) {
-            let minutes = s.minutes - record.seconds_so_far() / 60.0 - report_reserve(s);
             let config = landscape_config(s, None);
+            let minutes = landscape_minutes(s, &record);
             run_train_stage(
                 s,
                 &mut record,
                 LANDSCAPE,
                 config,
-                minutes.max(MIN_LANDSCAPE_MINUTES),
+                minutes,
                 Vec::new(),
                 serde_json::Value::Null,
                 dev,
@@ -287,8 +306,7 @@ pub fn reconstruct(
                 .collect::<Result<Vec<_>>>()?;
             let (maps, frames) = common_frame(maps, &model.pi)?;
             let config = landscape_config(s, Some(fixed_pi(&model.pi)));
-            let minutes = (s.minutes - record.seconds_so_far() / 60.0 - report_reserve(s))
-                .max(MIN_LANDSCAPE_MINUTES);
+            let minutes = landscape_minutes(s, &record);
             run_train_stage(
                 s,
                 &mut record,
@@ -358,13 +376,16 @@ pub fn common_frame(
     Ok((out, frames))
 }
 
-/// The minutes kept for the reports at the end (with a truth).
-fn report_reserve(s: &ReconstructSettings) -> f64 {
-    if s.truth.is_some() {
+/// The landscape's minutes: what the stages before it left of the budget, less
+/// [`REPORT_MINUTES`] for the reports when there is a truth, at least
+/// [`MIN_LANDSCAPE_MINUTES`].
+fn landscape_minutes(s: &ReconstructSettings, record: &Record) -> f64 {
+    let reserve = if s.truth.is_some() {
         REPORT_MINUTES
     } else {
         0.0
-    }
+    };
+    (s.minutes - record.seconds_so_far() / 60.0 - reserve).max(MIN_LANDSCAPE_MINUTES)
 }
 
 /// π as the landscape holds it: positive, summing to 1.
@@ -469,20 +490,18 @@ fn run_train_stage(
         &config, &data, &out, minutes, resume, init, dev, name, monitor, cancel,
     )?;
     let done = !summary.interrupted;
-    record.put(Stage {
-        name: name.into(),
-        folder: name.into(),
-        poses: "pose-free".into(),
+    record.put(Stage::new(
+        name,
         done,
-        seconds: before + start.elapsed().as_secs_f64(),
-        outcome: {
+        before + start.elapsed().as_secs_f64(),
+        {
             let mut o = serde_json::json!({"steps": summary.step});
             if let (Some(o), Some(extra)) = (o.as_object_mut(), outcome.as_object()) {
                 o.extend(extra.clone());
             }
             o
         },
-    });
+    ));
     write_record(&s.out, record)?;
     if !done {
         bail!("interrupted in stage {name}: continue with --resume");
@@ -610,14 +629,12 @@ fn consensus_stage(
             areas.push(area);
         }
         last = Some(volume);
-        record.put(Stage {
-            name: CONSENSUS.into(),
-            folder: CONSENSUS.into(),
-            poses: "pose-free".into(),
-            done: false,
-            seconds: before + start.elapsed().as_secs_f64(),
-            outcome: serde_json::json!({"steps": steps, "area_fsc_to_previous": areas}),
-        });
+        record.put(Stage::new(
+            CONSENSUS,
+            false,
+            before + start.elapsed().as_secs_f64(),
+            serde_json::json!({"steps": steps, "area_fsc_to_previous": areas}),
+        ));
         write_record(&s.out, record)?;
         if interrupted {
             bail!("interrupted in stage {CONSENSUS}: continue with --resume");
@@ -627,14 +644,12 @@ fn consensus_stage(
         }
     };
     tracing::info!(steps, reason, "consensus done");
-    record.put(Stage {
-        name: CONSENSUS.into(),
-        folder: CONSENSUS.into(),
-        poses: "pose-free".into(),
-        done: true,
-        seconds: before + start.elapsed().as_secs_f64(),
-        outcome: serde_json::json!({"steps": steps, "area_fsc_to_previous": areas, "stopped": reason}),
-    });
+    record.put(Stage::new(
+        CONSENSUS,
+        true,
+        before + start.elapsed().as_secs_f64(),
+        serde_json::json!({"steps": steps, "area_fsc_to_previous": areas, "stopped": reason}),
+    ));
     write_record(&s.out, record)
 }
 
@@ -667,32 +682,28 @@ fn classify_stage(
     let summary = match result {
         Ok(summary) => summary,
         Err(e) => {
-            record.put(Stage {
-                name: CLASSIFY.into(),
-                folder: CLASSIFY.into(),
-                poses: "poses marginalised".into(),
-                done: false,
+            record.put(Stage::new(
+                CLASSIFY,
+                false,
                 seconds,
-                outcome: serde_json::Value::Null,
-            });
+                serde_json::Value::Null,
+            ));
             write_record(&s.out, record)?;
             return Err(e.context("stage classify (continue with --resume)"));
         }
     };
     let m = &summary.model;
-    record.put(Stage {
-        name: CLASSIFY.into(),
-        folder: CLASSIFY.into(),
-        poses: "poses marginalised".into(),
-        done: true,
+    record.put(Stage::new(
+        CLASSIFY,
+        true,
         seconds,
-        outcome: serde_json::json!({
+        serde_json::json!({
             "iterations": m.history.len().saturating_sub(1),
             "converged_at": m.converged_at,
             "pi": m.pi,
             "half_set_resolution_nyquist": m.history.last().map(|h| h.resolution_nyquist.clone()),
         }),
-    });
+    ));
     write_record(&s.out, record)
 }
 
@@ -717,14 +728,12 @@ fn report_stage(
         };
         mcg_report::report(&settings, monitor)?;
     }
-    record.put(Stage {
-        name: REPORT.into(),
-        folder: REPORT.into(),
-        poses: "against the truth".into(),
-        done: true,
-        seconds: start.elapsed().as_secs_f64(),
-        outcome: serde_json::Value::Null,
-    });
+    record.put(Stage::new(
+        REPORT,
+        true,
+        start.elapsed().as_secs_f64(),
+        serde_json::Value::Null,
+    ));
     write_record(&s.out, record)
 }
 
@@ -924,14 +933,8 @@ mod tests {
 
     #[test]
     fn a_stage_record_replaces_its_own_name_only() {
-        let stage = |name: &str, seconds: f64| Stage {
-            name: name.into(),
-            folder: name.into(),
-            poses: "pose-free".into(),
-            done: false,
-            seconds,
-            outcome: serde_json::Value::Null,
-        };
+        let stage =
+            |name: &str, seconds: f64| Stage::new(name, false, seconds, serde_json::Value::Null);
         let mut r = Record {
             software: String::new(),
             particles: String::new(),
