@@ -83,15 +83,20 @@ fn interrupted_run_leaves_nothing_behind() {
     for signal in ["INT", "TERM", "HUP"] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
+        // A run that is long (about a minute on two cores: the real-space projector at a 64²
+        // box) but small on disk (98 MB), so that the free space of the machine running the
+        // tests never refuses it before it starts.
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
             .args([
                 "project",
                 "--n",
-                "2000000",
+                "6000",
                 "--box",
-                "16",
-                "--batch",
                 "64",
+                "--projector",
+                "real-space",
+                "--batch",
+                "16",
                 "-q",
                 "--out",
                 s(&out),
@@ -102,6 +107,11 @@ fn interrupted_run_leaves_nothing_behind() {
         // Wait until the run is under way (its output folder exists), then interrupt it.
         let start = std::time::Instant::now();
         while !out.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                panic!("SIG{signal}: the run ended ({status}) before it was interrupted: {stderr}");
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -111,8 +121,8 @@ fn interrupted_run_leaves_nothing_behind() {
             .unwrap();
         assert!(killed.success());
         let output = child.wait_with_output().unwrap();
-        assert_eq!(output.status.code(), Some(130), "SIG{signal}");
         let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(130), "SIG{signal}: {stderr}");
         assert!(stderr.contains("interrupted"), "SIG{signal}: {stderr}");
         let left: Vec<_> = std::fs::read_dir(&out)
             .unwrap()
