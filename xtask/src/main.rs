@@ -63,13 +63,17 @@ commands:
            classify.json says why. Written to bench-results/classify.json and summed up
            in bench.json. --classify: that part alone (only classify.json is written; with
            --step-cost: both parts).
-           --quality: Multi-CryoGAN's quality against training time instead: trains on the
-           Hsp90 benchmark in segments of --every 2.5 minutes, scores each with `report`,
-           and writes the time each target was first met, the final metrics and a figure
-           per set into bench-results/quality/ (--sets demo,discrete,continuous, default
-           demo: 10,000 images, 20 minutes, --seeds 3; discrete and continuous: the
-           100,000-image sets of `synth`, 60 minutes, one run; --minutes M, --device D;
-           arguments after -- go to `multicryogan train`)
+           --quality: the main job's quality against time instead: runs `multicryogan
+           reconstruct --truth` on issue 25's sets (--sets demo,discrete,continuous,adk,
+           default demo: 10,000 images, 10 minutes, --seeds 3; discrete and continuous:
+           the 100,000-image sets of `synth`, 30 and 45 minutes; adk: 20,000 adenylate
+           kinase images at 3 Å made from ../shared/data/structures/adk, 20 minutes),
+           scores its classes and its landscape, and writes the time each target was
+           first met, each stage's share of the time, the final metrics and a figure per
+           set into bench-results/quality/ (--minutes M, --device D; arguments after --
+           go to `multicryogan reconstruct`). --pose-free: the paper's path instead,
+           `train` in segments of --every 2.5 minutes, each scored with `report`
+           (arguments after -- go to `multicryogan train`)
 ";
 
 /// The paper's two experiments (section 5): data set folder names under out/ and their seeds.

@@ -39,19 +39,17 @@ use mcg_train::models::{GeneratorKind, Mode};
 use mcg_train::run::{RunData, RunOptions, RunSummary};
 use mcg_train::train::TrainConfig;
 use mcg_train::{DeviceChoice, device};
-use serde::{Deserialize, Serialize};
 use tch::Device;
 
-/// The record of a reconstruction, in its folder.
-pub const RECORD: &str = "reconstruct.json";
-/// The consensus's folder, a `multicryogan train` run.
-pub const CONSENSUS: &str = "consensus";
-/// The classification's folder, a `multicryogan classify` run.
-pub const CLASSIFY: &str = "classify";
-/// The landscape's folder, a `multicryogan train` run.
-pub const LANDSCAPE: &str = "landscape";
-/// The report's folder (with a truth).
-pub const REPORT: &str = "report";
+pub use mcg_runfiles::reconstruct::{
+    CLASSIFY, CONSENSUS, LANDSCAPE, RECORD, REPORT, Record, Stage,
+};
+
+/// Reads `reconstruct.json` in `dir`.
+pub fn read_record(dir: &Path) -> Result<Record> {
+    Ok(mcg_runfiles::reconstruct::read_record(dir)?)
+}
+
 /// The consensus trains in chunks of this many minutes, compared one with the next.
 pub const CONSENSUS_CHUNK_MINUTES: f64 = 0.5;
 /// The minutes the budget keeps for the reports when there is a truth.
@@ -123,93 +121,6 @@ impl ReconstructSettings {
         }
         Ok(())
     }
-}
-
-/// One stage's record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Stage {
-    /// `consensus`, `classify`, `landscape` or `report`.
-    pub name: String,
-    /// Its folder, relative to the reconstruction's.
-    pub folder: String,
-    /// How it treats poses: `pose-free` (the GANs: none estimated or marginalised) or
-    /// `poses marginalised` (the classification).
-    pub poses: String,
-    /// Whether it finished.
-    pub done: bool,
-    /// Wall seconds it took (summed over resumed invocations).
-    pub seconds: f64,
-    /// What it ended with (a few numbers: steps, iterations, π, the stop's reason).
-    pub outcome: serde_json::Value,
-}
-
-/// `reconstruct.json`: the settings that matter for a resume, and each stage's record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Record {
-    /// The software that wrote it.
-    pub software: String,
-    /// The particle set.
-    pub particles: String,
-    /// K.
-    pub classes: usize,
-    /// The budget, minutes.
-    pub minutes: f64,
-    /// The pure pose-free path.
-    pub pose_free: bool,
-    /// The seed.
-    pub seed: u64,
-    /// The stages reached, in order.
-    pub stages: Vec<Stage>,
-    /// The result: the final maps (relative paths), π, and, with a truth, each map's
-    /// FSC 0.5 against its state (fractions of Nyquist) from the report.
-    #[serde(default)]
-    pub result: serde_json::Value,
-}
-
-impl Stage {
-    /// Stage `name`'s record: its folder is its name, and how it treats poses follows from it.
-    fn new(name: &str, done: bool, seconds: f64, outcome: serde_json::Value) -> Self {
-        let poses = match name {
-            CLASSIFY => "poses marginalised",
-            REPORT => "against the truth",
-            _ => "pose-free",
-        };
-        Self {
-            name: name.into(),
-            folder: name.into(),
-            poses: poses.into(),
-            done,
-            seconds,
-            outcome,
-        }
-    }
-}
-
-impl Record {
-    fn stage(&self, name: &str) -> Option<&Stage> {
-        self.stages.iter().find(|s| s.name == name)
-    }
-
-    fn seconds_so_far(&self) -> f64 {
-        self.stages.iter().map(|s| s.seconds).sum()
-    }
-
-    /// Records `stage`, replacing the record of the same name.
-    fn put(&mut self, stage: Stage) {
-        match self.stages.iter_mut().find(|s| s.name == stage.name) {
-            Some(s) => *s = stage,
-            None => self.stages.push(stage),
-        }
-    }
-}
-
-/// Reads `reconstruct.json` in `dir`.
-pub fn read_record(dir: &Path) -> Result<Record> {
-    let path = dir.join(RECORD);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a reconstruction's record", path.display()))
 }
 
 fn write_record(dir: &Path, record: &Record) -> Result<()> {

@@ -15,7 +15,7 @@ pub struct FileError {
 }
 
 impl FileError {
-    fn new(path: &Path, message: String) -> Self {
+    pub(crate) fn new(path: &Path, message: String) -> Self {
         Self {
             path: path.to_path_buf(),
             message,
