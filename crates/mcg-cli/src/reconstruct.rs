@@ -33,6 +33,7 @@ use crate::util;
     multicryogan reconstruct --particles hsp90/particles.star --out rec\n  \
     multicryogan reconstruct --particles hsp90/particles.star --out rec --truth hsp90\n  \
     multicryogan reconstruct --particles hsp90/particles.star --out rec --resume\n  \
+    multicryogan reconstruct --particles hsp90/particles.star --out rec --consensus-steps 1200 --landscape-steps 1500\n  \
     multicryogan reconstruct --particles hsp90/particles.star --out rec_paper --pose-free --minutes 20")]
 pub struct Args {
     /// The particle set (.star, .cs, .h5, .mrcs).
@@ -49,6 +50,14 @@ pub struct Args {
     /// The consensus's most minutes.
     #[arg(long, default_value_t = 3.0, value_parser = util::finite_f64)]
     consensus_minutes: f64,
+    /// The consensus's most generator steps, instead of --consensus-minutes (in chunks of 200
+    /// steps). With --landscape-steps the reconstruction is reproducible: the same seed and
+    /// settings give the same maps, bit for bit, on any machine.
+    #[arg(long, value_name = "N")]
+    consensus_steps: Option<u64>,
+    /// The landscape's generator steps, instead of the rest of --minutes.
+    #[arg(long, value_name = "N")]
+    landscape_steps: Option<u64>,
     /// Number of conformations K: classes, and the landscape's components.
     #[arg(long, default_value_t = 2)]
     classes: usize,
@@ -85,6 +94,8 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         out: args.out,
         minutes: args.minutes,
         consensus_minutes: args.consensus_minutes,
+        consensus_steps: args.consensus_steps,
+        landscape_steps: args.landscape_steps,
         classes: args.classes,
         truth: args.truth,
         pose_free: args.pose_free,

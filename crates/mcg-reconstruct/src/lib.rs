@@ -19,6 +19,11 @@
 //! `pose_free` keeps the paper's pure path instead: Multi-CryoGAN alone, for the whole budget,
 //! in `landscape/`.
 //!
+//! The GAN stages' budgets are wall minutes by default ([`Budget`]); `consensus_steps` and
+//! `landscape_steps` give them in generator steps instead, and then the same seed and settings
+//! give the same maps bit for bit whatever the machine's speed (the classification runs to
+//! its convergence either way).
+//!
 //! `resume` continues at the stage that was reached: stages recorded as done are skipped, and
 //! the one that was under way continues from its own checkpoint.
 
@@ -56,6 +61,18 @@ pub const CONSENSUS_CHUNK_MINUTES: f64 = 0.5;
 pub const REPORT_MINUTES: f64 = 1.0;
 /// The landscape trains for at least this many minutes, whatever is left of the budget.
 pub const MIN_LANDSCAPE_MINUTES: f64 = 0.5;
+/// With a budget in steps, the consensus trains in chunks of this many generator steps (about
+/// half a minute's at 32² on two cores), compared one with the next.
+pub const CONSENSUS_CHUNK_STEPS: u64 = 200;
+
+/// How long a GAN stage trains: wall minutes, or generator steps (the run's total). A budget
+/// in steps gives the same maps, bit for bit, on any machine; one in minutes gives what the
+/// machine's speed allows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    Minutes(f64),
+    Steps(u64),
+}
 
 /// The settings of a reconstruction (plain values; the CLI fills them from its flags).
 #[derive(Debug, Clone)]
@@ -72,6 +89,12 @@ pub struct ReconstructSettings {
     pub minutes: f64,
     /// The consensus's most minutes.
     pub consensus_minutes: f64,
+    /// The consensus's most generator steps, instead of `consensus_minutes` (chunks of
+    /// [`CONSENSUS_CHUNK_STEPS`]): with `landscape_steps`, a reconstruction that the same
+    /// seed and settings repeat bit for bit.
+    pub consensus_steps: Option<u64>,
+    /// The landscape's generator steps, instead of the rest of `minutes`.
+    pub landscape_steps: Option<u64>,
     /// Number of classes K (and of the landscape's components).
     pub classes: usize,
     /// A `multicryogan synth` folder: the result is reported against its truth.
@@ -94,6 +117,8 @@ impl Default for ReconstructSettings {
             out: PathBuf::new(),
             minutes: 10.0,
             consensus_minutes: 3.0,
+            consensus_steps: None,
+            landscape_steps: None,
             classes: 2,
             truth: None,
             pose_free: false,
@@ -118,6 +143,14 @@ impl ReconstructSettings {
         }
         if self.classes < 1 {
             bail!("--classes: found {}, expected at least 1", self.classes);
+        }
+        for (flag, steps) in [
+            ("--consensus-steps", self.consensus_steps),
+            ("--landscape-steps", self.landscape_steps),
+        ] {
+            if steps == Some(0) {
+                bail!("{flag}: found 0, expected at least 1 step");
+            }
         }
         Ok(())
     }
@@ -183,13 +216,13 @@ pub fn reconstruct(
     if s.pose_free {
         if record.stage(LANDSCAPE).is_none_or(|st| !st.done) {
             let config = landscape_config(s, None);
-            let minutes = landscape_minutes(s, &record);
+            let budget = landscape_budget(s, &record);
             run_train_stage(
                 s,
                 &mut record,
                 LANDSCAPE,
                 config,
-                minutes,
+                budget,
                 Vec::new(),
                 serde_json::Value::Null,
                 dev,
@@ -217,13 +250,13 @@ pub fn reconstruct(
                 .collect::<Result<Vec<_>>>()?;
             let (maps, frames) = common_frame(maps, &model.pi)?;
             let config = landscape_config(s, Some(fixed_pi(&model.pi)));
-            let minutes = landscape_minutes(s, &record);
+            let budget = landscape_budget(s, &record);
             run_train_stage(
                 s,
                 &mut record,
                 LANDSCAPE,
                 config,
-                minutes,
+                budget,
                 maps,
                 serde_json::json!({ "class_frames": frames }),
                 dev,
@@ -290,13 +323,18 @@ pub fn common_frame(
 /// The landscape's minutes: what the stages before it left of the budget, less
 /// [`REPORT_MINUTES`] for the reports when there is a truth, at least
 /// [`MIN_LANDSCAPE_MINUTES`].
-fn landscape_minutes(s: &ReconstructSettings, record: &Record) -> f64 {
+fn landscape_budget(s: &ReconstructSettings, record: &Record) -> Budget {
+    if let Some(steps) = s.landscape_steps {
+        return Budget::Steps(steps);
+    }
     let reserve = if s.truth.is_some() {
         REPORT_MINUTES
     } else {
         0.0
     };
-    (s.minutes - record.seconds_so_far() / 60.0 - reserve).max(MIN_LANDSCAPE_MINUTES)
+    Budget::Minutes(
+        (s.minutes - record.seconds_so_far() / 60.0 - reserve).max(MIN_LANDSCAPE_MINUTES),
+    )
 }
 
 /// π as the landscape holds it: positive, summing to 1.
@@ -372,7 +410,7 @@ fn prepare_stage(
     prepare_run(config, &settings, dev, monitor, &|_| Ok(()))
 }
 
-/// Trains `config` into stage `name`'s folder for `minutes` (continuing its checkpoint when
+/// Trains `config` into stage `name`'s folder for `budget` (continuing its checkpoint when
 /// there is one), from the maps `init` on a fresh start, and records the stage as done with
 /// `outcome`'s fields added.
 #[allow(clippy::too_many_arguments)]
@@ -381,7 +419,7 @@ fn run_train_stage(
     record: &mut Record,
     name: &str,
     mut config: TrainConfig,
-    minutes: f64,
+    budget: Budget,
     init: Vec<Volume>,
     outcome: serde_json::Value,
     dev: Device,
@@ -395,10 +433,10 @@ fn run_train_stage(
     }
     let before = record.stage(name).map_or(0.0, |st| st.seconds);
     let start = Instant::now();
-    tracing::info!(stage = name, minutes, resume, "stage");
+    tracing::info!(stage = name, ?budget, resume, "stage");
     let data = prepare_stage(s, &mut config, resume, dev, monitor)?;
     let summary = train_for(
-        &config, &data, &out, minutes, resume, init, dev, name, monitor, cancel,
+        &config, &data, &out, budget, resume, init, dev, name, monitor, cancel,
     )?;
     let done = !summary.interrupted;
     record.put(Stage::new(
@@ -420,13 +458,13 @@ fn run_train_stage(
     Ok(())
 }
 
-/// One invocation of the trainer into `out`, with a progress bar over its seconds.
+/// One invocation of the trainer into `out`, with a progress bar over its seconds or steps.
 #[allow(clippy::too_many_arguments)]
 fn train_for(
     config: &TrainConfig,
     data: &RunData,
     out: &Path,
-    minutes: f64,
+    budget: Budget,
     resume: bool,
     init: Vec<Volume>,
     dev: Device,
@@ -434,24 +472,35 @@ fn train_for(
     monitor: &dyn Monitor,
     cancel: &AtomicBool,
 ) -> Result<RunSummary> {
+    let (steps, minutes) = match budget {
+        Budget::Minutes(m) => (None, Some(m)),
+        Budget::Steps(n) => (Some(n), None),
+    };
     let opts = RunOptions {
         init_volumes: if resume { Vec::new() } else { init },
         out: out.to_path_buf(),
-        steps: None,
-        minutes: Some(minutes),
+        steps,
+        minutes,
         resume,
         force: false,
         device: dev,
     };
-    let total = (minutes * 60.0).ceil() as u64;
+    let total = match budget {
+        Budget::Minutes(m) => (m * 60.0).ceil() as u64,
+        Budget::Steps(n) => n,
+    };
     let bar = monitor.bar(total, what);
     let start = Instant::now();
     let summary = mcg_train::run::run(
         config.clone(),
         data,
         &opts,
-        &mut |_: u64, _: Option<u64>, _: &mcg_train::train::StepMetrics| {
-            bar.set_position(start.elapsed().as_secs().min(total));
+        &mut |step: u64, _: Option<u64>, _: &mcg_train::train::StepMetrics| {
+            let position = match budget {
+                Budget::Minutes(_) => start.elapsed().as_secs(),
+                Budget::Steps(_) => step,
+            };
+            bar.set_position(position.min(total));
         },
         cancel,
     )
@@ -509,14 +558,27 @@ fn consensus_stage(
     } else {
         None
     };
-    let mut steps = 0;
+    let mut steps = previous
+        .as_ref()
+        .and_then(|st| st.outcome["steps"].as_u64())
+        .unwrap_or(0);
     let reason = loop {
-        let spent = before + start.elapsed().as_secs_f64();
-        let left = s.consensus_minutes - spent / 60.0;
-        if left <= 0.0 {
-            break "its minutes were spent";
-        }
-        let chunk = CONSENSUS_CHUNK_MINUTES.min(left);
+        let chunk = match s.consensus_steps {
+            Some(most) => {
+                if steps >= most {
+                    break "its steps were spent";
+                }
+                Budget::Steps((steps + CONSENSUS_CHUNK_STEPS).min(most))
+            }
+            None => {
+                let spent = before + start.elapsed().as_secs_f64();
+                let left = s.consensus_minutes - spent / 60.0;
+                if left <= 0.0 {
+                    break "its minutes were spent";
+                }
+                Budget::Minutes(CONSENSUS_CHUNK_MINUTES.min(left))
+            }
+        };
         let summary = train_for(
             &config,
             &data,

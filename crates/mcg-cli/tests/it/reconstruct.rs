@@ -135,6 +135,160 @@ fn reconstruct_runs_each_stage_in_its_folder_and_resumes() {
     assert!(err.contains("--resume"), "{err}");
 }
 
+/// SIGTERM (what `timeout` and schedulers send) in the middle of a stage after the consensus:
+/// the command stops with status 130, leaves no temporary file, and its record is whole, with
+/// the consensus done and the stage under way recorded as not done; `--resume` continues from
+/// there and finishes every stage.
+#[test]
+fn reconstruct_terminated_mid_stage_resumes_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_set(dir.path());
+    let star = data.join("particles.star");
+    let out = dir.path().join("rec");
+    let args = [
+        "reconstruct",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&out),
+        "--truth",
+        s(&data),
+        "--minutes",
+        "1",
+        "--consensus-minutes",
+        "0.25",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "-q",
+    ];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The classification has begun once its folder exists.
+    let start = std::time::Instant::now();
+    while !out.join("classify").exists() && start.elapsed() < std::time::Duration::from_secs(300) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the reconstruction ended ({status}) before it was terminated");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    assert_eq!(
+        crate::recovery::temporaries(&out),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let record = json(&out.join("reconstruct.json"));
+    let stages = record["stages"].as_array().unwrap();
+    assert_eq!(stages[0]["name"], "consensus");
+    assert_eq!(stages[0]["done"], true);
+    let stopped = stages.last().unwrap().clone();
+    assert_ne!(stopped["name"], "consensus", "{record}");
+    assert_eq!(stopped["done"], false, "{record}");
+
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    ok(&resumed);
+    let record = json(&out.join("reconstruct.json"));
+    let names: Vec<&str> = record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| st["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["consensus", "classify", "landscape", "report"]);
+    for st in record["stages"].as_array().unwrap() {
+        assert_eq!(st["done"], true, "{st}");
+    }
+    // The interrupted stage's time goes on from what it had spent.
+    let again = record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["name"] == stopped["name"])
+        .unwrap();
+    assert!(
+        again["seconds"].as_f64().unwrap() >= stopped["seconds"].as_f64().unwrap(),
+        "{again} {stopped}"
+    );
+    assert!(out.join("classify/report/metrics.json").is_file());
+    assert_eq!(
+        crate::recovery::temporaries(&out),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+/// With its budgets in steps, a reconstruction repeats bit for bit: the same seed and settings
+/// give the same consensus, classes, π and landscape; the GAN stages stop at their steps.
+#[test]
+fn reconstruct_with_step_budgets_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_set(dir.path());
+    let star = data.join("particles.star");
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        ok(&[
+            "reconstruct",
+            "--particles",
+            s(&star),
+            "--out",
+            s(&out),
+            "--consensus-steps",
+            "450",
+            "--landscape-steps",
+            "40",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "-q",
+        ]);
+        out
+    };
+    let (a, b) = (run("a"), run("b"));
+    for file in [
+        "consensus/volumes/alpha_0.50.mrc",
+        "classify/class_001.mrc",
+        "classify/class_002.mrc",
+        "classify/particles.star",
+        "landscape/volumes/alpha_0.00.mrc",
+        "landscape/volumes/alpha_1.00.mrc",
+    ] {
+        let (x, y) = (std::fs::read(a.join(file)), std::fs::read(b.join(file)));
+        assert!(
+            x.unwrap() == y.unwrap(),
+            "{file} differs between the two runs"
+        );
+    }
+    let (ra, rb) = (
+        json(&a.join("reconstruct.json")),
+        json(&b.join("reconstruct.json")),
+    );
+    assert_eq!(ra["result"]["pi"], rb["result"]["pi"]);
+    let consensus = &ra["stages"][0]["outcome"];
+    // Chunks of 200, 200 and 50 steps: the last chunk ends at the budget, whether or not its
+    // FSC against the previous chunk stopped rising.
+    assert_eq!(consensus["steps"], 450, "{consensus}");
+    let stopped = consensus["stopped"].as_str().unwrap();
+    assert!(
+        stopped.contains("steps were spent") || stopped.contains("stopped rising"),
+        "{consensus}"
+    );
+    assert_eq!(ra["stages"][2]["outcome"]["steps"], 40);
+}
+
 /// The paper's pure path: the landscape alone, no classification.
 #[test]
 fn reconstruct_pose_free_trains_the_landscape_alone() {
@@ -175,6 +329,8 @@ fn reconstruct_refuses_bad_settings() {
         ("--minutes", "0"),
         ("--consensus-minutes", "-1"),
         ("--classes", "0"),
+        ("--consensus-steps", "0"),
+        ("--landscape-steps", "0"),
     ] {
         let arg = format!("{flag}={value}");
         let err = fails(&[
