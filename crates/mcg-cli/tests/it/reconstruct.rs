@@ -31,6 +31,29 @@ fn small_set(dir: &Path) -> std::path::PathBuf {
     out
 }
 
+/// A one-minute reconstruction of `star` into `out` (a quarter of it for the consensus),
+/// reported against `truth`, on two CPU threads.
+fn one_minute<'a>(star: &'a Path, out: &'a Path, truth: &'a Path) -> [&'a str; 16] {
+    [
+        "reconstruct",
+        "--particles",
+        s(star),
+        "--out",
+        s(out),
+        "--truth",
+        s(truth),
+        "--minutes",
+        "1",
+        "--consensus-minutes",
+        "0.25",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "-q",
+    ]
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(
         &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
@@ -47,24 +70,7 @@ fn reconstruct_runs_each_stage_in_its_folder_and_resumes() {
     let data = small_set(dir.path());
     let star = data.join("particles.star");
     let out = dir.path().join("rec");
-    let args = [
-        "reconstruct",
-        "--particles",
-        s(&star),
-        "--out",
-        s(&out),
-        "--truth",
-        s(&data),
-        "--minutes",
-        "1",
-        "--consensus-minutes",
-        "0.25",
-        "--device",
-        "cpu",
-        "--threads",
-        "2",
-        "-q",
-    ];
+    let args = one_minute(&star, &out, &data);
     let printed = ok(&args);
     let record = json(&out.join("reconstruct.json"));
     let stages: Vec<&str> = record["stages"]
@@ -145,24 +151,7 @@ fn reconstruct_terminated_mid_stage_resumes_to_the_end() {
     let data = small_set(dir.path());
     let star = data.join("particles.star");
     let out = dir.path().join("rec");
-    let args = [
-        "reconstruct",
-        "--particles",
-        s(&star),
-        "--out",
-        s(&out),
-        "--truth",
-        s(&data),
-        "--minutes",
-        "1",
-        "--consensus-minutes",
-        "0.25",
-        "--device",
-        "cpu",
-        "--threads",
-        "2",
-        "-q",
-    ];
+    let args = one_minute(&star, &out, &data);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_multicryogan"))
         .args(args)
         .stderr(std::process::Stdio::piped())
