@@ -365,6 +365,7 @@ fn data_set(bin: &Path, set: &str, seed: u64, dir: &Path) -> Result<Option<PathB
                 let landscape = dir.join("adk-landscape.json");
                 let text = json!({
                     "name": "adk",
+                    "structures": [], "bodies": [], "motions": [], "parameters": [],
                     "discrete_models": [
                         {"name": "closed", "path": "adk_closed.pdb", "weight": 0.3},
                         {"name": "open", "path": "adk_open.pdb", "weight": 0.7},

@@ -10,6 +10,7 @@ mod convert;
 mod ctf;
 mod fsc;
 mod info;
+mod probe;
 mod progress;
 mod project;
 mod reconstruct;
@@ -62,6 +63,7 @@ enum Command {
     Sample(sample::Args),
     Classify(Box<classify::Args>),
     Reconstruct(Box<reconstruct::Args>),
+    CriticProbe(probe::Args),
     Report(report::Args),
     Validate(validate::Args),
     /// Write each particle's 2D CTF (zero frequency at pixel N/2) as an MRC stack.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Sample(a) => sample::run(a, &progress),
         Command::Classify(a) => classify::run(*a, &progress),
         Command::Reconstruct(a) => reconstruct::run(*a, &progress),
+        Command::CriticProbe(a) => probe::run(a, &progress),
         Command::Report(a) => report::run(a, &progress),
         Command::Validate(a) => validate::run(a, &progress),
         Command::Fsc(a) => fsc::run(a),

@@ -40,7 +40,7 @@ use mcg_eval::fsc::{FscConfig, fsc};
 use mcg_formats::mrc;
 use mcg_physics::Volume;
 use mcg_train::data::{PrepareSettings, RunDataSettings, prepare_run};
-use mcg_train::models::{GeneratorKind, Mode};
+use mcg_train::models::Mode;
 use mcg_train::run::{RunData, RunOptions, RunSummary};
 use mcg_train::train::TrainConfig;
 use mcg_train::{DeviceChoice, device};
@@ -356,35 +356,12 @@ fn consensus_config(s: &ReconstructSettings) -> TrainConfig {
 /// maps (`fixed` their π) with no warm start and no blur, or (pose-free, `fixed` None) the
 /// defaults.
 fn landscape_config(s: &ReconstructSettings, fixed: Option<Vec<f64>>) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    c.model.mode = Mode::Multi;
-    c.model.generator = GeneratorKind::Mixture;
-    c.model.components = s.classes.max(2);
-    c.seed = s.seed;
-    if let Some(pi) = fixed {
-        c.model.components = pi.len();
-        c.model.component_coarsening = 1;
-        c.warm_steps = 0;
-        c.blur_start_px = 0.0;
-        c.fixed_pi = Some(pi);
-    }
-    // A mixture simulates as many images of each component: the batch is the smallest
-    // multiple of K, of the poses per volume and of the pack not below the default's.
-    let unit = [c.model.components, c.poses_per_volume, c.model.pack]
-        .into_iter()
-        .fold(1, lcm);
-    c.batch_size = c.batch_size.div_ceil(unit) * unit;
-    c
-}
-
-fn lcm(a: usize, b: usize) -> usize {
-    let gcd = |mut x: usize, mut y: usize| {
-        while y != 0 {
-            (x, y) = (y, x % y);
-        }
-        x
+    let mut c = match fixed {
+        Some(pi) => TrainConfig::mixture_held(pi),
+        None => TrainConfig::mixture(s.classes.max(2)),
     };
-    a / gcd(a, b) * b
+    c.seed = s.seed;
+    c
 }
 
 /// The data of a training stage, its settings fitted to them.

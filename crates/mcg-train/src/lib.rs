@@ -11,6 +11,7 @@ pub mod device;
 pub use mcg_forward::forward;
 pub mod losses;
 pub mod models;
+pub mod probe;
 pub mod run;
 pub mod settings;
 pub mod simulate;

@@ -234,6 +234,33 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Multi-CryoGAN's mixture generator with `components` components, our defaults otherwise;
+    /// the batch rounded up to the smallest multiple of K, of the poses per volume and of the
+    /// pack (a mixture simulates as many images of each component).
+    pub fn mixture(components: usize) -> Self {
+        let mut c = Self::default();
+        c.model.mode = crate::models::Mode::Multi;
+        c.model.generator = crate::models::GeneratorKind::Mixture;
+        c.model.components = components;
+        let unit = [c.model.components, c.poses_per_volume, c.model.pack]
+            .into_iter()
+            .fold(1, lcm);
+        c.batch_size = c.batch_size.div_ceil(unit) * unit;
+        c
+    }
+
+    /// [`Self::mixture`] of `pi.len()` components started from as many maps
+    /// (`RunOptions::init_volumes`), their probabilities held at `pi`: at full resolution from
+    /// the first step (no coarsening, warm start or blur).
+    pub fn mixture_held(pi: Vec<f64>) -> Self {
+        let mut c = Self::mixture(pi.len());
+        c.model.component_coarsening = 1;
+        c.warm_steps = 0;
+        c.blur_start_px = 0.0;
+        c.fixed_pi = Some(pi);
+        c
+    }
+
     /// Settings from a run folder's `config.json` (its "train" part) or a checkpoint. Settings
     /// written before the fast step existed have no "step" field: their missing fields are
     /// those of the recipe they were made with, the paper's ([`TrainConfig::paper`]), so such
@@ -420,6 +447,16 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    a / gcd(a, b) * b
 }
 
 #[cfg(test)]

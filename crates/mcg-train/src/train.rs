@@ -119,6 +119,38 @@ impl Trainer {
         }
     }
 
+    /// One critic step with G frozen (the critic probe, [`crate::probe`]): D learns to tell
+    /// the data from G's volumes as they are, and G does not move. Returns D's Wasserstein
+    /// estimate, E[D(real)] − E[D(fake)], before the step.
+    pub fn critic_step(
+        &mut self,
+        data: &DataPhysics,
+        real: &mut dyn FnMut() -> Result<Array3<f32>, TrainError>,
+    ) -> Result<f64, TrainError> {
+        let s = self.step;
+        tch::manual_seed(torch_seed(self.config.seed, 5, s));
+        let pack = self.config.model.pack as i64;
+        let real = to_tensor(&real()?, self.device);
+        let fake = tch::no_grad(|| {
+            let fixed = self.prepare(true);
+            self.simulate_prepared(&fixed, data, s, 0.0)
+        });
+        let eps = Tensor::rand([real.size()[0] / pack], (Kind::Float, self.device));
+        self.opt_d.zero_grad();
+        let losses = fused_discriminator_loss(
+            &self.d,
+            &real,
+            &fake.images,
+            fake.weights.as_ref(),
+            &eps,
+            self.config.gp_lambda,
+        );
+        losses.loss.backward();
+        self.opt_d.step();
+        self.step += 1;
+        Ok(losses.wasserstein.double_value(&[]))
+    }
+
     /// The fast step (see [`StepKind::Fast`]).
     fn train_step_fast(
         &mut self,

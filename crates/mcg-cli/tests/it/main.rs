@@ -5,6 +5,7 @@ mod classify;
 mod commands;
 mod errors;
 mod eval;
+mod probe;
 mod reconstruct;
 mod recovery;
 mod report;

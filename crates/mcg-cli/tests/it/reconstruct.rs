@@ -7,7 +7,7 @@ use crate::{fails, ok, s};
 
 /// A two-state Hsp90 set (25 % closed, 75 % open) of 800 images of 16² at 10 Å and 20 dB in
 /// DIR/data.
-fn small_set(dir: &Path) -> std::path::PathBuf {
+pub fn small_set(dir: &Path) -> std::path::PathBuf {
     let out = dir.join("data");
     ok(&[
         "synth",
