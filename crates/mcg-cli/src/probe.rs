@@ -23,9 +23,10 @@ const PROBE_JSON: &str = "probe.json";
 /// estimate over the second half of them, with a standard error from block means, scores the
 /// pair (lower: its images look more like the data). Pairs around m = (A + B)/2 and
 /// d = (A − B)/2: truth (m ± d), half (m ± d/2), quarter (m ± d/4), random-i (m ± r, r with
-/// d's amplitude spectrum and random phases), mean (m, m). The gap ratio (W(random) −
-/// W(truth)) / (W(mean) − W(random)) is what the critic pays for the direction relative to
-/// the spread (issue 26 asks a pose-free method for at least 0.5). Writes OUT/probe.json.
+/// d's amplitude spectrum and random phases, within the molecule), mean (m, m). The gap ratio
+/// (W(random) − W(truth)) / (W(mean) − W(random)) is what the critic pays for the direction
+/// relative to the spread (issue 26 asks a pose-free method for at least 0.5). Writes
+/// OUT/probe.json.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     multicryogan critic-probe --particles demo/particles.star --states demo/ground_truth/beta_00.mrc demo/ground_truth/beta_20.mrc --out probe\n  \
