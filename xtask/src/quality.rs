@@ -310,7 +310,7 @@ pub fn run(bin: &Path, rest: &[String]) -> Result<()> {
             let (points, stages) = if o.pose_free {
                 train_and_score(bin, &o, &data, &dir, seed, budget)?
             } else {
-                reconstruct_and_score(bin, &o, &data, &dir, budget)?
+                reconstruct_and_score(bin, &o, set, &data, &dir, budget)?
             };
             results.push(RunResult {
                 set: set.clone(),
@@ -420,6 +420,7 @@ fn data_set(bin: &Path, set: &str, seed: u64, dir: &Path) -> Result<Option<PathB
 fn reconstruct_and_score(
     bin: &Path,
     o: &Options,
+    set: &str,
     data: &Path,
     dir: &Path,
     budget: f64,
@@ -447,6 +448,15 @@ fn reconstruct_and_score(
     ];
     if rec.join(RECORD).is_file() {
         args.push("--resume");
+    }
+    // The continuous set's landscape is a path through its classes.
+    if set == "continuous"
+        && !o
+            .extra
+            .iter()
+            .any(|a| a == "--landscape" || a.starts_with("--landscape="))
+    {
+        args.extend(["--landscape", "continuous"]);
     }
     args.extend(o.extra.iter().map(String::as_str));
     util::run(bin, &args)?;
@@ -989,6 +999,7 @@ mod tests {
             classes: 3,
             minutes: 10.0,
             pose_free: false,
+            landscape: mcg_runfiles::reconstruct::Landscape::Discrete,
             seed: 0,
             stages: vec![
                 stage("consensus", 150.0, Value::Null),

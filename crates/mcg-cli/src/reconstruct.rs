@@ -20,8 +20,11 @@ use crate::util;
 ///   2. OUT/classify: 3D classification with the poses marginalised (maximum likelihood over K
 ///      class volumes, each image's pose summed over a grid of rotations, as RELION's), from
 ///      the consensus, until it converges;
-///   3. OUT/landscape: the Multi-CryoGAN landscape (pose-free), its K components started from
-///      the class maps, π held at the classification's, for the rest of --minutes.
+///   3. OUT/landscape: the Multi-CryoGAN landscape (pose-free), for the rest of --minutes:
+///      with --landscape discrete (the default) a mixture whose K components start from the
+///      class maps, π held at the classification's; with --landscape continuous a path through
+///      the class maps in the order of their similarity, each class covering its share π of
+///      the latent segment, extrapolated beyond the outer classes to the continuum's ends.
 ///
 /// With --truth (a `multicryogan synth` folder), OUT/report (the landscape) and
 /// OUT/classify/report (the classes) score the result against the ground truth. OUT/
@@ -33,6 +36,7 @@ use crate::util;
     multicryogan reconstruct --particles hsp90/particles.star --out rec\n  \
     multicryogan reconstruct --particles hsp90/particles.star --out rec --truth hsp90\n  \
     multicryogan reconstruct --particles hsp90/particles.star --out rec --resume\n  \
+    multicryogan reconstruct --particles hsp90-continuous/particles.star --out rec_c --landscape continuous --minutes 45\n  \
     multicryogan reconstruct --particles hsp90/particles.star --out rec --consensus-steps 1200 --landscape-steps 1500\n  \
     multicryogan reconstruct --particles hsp90/particles.star --out rec_paper --pose-free --minutes 20")]
 pub struct Args {
@@ -58,9 +62,14 @@ pub struct Args {
     /// The landscape's generator steps, instead of the rest of --minutes.
     #[arg(long, value_name = "N")]
     landscape_steps: Option<u64>,
-    /// Number of conformations K: classes, and the landscape's components.
+    /// Number of conformations K: classes, and the landscape's components (or the path's
+    /// anchors).
     #[arg(long, default_value_t = 2)]
     classes: usize,
+    /// discrete (conformations: the landscape a mixture of the classes) or continuous (a
+    /// continuum: a path through the classes).
+    #[arg(long, default_value = "discrete", value_name = "KIND")]
+    landscape: mcg_reconstruct::Landscape,
     /// A `multicryogan synth` folder: report the result against its ground truth.
     #[arg(long, value_name = "DIR")]
     truth: Option<PathBuf>,
@@ -97,6 +106,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         consensus_steps: args.consensus_steps,
         landscape_steps: args.landscape_steps,
         classes: args.classes,
+        landscape: args.landscape,
         truth: args.truth,
         pose_free: args.pose_free,
         seed: args.seed,

@@ -50,10 +50,13 @@ pub struct Args {
     steps: Option<u64>,
     /// Multi mode's generator: mixture (the default: K explicit voxel volumes with learnt
     /// probabilities, for discrete landscapes), voxel (a base volume plus K component volumes
-    /// weighted by a small network of α, for continuous ones) or cnn (the paper's 3D CNN).
+    /// weighted by a small network of α, for continuous ones), path (K anchor volumes at the
+    /// centres of the cells of π along the latent segment, linearly interpolated: a continuum
+    /// started from ordered class maps with --init, as `reconstruct --landscape continuous`
+    /// does) or cnn (the paper's 3D CNN).
     #[arg(long, value_name = "KIND")]
     generator: Option<GeneratorKind>,
-    /// Component volumes K of the mixture and voxel generators.
+    /// Component volumes K of the mixture and voxel generators, or anchors of the path.
     #[arg(long, value_name = "K")]
     components: Option<usize>,
     /// Start from the paper's recipe instead of our defaults: the CNN generator, G run for every
@@ -62,7 +65,8 @@ pub struct Args {
     paper: bool,
     /// Start from these maps (MRC, the box of the particles): one map sets the volume (single
     /// mode) or the base volume; K maps set the K components of the mixture generator
-    /// (--components K --component-coarsening 1). A fresh run only.
+    /// (--components K --component-coarsening 1) or the path's K anchors, in order. A fresh
+    /// run only.
     #[arg(long, value_name = "MRC", num_args = 1.., value_delimiter = ',', conflicts_with = "resume")]
     init: Vec<PathBuf>,
     /// Mixture: whether the simulated images follow π (`false`: the GAN simulates its

@@ -202,6 +202,85 @@ pub fn best_assignment(similarity: &Array2<f64>) -> Vec<Option<usize>> {
     out
 }
 
+/// The order of `similarity`'s items (e.g. class maps by AreaFSC, a symmetric matrix) along
+/// a path that visits each once with the largest total similarity between neighbours: the
+/// order of a continuum's classes. Exhaustive up to 8 items; beyond, greedy (the most similar
+/// pair first, then the most similar item added at either end). Of a path and its reverse,
+/// the one whose first item has the smaller index; ties keep the first path found.
+///
+/// # Panics
+/// If `similarity` is not square.
+pub fn best_path(similarity: &Array2<f64>) -> Vec<usize> {
+    let n = similarity.nrows();
+    assert_eq!(n, similarity.ncols(), "a square similarity");
+    let mut best = if n <= 8 {
+        let mut best = (f64::NEG_INFINITY, (0..n).collect::<Vec<_>>());
+        let mut path = Vec::with_capacity(n);
+        let mut used = vec![false; n];
+        extend_path(similarity, &mut path, &mut used, 0.0, &mut best);
+        best.1
+    } else {
+        let mut pair = (0, 1);
+        for i in 0..n {
+            for j in i + 1..n {
+                if similarity[[i, j]] > similarity[[pair.0, pair.1]] {
+                    pair = (i, j);
+                }
+            }
+        }
+        let mut path = std::collections::VecDeque::from([pair.0, pair.1]);
+        while path.len() < n {
+            let (front, back) = (path[0], path[path.len() - 1]);
+            let mut choice = (f64::NEG_INFINITY, 0, false);
+            for i in (0..n).filter(|i| !path.contains(i)) {
+                for (end, at_back) in [(front, false), (back, true)] {
+                    if similarity[[end, i]] > choice.0 {
+                        choice = (similarity[[end, i]], i, at_back);
+                    }
+                }
+            }
+            if choice.2 {
+                path.push_back(choice.1);
+            } else {
+                path.push_front(choice.1);
+            }
+        }
+        path.into()
+    };
+    if best.len() > 1 && best[0] > best[best.len() - 1] {
+        best.reverse();
+    }
+    best
+}
+
+/// [`best_path`]'s exhaustive search: every extension of `path` (total `total` so far).
+fn extend_path(
+    similarity: &Array2<f64>,
+    path: &mut Vec<usize>,
+    used: &mut [bool],
+    total: f64,
+    best: &mut (f64, Vec<usize>),
+) {
+    let n = used.len();
+    if path.len() == n {
+        // Each path is met twice, once reversed: keep the orientation that starts lower.
+        if path.first() <= path.last() && total > best.0 {
+            *best = (total, path.clone());
+        }
+        return;
+    }
+    for i in 0..n {
+        if !used[i] {
+            let gain = path.last().map_or(0.0, |&last| similarity[[last, i]]);
+            used[i] = true;
+            path.push(i);
+            extend_path(similarity, path, used, total + gain, best);
+            path.pop();
+            used[i] = false;
+        }
+    }
+}
+
 /// [`best_assignment`]'s exhaustive search.
 struct Search<'a> {
     similarity: &'a Array2<f64>,
@@ -275,6 +354,29 @@ mod tests {
         assert_eq!(cell_midpoints(4), vec![0.125, 0.375, 0.625, 0.875]);
         assert_eq!(fsccc_positions(4), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
     }
+    #[test]
+    fn best_path_orders_a_shuffled_continuum() {
+        // Items at positions x along a line, similarity exp(−|xᵢ − xⱼ|): the best path visits
+        // them in the order of x (or its reverse), whatever order they are given in.
+        let similarity_of = |x: &[f64]| {
+            Array2::from_shape_fn((x.len(), x.len()), |(i, j)| (-(x[i] - x[j]).abs()).exp())
+        };
+        let x = [0.7, 0.1, 0.4, 0.9, 0.0, 0.55];
+        // Ascending x: 4, 1, 2, 5, 0, 3; kept reversed, so that it starts at the lower index.
+        assert_eq!(best_path(&similarity_of(&x)), vec![3, 0, 5, 2, 1, 4]);
+        // The greedy search beyond 8 items finds the same order on a line.
+        let many: Vec<f64> = (0..11).map(|i| ((i * 7) % 11) as f64 / 10.0).collect();
+        let order = best_path(&similarity_of(&many));
+        let along: Vec<f64> = order.iter().map(|&i| many[i]).collect();
+        let increasing = along.windows(2).all(|w| w[0] < w[1]);
+        let decreasing = along.windows(2).all(|w| w[0] > w[1]);
+        assert!(increasing || decreasing, "{along:?}");
+        assert!(order[0] < order[10], "{order:?}");
+        // Trivial sizes.
+        assert_eq!(best_path(&similarity_of(&[0.3])), vec![0]);
+        assert_eq!(best_path(&similarity_of(&[0.3, 0.1])), vec![0, 1]);
+    }
+
     #[test]
     fn best_assignment_maximises_the_total_of_distinct_pairs() {
         // Square: the swap wins (0.9 + 0.8 > 0.7 + 0.6).

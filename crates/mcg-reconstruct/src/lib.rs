@@ -47,7 +47,7 @@ use mcg_train::{DeviceChoice, device};
 use tch::Device;
 
 pub use mcg_runfiles::reconstruct::{
-    CLASSIFY, CONSENSUS, LANDSCAPE, RECORD, REPORT, Record, Stage,
+    CLASSIFY, CONSENSUS, LANDSCAPE, Landscape, RECORD, REPORT, Record, Stage,
 };
 
 /// Reads `reconstruct.json` in `dir`.
@@ -95,8 +95,11 @@ pub struct ReconstructSettings {
     pub consensus_steps: Option<u64>,
     /// The landscape's generator steps, instead of the rest of `minutes`.
     pub landscape_steps: Option<u64>,
-    /// Number of classes K (and of the landscape's components).
+    /// Number of classes K (and of the landscape's components or anchors).
     pub classes: usize,
+    /// Discrete conformations (the landscape a mixture of the classes) or a continuum (a path
+    /// through them).
+    pub landscape: Landscape,
     /// A `multicryogan synth` folder: the result is reported against its truth.
     pub truth: Option<PathBuf>,
     /// The paper's pure pose-free path: Multi-CryoGAN alone, no classification.
@@ -120,6 +123,7 @@ impl Default for ReconstructSettings {
             consensus_steps: None,
             landscape_steps: None,
             classes: 2,
+            landscape: Landscape::Discrete,
             truth: None,
             pose_free: false,
             seed: 0,
@@ -173,13 +177,16 @@ pub fn reconstruct(
     s.validate()?;
     let mut record = if s.resume {
         let r = read_record(&s.out).context("--resume")?;
-        if r.classes != s.classes || r.pose_free != s.pose_free {
+        if r.classes != s.classes || r.pose_free != s.pose_free || r.landscape != s.landscape {
             bail!(
-                "{}: a reconstruction with {} classes{}; these settings ask for {}{}",
+                "{}: a reconstruction with {} classes, a {} landscape{}; these settings ask \
+                 for {}, {}{}",
                 s.out.join(RECORD).display(),
                 r.classes,
+                r.landscape,
                 if r.pose_free { ", pose-free" } else { "" },
                 s.classes,
+                s.landscape,
                 if s.pose_free { ", pose-free" } else { "" }
             );
         }
@@ -205,6 +212,7 @@ pub fn reconstruct(
             classes: s.classes,
             minutes: s.minutes,
             pose_free: s.pose_free,
+            landscape: s.landscape,
             seed: s.seed,
             stages: Vec::new(),
             result: serde_json::Value::Null,
@@ -248,9 +256,42 @@ pub fn reconstruct(
                         .with_context(|| format!("reading the class map {}", path.display()))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let (maps, frames) = common_frame(maps, &model.pi)?;
-            let config = landscape_config(s, Some(fixed_pi(&model.pi)));
+            // Classes that emptied (no density: no particle chose them) take no part.
+            let kept: Vec<usize> = (0..maps.len()).filter(|&k| has_density(&maps[k])).collect();
+            if kept.len() < 2 {
+                bail!(
+                    "{}: {} of the {} classes have density; the landscape needs two (fewer \
+                     --classes, or more particles)",
+                    s.out.join(CLASSIFY).display(),
+                    kept.len(),
+                    maps.len()
+                );
+            }
+            let empty: Vec<usize> = (0..maps.len())
+                .filter(|k| !kept.contains(k))
+                .map(|k| k + 1)
+                .collect();
+            let maps: Vec<Volume> = kept.iter().map(|&k| maps[k].clone()).collect();
+            let kept_pi: Vec<f64> = kept.iter().map(|&k| model.pi[k]).collect();
+            let (maps, mut frames) = common_frame(maps, &kept_pi)?;
+            // The frames name classes by their number in the classification.
+            for f in &mut frames {
+                for key in ["class", "onto_class"] {
+                    if let Some(k) = f[key].as_u64() {
+                        f[key] = serde_json::json!(kept[k as usize - 1] + 1);
+                    }
+                }
+            }
+            // A continuum's classes in the order of their similarity: the path's anchors.
+            let order: Vec<usize> = match s.landscape {
+                Landscape::Discrete => (0..maps.len()).collect(),
+                Landscape::Continuous => path_order(&maps)?,
+            };
+            let maps: Vec<Volume> = order.iter().map(|&k| maps[k].clone()).collect();
+            let pi: Vec<f64> = order.iter().map(|&k| kept_pi[k]).collect();
+            let config = landscape_config(s, Some(fixed_pi(&pi)));
             let budget = landscape_budget(s, &record);
+            let classes_in_order: Vec<usize> = order.iter().map(|&k| kept[k] + 1).collect();
             run_train_stage(
                 s,
                 &mut record,
@@ -258,7 +299,11 @@ pub fn reconstruct(
                 config,
                 budget,
                 maps,
-                serde_json::json!({ "class_frames": frames }),
+                serde_json::json!({
+                    "class_frames": frames,
+                    "classes_in_order": classes_in_order,
+                    "empty_classes_left_out": empty,
+                }),
                 dev,
                 monitor,
                 cancel,
@@ -276,11 +321,15 @@ pub fn reconstruct(
 }
 
 /// The class maps in one frame, that of the most probable class: each other map aligned onto
-/// it (rotation and shift, no change of hand; `mcg_eval::align`). Each class of a
-/// classification has its own poses, so its map may settle turned about a pseudo-symmetry
-/// axis of the molecule (the Hsp90 dimer's, seed 2 of the demo's set); the landscape's
-/// components, and a path through them, need one frame. Returns the maps and, per class, the
-/// rotation (degrees) and shift (voxels) applied.
+/// it (rotation and shift, no change of hand; `mcg_eval::align`) when the alignment turns it
+/// by [`FRAME_TURN_DEG`] or more. Each class of a classification has its own poses, so its
+/// map may settle turned about a pseudo-symmetry axis of the molecule (the Hsp90 dimer's,
+/// seed 2 of the demo's set: 171°); the landscape's components, and a path through them,
+/// need one frame. A smaller turn is no change of frame: it is the compromise at which two
+/// different conformations, aligned whole, overlap best (on the continuous Hsp90 set, 1° and
+/// 0.8 voxel between the classes at β ≈ 5° and 15°, which moved the fixed chain off the
+/// truth's frame), so such maps are kept as they are. Returns the maps and, per class, the
+/// alignment found and whether it was applied.
 pub fn common_frame(
     maps: Vec<Volume>,
     pi: &[f64],
@@ -306,7 +355,8 @@ pub fn common_frame(
             .with_context(|| format!("aligning class {} onto class {}", k + 1, reference + 1))?;
         let angle =
             mcg_eval::align::angle_between(&a.transform.rotation, &Transform::identity().rotation);
-        tracing::info!(class = k + 1, onto = reference + 1, rotation_deg = angle, shift_voxels = ?a.transform.shift_voxels, "the class map moved into the common frame");
+        let moved = angle >= FRAME_TURN_DEG;
+        tracing::info!(class = k + 1, onto = reference + 1, rotation_deg = angle, shift_voxels = ?a.transform.shift_voxels, moved, "the class map against the common frame");
         frames.push(serde_json::json!({
             "class": k + 1,
             "onto_class": reference + 1,
@@ -314,11 +364,31 @@ pub fn common_frame(
             "shift_voxels": a.transform.shift_voxels,
             "correlation_before": a.score_before,
             "correlation": a.score,
+            "moved": moved,
         }));
-        out.push(a.aligned);
+        out.push(if moved { a.aligned } else { map.clone() });
     }
     Ok((out, frames))
 }
+
+/// The order of a continuum's class maps along its path: the path through them with the
+/// largest sum of AreaFSC between neighbours (`mcg_eval::landscape::best_path`).
+pub fn path_order(maps: &[Volume]) -> Result<Vec<usize>> {
+    let similarity = mcg_eval::fsc::fsccc(maps, &FscConfig::default())
+        .context("the AreaFSC between the class maps")?;
+    Ok(mcg_eval::landscape::best_path(&similarity))
+}
+
+/// Whether a map has any contrast (a class that no particle chose is all zero).
+fn has_density(map: &Volume) -> bool {
+    let mut values = map.data().iter();
+    let first = values.next().copied().unwrap_or(0.0);
+    values.any(|&v| v != first)
+}
+
+/// [`common_frame`] moves a class map only when aligning it turns it by at least this many
+/// degrees (a change of frame, not a compromise between conformations).
+pub const FRAME_TURN_DEG: f64 = 30.0;
 
 /// The landscape's minutes: what the stages before it left of the budget, less
 /// [`REPORT_MINUTES`] for the reports when there is a truth, at least
@@ -352,13 +422,20 @@ fn consensus_config(s: &ReconstructSettings) -> TrainConfig {
     c
 }
 
-/// The landscape's settings: the mixture of K components at full resolution; from the class
-/// maps (`fixed` their π) with no warm start and no blur, or (pose-free, `fixed` None) the
-/// defaults.
+/// The landscape's settings: from the class maps (`fixed` their π, in the maps' order), at
+/// full resolution with no warm start and no blur, the mixture of K components (discrete) or
+/// the path through K anchors (continuous); pose-free (`fixed` None), the defaults' mixture
+/// (discrete) or voxel generator (continuous).
 fn landscape_config(s: &ReconstructSettings, fixed: Option<Vec<f64>>) -> TrainConfig {
-    let mut c = match fixed {
-        Some(pi) => TrainConfig::mixture_held(pi),
-        None => TrainConfig::mixture(s.classes.max(2)),
+    let mut c = match (fixed, s.landscape) {
+        (Some(pi), Landscape::Discrete) => TrainConfig::mixture_held(pi),
+        (Some(pi), Landscape::Continuous) => TrainConfig::path_held(pi),
+        (None, Landscape::Discrete) => TrainConfig::mixture(s.classes.max(2)),
+        (None, Landscape::Continuous) => {
+            let mut c = TrainConfig::default();
+            c.model.generator = mcg_train::models::GeneratorKind::Voxel;
+            c
+        }
     };
     c.seed = s.seed;
     c
@@ -867,7 +944,7 @@ mod tests {
             },
             Some(pi.clone()),
         );
-        assert_eq!(c.fixed_pi, Some(pi));
+        assert_eq!(c.fixed_pi, Some(pi.clone()));
         assert_eq!(c.model.components, 3);
         assert_eq!(c.model.component_coarsening, 1);
         assert_eq!((c.warm_steps, c.blur_start_px), (0, 0.0));
@@ -879,6 +956,25 @@ mod tests {
         assert_eq!(paper.fixed_pi, None);
         assert_eq!(paper.warm_steps, TrainConfig::default().warm_steps);
         assert_eq!(paper.batch_size, TrainConfig::default().batch_size);
+        // A continuum: the path through the classes with the same π, or pose-free the voxel
+        // generator.
+        let continuous = ReconstructSettings {
+            classes: 3,
+            landscape: Landscape::Continuous,
+            ..ReconstructSettings::default()
+        };
+        let path = landscape_config(&continuous, Some(pi.clone()));
+        assert_eq!(
+            path.model.architecture(),
+            mcg_train::models::Architecture::Path
+        );
+        assert_eq!((&path.fixed_pi, path.model.components), (&Some(pi), 3));
+        path.validate().unwrap();
+        let voxel = landscape_config(&continuous, None);
+        assert_eq!(
+            voxel.model.architecture(),
+            mcg_train::models::Architecture::Voxel
+        );
     }
 
     #[test]
@@ -891,6 +987,7 @@ mod tests {
             classes: 2,
             minutes: 10.0,
             pose_free: false,
+            landscape: Landscape::Discrete,
             seed: 0,
             stages: vec![stage(CONSENSUS, 30.0)],
             result: serde_json::Value::Null,
@@ -980,5 +1077,22 @@ mod tests {
         let r = mcg_eval::align::correlation(&maps[0], &map);
         assert!(r > 0.98, "correlation after {r}");
         assert!(frames[0]["correlation_before"].as_f64().unwrap() < 0.9);
+        assert_eq!(frames[0]["moved"], true);
+        // Another conformation in the same frame (one domain moved by 1.5 voxels): whatever
+        // small turn and shift overlap the two best, the map is kept as it is.
+        let other = Volume::gaussian_blobs(
+            24,
+            5.0,
+            &[
+                blob([0.0, 0.0, 0.0], 2.5, 1.0),
+                blob([5.0, 1.5, 0.0], 1.8, 0.8),
+                blob([0.0, 3.5, 2.0], 1.5, 0.6),
+            ],
+        )
+        .unwrap();
+        let (maps, frames) = common_frame(vec![other.clone(), map], &[0.3, 0.7]).unwrap();
+        assert_eq!(frames[0]["moved"], false, "{frames:?}");
+        assert!(frames[0]["rotation_deg"].as_f64().unwrap() < FRAME_TURN_DEG);
+        assert_eq!(maps[0].data(), other.data());
     }
 }

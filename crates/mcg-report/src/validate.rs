@@ -95,7 +95,7 @@ impl Kind {
         match architecture {
             Architecture::Single => Self::Single,
             Architecture::Mixture => Self::Mixture,
-            Architecture::Cnn(_) | Architecture::Voxel => Self::Continuous,
+            Architecture::Cnn(_) | Architecture::Voxel | Architecture::Path => Self::Continuous,
         }
     }
 }

@@ -19,6 +19,40 @@ pub const LANDSCAPE: &str = "landscape";
 /// The report's folder (with a truth).
 pub const REPORT: &str = "report";
 
+/// What the landscape stage fits: discrete conformations or a continuum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Landscape {
+    /// A mixture: one component per class, in the classes' proportions.
+    #[default]
+    Discrete,
+    /// A path through the classes in the order of their similarity, each class covering its
+    /// share of the segment.
+    Continuous,
+}
+
+impl std::str::FromStr for Landscape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "discrete" => Ok(Self::Discrete),
+            "continuous" => Ok(Self::Continuous),
+            other => Err(format!(
+                "unknown landscape {other:?}: expected discrete or continuous"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Landscape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Discrete => "discrete",
+            Self::Continuous => "continuous",
+        })
+    }
+}
+
 /// One stage's record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Stage {
@@ -50,6 +84,10 @@ pub struct Record {
     pub minutes: f64,
     /// The pure pose-free path.
     pub pose_free: bool,
+    /// What the landscape is: the mixture of the classes (discrete) or a path through them
+    /// (continuous). Records written before it existed were discrete.
+    #[serde(default)]
+    pub landscape: Landscape,
     /// The seed.
     pub seed: u64,
     /// The stages reached, in order.

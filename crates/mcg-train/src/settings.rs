@@ -80,7 +80,8 @@ pub struct TrainConfig {
     /// The mixture's probabilities, held fixed (e.g. a classification's π, which the GAN does
     /// not estimate well: its critic leaves π near equal shares), and simulated in their
     /// proportions rather than weighted ([`crate::models::Generator::stratified_batch`]);
-    /// `None`: learnt.
+    /// `None`: learnt. For the path generator: the shares of the segment its anchors' cells
+    /// cover, which place the anchors (`None`: equal shares).
     pub fixed_pi: Option<Vec<f64>>,
 }
 
@@ -261,6 +262,15 @@ impl TrainConfig {
         c
     }
 
+    /// The path generator through `pi.len()` anchors started from as many maps, ordered along
+    /// a continuum (`RunOptions::init_volumes`), each anchor at the centre of its cell of the
+    /// cumulative `pi`: at full resolution from the first step, like [`Self::mixture_held`].
+    pub fn path_held(pi: Vec<f64>) -> Self {
+        let mut c = Self::mixture_held(pi);
+        c.model.generator = crate::models::GeneratorKind::Path;
+        c
+    }
+
     /// Settings from a run folder's `config.json` (its "train" part) or a checkpoint. Settings
     /// written before the fast step existed have no "step" field: their missing fields are
     /// those of the recipe they were made with, the paper's ([`TrainConfig::paper`]), so such
@@ -395,6 +405,9 @@ impl TrainConfig {
         if multi_voxel && self.model.components == 0 {
             return bad("model.components must be at least 1".into());
         }
+        if self.model.architecture() == Architecture::Path && self.model.components < 2 {
+            return bad("model.generator = path needs model.components ≥ 2 anchors".into());
+        }
         if self.model.architecture() == Architecture::Mixture {
             if self.step == StepKind::Paper {
                 return bad("model.generator = mixture needs step = fast".into());
@@ -409,9 +422,13 @@ impl TrainConfig {
         }
         if let Some(pi) = &self.fixed_pi {
             let k = self.model.components;
-            if self.model.architecture() != Architecture::Mixture || pi.len() != k {
+            let held = matches!(
+                self.model.architecture(),
+                Architecture::Mixture | Architecture::Path
+            );
+            if !held || pi.len() != k {
                 return bad(format!(
-                    "fixed_pi = {pi:?}: expected the mixture generator's {k} probabilities"
+                    "fixed_pi = {pi:?}: expected the mixture's or the path's {k} probabilities"
                 ));
             }
             let sum: f64 = pi.iter().sum();

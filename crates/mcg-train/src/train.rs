@@ -632,16 +632,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fixed_probabilities_stay_where_they_were_set() {
-        let n = 16;
+    /// 64 clean images of [`truth`] at 5 Å (no CTF, no noise) and their physics, with two
+    /// maps `[2][n][n][n]` to start a trainer from: the truth and another two-blob molecule.
+    fn two_maps_and_images(n: usize) -> (Arc<dyn ImageSource>, DataPhysics, Tensor) {
         let vol = truth(n);
         let params: Vec<ImagingParams> = (0..64)
             .map(|i| RandomImaging::default().draw(5, i))
             .collect();
         let mut images = Array3::zeros((params.len(), n, n));
         Simulator::new(&vol, ProjectorKind::RealSpace).clean(&params, false, images.view_mut());
-        let source: Arc<dyn ImageSource> = Arc::new(Memory(images));
         let data = DataPhysics {
             particles: params,
             apix: 5.0,
@@ -649,6 +648,24 @@ mod tests {
             noise_patches: None,
             noise_filter: None,
         };
+        let other = blobs(
+            n,
+            &[([0.0, 0.0, 0.0], 2.0, 1.0), ([-3.0, 1.0, 0.0], 1.5, 0.9)],
+        );
+        let maps: Vec<f32> = vol
+            .data()
+            .iter()
+            .chain(other.data().iter())
+            .copied()
+            .collect();
+        let maps = Tensor::from_slice(&maps).view([2, n as i64, n as i64, n as i64]);
+        (Arc::new(Memory(images)), data, maps)
+    }
+
+    #[test]
+    fn fixed_probabilities_stay_where_they_were_set() {
+        let n = 16;
+        let (source, data, maps) = two_maps_and_images(n);
         let config = |fixed_pi: Option<Vec<f64>>| TrainConfig {
             model: ModelConfig {
                 mode: Mode::Multi,
@@ -684,17 +701,6 @@ mod tests {
         // Started from two maps with π held at ¼ / ¾, the components are the maps: α below
         // ¼ gives the first, above it the second.
         let mut trainer = Trainer::new(config(Some(vec![0.25, 0.75])), Device::Cpu).unwrap();
-        let other = blobs(
-            n,
-            &[([0.0, 0.0, 0.0], 2.0, 1.0), ([-3.0, 1.0, 0.0], 1.5, 0.9)],
-        );
-        let maps: Vec<f32> = vol
-            .data()
-            .iter()
-            .chain(other.data().iter())
-            .copied()
-            .collect();
-        let maps = Tensor::from_slice(&maps).view([2, n as i64, n as i64, n as i64]);
         trainer.init_volumes(&maps).unwrap();
         let got = trainer
             .generator()
@@ -723,5 +729,56 @@ mod tests {
                 .to_string();
             assert!(err.contains("fixed_pi"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_held_path_starts_at_its_maps_trains_and_keeps_its_anchors_where_pi_put_them() {
+        let n = 16;
+        let (source, data, maps) = two_maps_and_images(n);
+        let mut config = TrainConfig::path_held(vec![0.25, 0.75]);
+        config.model.box_size = n;
+        config.model.discriminator_channels = 8;
+        config.model.pack = 2;
+        config.batch_size = 16;
+        config.poses_per_volume = 8;
+        config.ctf = false;
+        config.seed = 4;
+        let mut trainer = Trainer::new(config.clone(), Device::Cpu).unwrap();
+        trainer.init_volumes(&maps).unwrap();
+        // The anchors sit at the centres of π's cells, ⅛ and ⅝, and are the maps there.
+        let positions = trainer.generator().anchor_positions().unwrap();
+        let at: Vec<f32> = positions.shallow_clone().try_into().unwrap();
+        assert!(
+            (at[0] - 0.125).abs() < 1e-6 && (at[1] - 0.625).abs() < 1e-6,
+            "{at:?}"
+        );
+        let mask = crate::models::sphere_mask(n as i64, Device::Cpu);
+        let got = trainer.generator().volumes(&positions);
+        let diff = f64::try_from((&got - &maps * &mask).abs().max()).unwrap();
+        assert!(
+            diff < 1e-5 * f64::try_from(maps.abs().max()).unwrap(),
+            "{diff}"
+        );
+        let feed = Prefetcher::start(source, 16, 4, 0);
+        for _ in 0..5 {
+            trainer.train_step(&data, &mut || feed.next()).unwrap();
+        }
+        // The anchors moved, their positions did not, and a checkpoint brings both back.
+        let moved = trainer.generator().volumes(&positions);
+        assert!(f64::try_from((&moved - &got).abs().max()).unwrap() > 0.0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.safetensors");
+        trainer.save(&path).unwrap();
+        let mut restored = Trainer::new(config, Device::Cpu).unwrap();
+        restored.load(&path).unwrap();
+        let again = restored.generator().volumes(&positions);
+        assert_eq!(f64::try_from((&again - &moved).abs().max()).unwrap(), 0.0);
+        let at_again: Vec<f32> = restored
+            .generator()
+            .anchor_positions()
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert_eq!(at, at_again);
     }
 }

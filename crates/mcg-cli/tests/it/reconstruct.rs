@@ -8,13 +8,18 @@ use crate::{fails, ok, s};
 /// A two-state Hsp90 set (25 % closed, 75 % open) of 800 images of 16² at 10 Å and 20 dB in
 /// DIR/data.
 pub fn small_set(dir: &Path) -> std::path::PathBuf {
+    small_set_of(dir, "hsp90-discrete", "800", "5")
+}
+
+/// `n` images of 16² at 10 Å and 20 dB of Hsp90 preset `preset` (data seed `seed`) in DIR/data.
+fn small_set_of(dir: &Path, preset: &str, n: &str, seed: &str) -> std::path::PathBuf {
     let out = dir.join("data");
     ok(&[
         "synth",
         "--preset",
-        "hsp90-discrete",
+        preset,
         "--n",
-        "800",
+        n,
         "--box",
         "16",
         "--apix",
@@ -23,7 +28,7 @@ pub fn small_set(dir: &Path) -> std::path::PathBuf {
         "20",
         "--no-h5",
         "--seed",
-        "5",
+        seed,
         "--out",
         s(&out),
         "-q",
@@ -278,6 +283,70 @@ fn reconstruct_with_step_budgets_is_reproducible() {
     assert_eq!(ra["stages"][2]["outcome"]["steps"], 40);
 }
 
+/// A continuum: the landscape is the path through the classes, in the order of their
+/// similarity, each covering its share π of the segment; the record keeps the kind, and a
+/// resume that asks for the other kind is refused.
+#[test]
+fn reconstruct_continuous_runs_a_path_through_the_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_set_of(dir.path(), "hsp90-continuous", "600", "6");
+    let out = dir.path().join("rec");
+    let star = data.join("particles.star");
+    let mut args = vec![
+        "reconstruct",
+        "--particles",
+        s(&star),
+        "--out",
+        s(&out),
+        "--landscape",
+        "continuous",
+        "--classes",
+        "3",
+        "--consensus-steps",
+        "200",
+        "--landscape-steps",
+        "10",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "-q",
+    ];
+    ok(&args);
+    let record = json(&out.join("reconstruct.json"));
+    assert_eq!(record["landscape"], "continuous");
+    let train = &json(&out.join("landscape/config.json"))["train"];
+    assert_eq!(train["model"]["generator"], "path");
+    // The classes in path order, those that emptied left out: with them a permutation of 1,
+    // 2, 3; the order starts at its lower end, and the path's shares are the classes' π in
+    // that order.
+    let outcome = &record["stages"][2]["outcome"];
+    let order: Vec<usize> = serde_json::from_value(outcome["classes_in_order"].clone()).unwrap();
+    let empty: Vec<usize> =
+        serde_json::from_value(outcome["empty_classes_left_out"].clone()).unwrap();
+    assert!(order.len() >= 2, "{outcome}");
+    assert_eq!(train["model"]["components"], order.len());
+    let mut all: Vec<usize> = order.iter().chain(&empty).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, [1, 2, 3], "{outcome}");
+    assert!(order[0] < order[order.len() - 1], "{order:?}");
+    let pi: Vec<f64> =
+        serde_json::from_value(json(&out.join("classify/model.json"))["pi"].clone()).unwrap();
+    let fixed: Vec<f64> = serde_json::from_value(train["fixed_pi"].clone()).unwrap();
+    let sum: f64 = order.iter().map(|&k| pi[k - 1].max(1e-3)).sum();
+    for (f, &k) in fixed.iter().zip(&order) {
+        assert!(
+            (f - pi[k - 1].max(1e-3) / sum).abs() < 1e-9,
+            "{fixed:?} {pi:?} {order:?}"
+        );
+    }
+    // A resume must keep the kind.
+    args[6] = "discrete";
+    args.push("--resume");
+    let err = fails(&args);
+    assert!(err.contains("continuous landscape"), "{err}");
+}
+
 /// The paper's pure path: the landscape alone, no classification.
 #[test]
 fn reconstruct_pose_free_trains_the_landscape_alone() {
@@ -320,6 +389,7 @@ fn reconstruct_refuses_bad_settings() {
         ("--classes", "0"),
         ("--consensus-steps", "0"),
         ("--landscape-steps", "0"),
+        ("--landscape", "smooth"),
     ] {
         let arg = format!("{flag}={value}");
         let err = fails(&[

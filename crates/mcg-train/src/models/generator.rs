@@ -36,6 +36,9 @@ enum Body {
         parts: Tensor,
         logits: Tensor,
     },
+    /// The path: anchor volumes `[K][N][N][N]` and their positions on the segment `[K]`
+    /// (increasing, not trained, saved with the weights).
+    Path { anchors: Tensor, positions: Tensor },
 }
 
 /// The mixture's logits are this times its stored parameters (see [`Generator::probabilities`]).
@@ -101,6 +104,21 @@ impl Generator {
                         logits,
                     }
                 }
+            }
+            Architecture::Path => {
+                let k = cfg.components.max(2) as i64;
+                let anchors = path.var("anchors", &[k, n, n, n], nn::Init::Const(1e-3));
+                let positions = path
+                    .var("positions", &[k], nn::Init::Const(0.0))
+                    .set_requires_grad(false);
+                tch::no_grad(|| {
+                    positions.shallow_clone().copy_(&cell_centres(&Tensor::full(
+                        [k],
+                        1.0 / k as f64,
+                        (Kind::Float, device),
+                    )));
+                });
+                Body::Path { anchors, positions }
             }
             Architecture::Cnn(latent) => {
                 let shape = match latent {
@@ -187,7 +205,30 @@ impl Generator {
                     .clamp_max(k - 1);
                 self.components(base, parts, logits).index_select(0, &idx)
             }
+            Body::Path { anchors, positions } => self.along_path(anchors, positions, alphas),
         }
+    }
+
+    /// The path's volumes at `alphas`: between the anchors around each α, linearly, and
+    /// beyond the outer anchors along the first or last segment.
+    fn along_path(&self, anchors: &Tensor, positions: &Tensor, alphas: &Tensor) -> Tensor {
+        let k = positions.size()[0];
+        let n = self.n;
+        // Segment s (anchors s and s + 1) holds α when positions[s] ≤ α < positions[s + 1];
+        // α before the second anchor takes the first segment, after the last but one the last.
+        let inner = positions.narrow(0, 1, k - 2);
+        let seg = alphas
+            .unsqueeze(1)
+            .ge_tensor(&inner.unsqueeze(0))
+            .sum_dim_intlist(&[1i64][..], false, Kind::Int64);
+        let lo = positions.index_select(0, &seg);
+        let hi = positions.index_select(0, &(&seg + 1));
+        let t = ((alphas - &lo) / (hi - &lo)).view([-1, 1, 1, 1]);
+        let a = anchors.index_select(0, &seg);
+        let b = anchors.index_select(0, &(&seg + 1));
+        let v = &a + (b - &a) * t;
+        debug_assert_eq!(v.size()[1..], [n, n, n]);
+        self.masked(v.relu())
     }
 
     /// The mixture's probabilities πₖ, or `[1]` for the other generators.
@@ -198,13 +239,27 @@ impl Generator {
         }
     }
 
-    /// Sets the mixture's probabilities to `pi` `[K]` (positive, summing to 1); no-op for the
-    /// other generators.
+    /// Sets the mixture's probabilities to `pi` `[K]` (positive, summing to 1), or the path's
+    /// anchor positions to the centres of the cells of the cumulative `pi` (anchor k at
+    /// Σ_{j<k} πⱼ + πₖ/2: the share of the continuum its class covers); no-op for the other
+    /// generators.
     pub fn set_probabilities(&mut self, pi: &Tensor) {
-        if let Body::Mixture { logits, .. } = &mut self.body {
-            tch::no_grad(|| {
+        tch::no_grad(|| match &mut self.body {
+            Body::Mixture { logits, .. } => {
                 logits.copy_(&(pi.clamp_min(1e-6).log() / LOGIT_SCALE));
-            });
+            }
+            Body::Path { positions, .. } => {
+                positions.copy_(&cell_centres(pi));
+            }
+            _ => {}
+        });
+    }
+
+    /// The path's anchor positions on the segment (`None` for the other generators).
+    pub fn anchor_positions(&self) -> Option<Tensor> {
+        match &self.body {
+            Body::Path { positions, .. } => Some(positions.detach()),
+            _ => None,
         }
     }
 
@@ -214,6 +269,7 @@ impl Generator {
         let volume = match &self.body {
             Body::Single { volume } => Some(volume),
             Body::Voxel { base, .. } | Body::Mixture { base, .. } => Some(base),
+            Body::Path { anchors, .. } => Some(anchors),
             Body::Cnn { .. } => None,
         };
         self.mask
@@ -271,6 +327,14 @@ impl Generator {
                 let k = comps.size()[0];
                 (comps, Some(mixture_probabilities(logits) * k as f64))
             }
+            Body::Path { anchors, .. } if !heterogeneous => (
+                self.masked(anchors.mean_dim(&[0i64][..], true, Kind::Float).relu()),
+                None,
+            ),
+            Body::Path { anchors, positions } => (
+                self.along_path(anchors, positions, &self.draw_alphas(count)),
+                None,
+            ),
             Body::Cnn { ends, net } => (self.decoded(ends, net, &self.draw_alphas(count)), None),
             Body::Voxel { base, parts, net } => {
                 let alphas = self.draw_alphas(count);
@@ -288,10 +352,11 @@ impl Generator {
     /// each the component whose cell of the cumulative π holds it, so that component k comes
     /// ⌊πₖ·count⌋ or ⌈πₖ·count⌉ times, with no importance weights. (The weights K·πₖ,
     /// multiplied over PacGAN's packs, make D's loss diverge when π is far from equal
-    /// shares.) The other generators: [`Generator::batch`].
+    /// shares.) The path: its volumes at the same systematic positions, so that each anchor's
+    /// cell is seen in its share. The other generators: [`Generator::batch`].
     pub fn stratified_batch(&self, count: i64) -> GeneratedBatch {
         match &self.body {
-            Body::Mixture { .. } => {
+            Body::Mixture { .. } | Body::Path { .. } => {
                 let device = self.device();
                 let u = Tensor::rand([1], (Kind::Float, device));
                 let alphas = (Tensor::arange(count, (Kind::Float, device)) + u) / count as f64;
@@ -364,6 +429,11 @@ impl Generator {
     }
 }
 
+/// The centres of the cells of the cumulative `pi` `[K]`: Σ_{j<k} πⱼ + πₖ/2.
+fn cell_centres(pi: &Tensor) -> Tensor {
+    pi.cumsum(0, Kind::Float) - pi * 0.5
+}
+
 /// The mixture's probabilities π = softmax(LOGIT_SCALE · `logits`).
 fn mixture_probabilities(logits: &Tensor) -> Tensor {
     // The logits are stored divided by LOGIT_SCALE, so that Adam's steps of about lr per
@@ -395,6 +465,19 @@ impl Generator {
         // mixture's π.
         let (base, parts, pi) = match &mut self.body {
             Body::Cnn { .. } => return Err("the cnn generator cannot start from maps".into()),
+            Body::Path { anchors, .. } => {
+                if anchors.size() != size {
+                    return Err(format!(
+                        "{} starting maps, but the path has {} anchors",
+                        size[0],
+                        anchors.size()[0]
+                    ));
+                }
+                tch::no_grad(|| {
+                    anchors.copy_(&maps.clamp_min(0.0));
+                });
+                return Ok(());
+            }
             Body::Single { volume } => (volume, None, None),
             Body::Voxel { base, parts, .. } => (base, Some((parts, false)), None),
             Body::Mixture {
@@ -442,7 +525,8 @@ impl Generator {
         tch::no_grad(|| match &mut self.body {
             Body::Single { volume: v }
             | Body::Voxel { base: v, .. }
-            | Body::Mixture { base: v, .. } => {
+            | Body::Mixture { base: v, .. }
+            | Body::Path { anchors: v, .. } => {
                 let _ = v.clamp_min_(0.0);
             }
             Body::Cnn { .. } => {}

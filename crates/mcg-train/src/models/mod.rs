@@ -62,9 +62,10 @@ pub struct ModelConfig {
     pub spherical_mask: bool,
     /// Multi mode's generator: the paper's 3D CNN (`cnn`), explicit voxel volumes weighted by a
     /// small network of α (`voxel`), or a mixture of voxel volumes with learnt weights
-    /// (`mixture`, for discrete landscapes).
+    /// (`mixture`, for discrete landscapes), or a path through anchor volumes (`path`, for a
+    /// continuum started from class maps).
     pub generator: GeneratorKind,
-    /// Component volumes of the `voxel` and `mixture` generators.
+    /// Component volumes of the `voxel` and `mixture` generators; anchors of the `path`.
     pub components: usize,
     /// The component volumes live on a grid this many times coarser than the box (trilinearly
     /// upsampled): conformational differences are large-scale, and a coarse grid keeps the
@@ -95,6 +96,13 @@ pub enum GeneratorKind {
     /// the components, so the gradient reaches the probabilities.
     #[default]
     Mixture,
+    /// A continuum through `components` anchor volumes Aₖ at positions aₖ of the segment (the
+    /// centres of the cumulative π's cells, see `Generator::set_probabilities`): v(α) is the
+    /// linear interpolation between the two anchors around α, extrapolated along the first
+    /// and last segments beyond the outer anchors, relu'd. Started from class maps ordered
+    /// along the continuum, whose each map is the mean of its cell: for a family linear in α,
+    /// the anchors at the cells' centres give back the whole family, its ends included.
+    Path,
 }
 
 impl std::str::FromStr for GeneratorKind {
@@ -104,8 +112,9 @@ impl std::str::FromStr for GeneratorKind {
             "cnn" => Ok(Self::Cnn),
             "voxel" => Ok(Self::Voxel),
             "mixture" => Ok(Self::Mixture),
+            "path" => Ok(Self::Path),
             other => Err(format!(
-                "unknown generator {other:?}: expected cnn, voxel or mixture"
+                "unknown generator {other:?}: expected cnn, voxel, mixture or path"
             )),
         }
     }
@@ -117,6 +126,7 @@ impl std::fmt::Display for GeneratorKind {
             Self::Cnn => "cnn",
             Self::Voxel => "voxel",
             Self::Mixture => "mixture",
+            Self::Path => "path",
         })
     }
 }
@@ -154,6 +164,8 @@ pub enum Architecture {
     Voxel,
     /// Multi mode's mixture of voxel volumes.
     Mixture,
+    /// Multi mode's path through anchor volumes.
+    Path,
 }
 
 /// The latent of multi mode's CNN generator.
@@ -172,6 +184,7 @@ impl ModelConfig {
             (Mode::Single, _) => Architecture::Single,
             (Mode::Multi, GeneratorKind::Voxel) => Architecture::Voxel,
             (Mode::Multi, GeneratorKind::Mixture) => Architecture::Mixture,
+            (Mode::Multi, GeneratorKind::Path) => Architecture::Path,
             (Mode::Multi, GeneratorKind::Cnn) => Architecture::Cnn(match self.latent_dims {
                 Some(d) => Latent::Dims(d),
                 None => Latent::Cube(self.latent_size),
@@ -268,6 +281,88 @@ mod tests {
         });
         g.project_constraints();
         assert!(g.batch(8, true).volumes.min().double_value(&[]) >= 0.0);
+    }
+
+    #[test]
+    fn the_path_interpolates_between_its_anchors_and_extrapolates_beyond() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            box_size: 4,
+            generator: GeneratorKind::Path,
+            components: 3,
+            spherical_mask: false,
+            ..ModelConfig::default()
+        };
+        let mut g = Generator::new(&(vs.root() / "g"), &cfg);
+        // Equal shares by default: anchors at the cells' centres 1/6, 1/2, 5/6.
+        let at: Vec<f32> = g.anchor_positions().unwrap().try_into().unwrap();
+        for (a, want) in at.iter().zip([1.0 / 6.0, 0.5, 5.0 / 6.0]) {
+            assert!((a - want).abs() < 1e-6, "{at:?}");
+        }
+        // Anchors of constant 2, 4 and 10; π = (½, ¼, ¼) puts them at ¼, ⅝ and ⅞.
+        let maps = Tensor::cat(
+            &[2.0f64, 4.0, 10.0].map(|v| Tensor::full([1, 4, 4, 4], v, (Kind::Float, Device::Cpu))),
+            0,
+        );
+        g.init_volumes(&maps).unwrap();
+        g.set_probabilities(&Tensor::from_slice(&[0.5f32, 0.25, 0.25]));
+        let mean_at = |g: &Generator, alphas: &[f32]| -> Vec<f32> {
+            g.volumes(&Tensor::from_slice(alphas))
+                .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
+                .try_into()
+                .unwrap()
+        };
+        // Hand-worked: at the anchors their maps; half-way between the first two 3, between
+        // the last two 7; before the first anchor along the first segment (t = −⅔: 2 − 4/3),
+        // after the last along the last (t = 1.5: 4 + 6·1.5).
+        let got = mean_at(&g, &[0.25, 0.625, 0.875, 0.4375, 0.75, 0.0, 1.0]);
+        for (v, want) in got.iter().zip([2.0, 4.0, 10.0, 3.0, 7.0, 2.0 / 3.0, 13.0]) {
+            assert!((v - want).abs() < 1e-5, "{got:?}");
+        }
+        // Training batches: volumes along the path at random (or systematic) α, no weights;
+        // the warm start is the anchors' mean.
+        tch::manual_seed(1);
+        for b in [g.batch(8, true), g.stratified_batch(8)] {
+            assert_eq!(b.volumes.size(), [8, 4, 4, 4]);
+            assert!(b.weights.is_none());
+            let m: Vec<f32> = b
+                .volumes
+                .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
+                .try_into()
+                .unwrap();
+            assert!(
+                m.iter()
+                    .all(|v| (2.0 / 3.0 - 1e-5..=13.0 + 1e-5).contains(v)),
+                "{m:?}"
+            );
+        }
+        let warm = g.batch(8, false).volumes;
+        assert_eq!(warm.size(), [1, 4, 4, 4]);
+        assert!((warm.mean(Kind::Float).double_value(&[]) - 16.0 / 3.0).abs() < 1e-5);
+        // The gradient reaches the anchors around α and only them.
+        g.volumes(&Tensor::from_slice(&[0.75f32]))
+            .sum(Kind::Float)
+            .backward();
+        let grad = vs.variables()["g.anchors"].grad();
+        let per_anchor: Vec<f32> = grad
+            .sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)
+            .try_into()
+            .unwrap();
+        assert!(
+            per_anchor[0] == 0.0
+                && (per_anchor[1] - 32.0).abs() < 1e-4
+                && (per_anchor[2] - 32.0).abs() < 1e-4,
+            "{per_anchor:?}"
+        );
+        // Extrapolated below zero, the volume is cut at zero; the wrong number of maps is refused.
+        let falling = Tensor::cat(
+            &[5.0f64, 1.0, 0.0].map(|v| Tensor::full([1, 4, 4, 4], v, (Kind::Float, Device::Cpu))),
+            0,
+        );
+        g.init_volumes(&falling).unwrap();
+        assert_eq!(mean_at(&g, &[1.0]), [0.0]);
+        let err = g.init_volumes(&maps.narrow(0, 0, 2)).unwrap_err();
+        assert!(err.contains("3 anchors"), "{err}");
     }
 
     #[test]
