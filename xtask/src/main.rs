@@ -66,7 +66,8 @@ commands:
            --quality: the main job's quality against time instead: runs `multicryogan
            reconstruct --truth` on issue 25's sets (--sets demo,discrete,continuous,adk,
            default demo: 10,000 images, 10 minutes, --seeds 3; discrete and continuous:
-           the 100,000-image sets of `synth`, 30 and 45 minutes; adk: 20,000 adenylate
+           the 100,000-image sets of `synth`, 30 and 45 minutes, the continuous one with
+           --landscape continuous --classes 4; adk: 20,000 adenylate
            kinase images at 3 Å made from ../shared/data/structures/adk, 20 minutes),
            scores its classes and its landscape, and writes the time each target was
            first met, each stage's share of the time, the final metrics and a figure per

@@ -47,9 +47,11 @@ pub struct Args {
     /// EM iterations after the start, at most (see --convergence).
     #[arg(long, default_value_t = 40)]
     iterations: usize,
-    /// Stop early once an iteration at the final frequency limit changes the class of fewer
-    /// than this percentage of the particles and moves no class's probability by as many
-    /// points (0: run every iteration). model.json's converged_at records it.
+    /// Stop early once an iteration at the final frequency limit moves no class's probability
+    /// by this many points and either changes the class of fewer than this percentage of the
+    /// particles or adds less than 0.01 nats per image to the log-likelihood (a continuum's
+    /// classes trade particles at their borders for ever). 0: run every iteration.
+    /// model.json's converged_at records it.
     #[arg(long, value_name = "PERCENT", default_value_t = 0.2, value_parser = util::finite_f64)]
     convergence: f64,
     /// How the classes start: pca (split along the residuals' leading principal component) or
