@@ -500,10 +500,15 @@ fn score_reconstruction(rec: &Path) -> Result<Scored> {
     }
     if let Some(minutes) = minutes_to(LANDSCAPE) {
         let m = read_report(&rec.join(REPORT))?;
+        // The step of the maps kept (the best-scored checkpoint), else the last trained.
         let steps = record
             .stage(LANDSCAPE)
-            .and_then(|s| s.outcome.get("steps"))
-            .and_then(Value::as_u64)
+            .and_then(|s| {
+                s.outcome
+                    .get("kept_step")
+                    .and_then(Value::as_u64)
+                    .or_else(|| s.outcome.get("steps").and_then(Value::as_u64))
+            })
             .unwrap_or(0);
         points.push(Point::from_report("landscape", minutes, steps, &m));
     }

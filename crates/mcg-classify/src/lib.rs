@@ -9,12 +9,15 @@
 //!   M-step (back-projection by the projector's adjoint, Wiener division, half maps);
 //! - `init`: where the classes start (the residuals' principal component, or random groups);
 //! - `run`: a run folder (class maps, `particles.star`, `model.json`, the checkpoint) and
-//!   [`run::classify`], the library call behind `multicryogan classify`.
+//!   [`run::classify`], the library call behind `multicryogan classify`;
+//! - `score`: maps scored against a subset of the particles by the same likelihood (the
+//!   reconstruction's judge of its landscape).
 
 pub mod em;
 pub mod images;
 pub mod init;
 pub mod run;
+pub mod score;
 
 pub use init::Init;
 pub use run::{ClassifySettings, Model, Summary, classify};

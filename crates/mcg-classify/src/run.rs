@@ -309,7 +309,7 @@ pub fn angular_step(r_max: f64, fine: f64, coarse: f64) -> f64 {
 
 /// The search of the grid of `step` degrees: local (see [`em::Search`]) for grids finer
 /// than two thirds of the coarsest step, when `s.local_candidates` is not 0.
-fn search_of(s: &ClassifySettings, step: f64, dev: Device) -> em::Search {
+pub(crate) fn search_of(s: &ClassifySettings, step: f64, dev: Device) -> em::Search {
     em::Search::new(step, s.local_candidates, s.coarse_step_deg / 1.5, dev)
 }
 
@@ -654,7 +654,7 @@ fn start_classes(
             &|| monitor.cancelled(),
         );
         monitor.check_cancelled()?;
-        let c = fit_scale(&sub, &t, ramps, &exp.best, f as i64);
+        let c = fit_scale(&sub, &t, 1, ramps, &exp.best, f as i64);
         if !(c.is_finite() && c != 0.0) {
             bail!(
                 "{}: the reference does not correlate with the images (scale {c})",
@@ -844,14 +844,22 @@ fn start_classes(
     Ok((maps.full, pi, class, scale, moved, r0, record))
 }
 
-/// The least-squares scale of templates `t` to the images at their best (offset, rotation):
-/// `Σ Re⟨a, t⟩ / Σ q·|t|²`.
-fn fit_scale(terms: &ImageTerms, t: &Tensor, ramps: &Tensor, best: &[[usize; 3]], f: i64) -> f64 {
+/// The least-squares scale of templates `t` (`[K·R][F]`, K classes of R rotations each) to
+/// the images at their best (offset, class, rotation): `Σ Re⟨a, t⟩ / Σ q·|t|²`.
+pub(crate) fn fit_scale(
+    terms: &ImageTerms,
+    t: &Tensor,
+    classes: usize,
+    ramps: &Tensor,
+    best: &[[usize; 3]],
+    f: i64,
+) -> f64 {
     let device = t.device();
     let count = terms.len() as i64;
     let rows = Tensor::arange(count, (Kind::Int64, device));
     let sub = terms.select(&rows, f);
-    let rot: Vec<i64> = best.iter().map(|b| b[2] as i64).collect();
+    let r = t.size()[0] as usize / classes;
+    let rot: Vec<i64> = best.iter().map(|b| (b[1] * r + b[2]) as i64).collect();
     let off: Vec<i64> = best.iter().map(|b| b[0] as i64).collect();
     let tb = t.index_select(0, &Tensor::from_slice(&rot).to_device(device));
     let ramp = ramps
@@ -897,7 +905,7 @@ fn half_resolutions(halves: &Tensor, apix: f64, r_max: f64) -> Result<(Vec<f64>,
 /// The noise: σ from the flag, the manifest beside the particles (with its coloured spectrum
 /// when it records one), or the images' background (the physics crate's estimator, 1,000
 /// images, outside 3/4 of half the box).
-fn noise_of(
+pub(crate) fn noise_of(
     s: &ClassifySettings,
     images: &dyn ImageSource,
     n: usize,
@@ -926,7 +934,7 @@ fn noise_of(
 }
 
 /// The offsets searched: a disc of the range's radius on the step's grid, `[0, 0]` first.
-fn offsets_of(s: &ClassifySettings, set: &ParticleSet) -> Vec<[f64; 2]> {
+pub(crate) fn offsets_of(s: &ClassifySettings, set: &ParticleSet) -> Vec<[f64; 2]> {
     let shifted = set.particles.iter().any(|p| p.shift != Shift::default());
     let range = s.offset_range_px.unwrap_or(if shifted { 2.0 } else { 0.0 });
     disc_offsets(range, s.offset_step_px)

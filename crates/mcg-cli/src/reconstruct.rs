@@ -20,11 +20,14 @@ use crate::util;
 ///   2. OUT/classify: 3D classification with the poses marginalised (maximum likelihood over K
 ///      class volumes, each image's pose summed over a grid of rotations, as RELION's), from
 ///      the consensus, until it converges;
-///   3. OUT/landscape: the Multi-CryoGAN landscape (pose-free), for the rest of --minutes:
-///      with --landscape discrete (the default) a mixture whose K components start from the
-///      class maps, π held at the classification's; with --landscape continuous a path through
-///      the class maps in the order of their similarity, each class covering its share π of
-///      the latent segment, extrapolated beyond the outer classes to the continuum's ends.
+///   3. OUT/landscape: the Multi-CryoGAN landscape (pose-free), at most for the rest of
+///      --minutes: with --landscape discrete (the default) a mixture whose K components start
+///      from the class maps, π held at the classification's; with --landscape continuous a
+///      path through the class maps in the order of their similarity, each class covering its
+///      share π of the latent segment, extrapolated beyond the outer classes to the
+///      continuum's ends. After each minute the landscape is scored by the likelihood of 1,000
+///      particles with their poses marginalised; it stops when that stops rising
+///      (--landscape-stop) and keeps its best-scored checkpoint.
 ///
 /// With --truth (a `multicryogan synth` folder), OUT/report (the landscape) and
 /// OUT/classify/report (the classes) score the result against the ground truth. OUT/
@@ -70,6 +73,12 @@ pub struct Args {
     /// continuum: a path through the classes).
     #[arg(long, default_value = "discrete", value_name = "KIND")]
     landscape: mcg_reconstruct::Landscape,
+    /// When the landscape stops: likelihood (once the likelihood of 1,000 particles with
+    /// their poses marginalised, scored after each minute of training, has not risen for two
+    /// minutes) or budget (at the end of --minutes, the paper's way). Either way the landscape
+    /// ends at its best-scored checkpoint.
+    #[arg(long, default_value = "likelihood", value_name = "WHEN")]
+    landscape_stop: mcg_reconstruct::LandscapeStop,
     /// A `multicryogan synth` folder: report the result against its ground truth.
     #[arg(long, value_name = "DIR")]
     truth: Option<PathBuf>,
@@ -107,6 +116,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         landscape_steps: args.landscape_steps,
         classes: args.classes,
         landscape: args.landscape,
+        landscape_stop: args.landscape_stop,
         truth: args.truth,
         pose_free: args.pose_free,
         seed: args.seed,

@@ -11,9 +11,12 @@
 //!    maximum likelihood over K class volumes, each image's pose summed over a grid of
 //!    rotations), started from the consensus. It stops when it has converged.
 //! 3. **`landscape/`: the Multi-CryoGAN landscape** (pose-free again), its mixture's K
-//!    components started from the class maps and its probabilities held at the
-//!    classification's π (the GAN's critic leaves π near equal shares: docs/results.md), for
-//!    what is left of the budget.
+//!    components (or a path's anchors) started from the class maps and its probabilities held
+//!    at the classification's π (the GAN's critic leaves π near equal shares:
+//!    docs/results.md), for at most what is left of the budget. It trains in chunks, each
+//!    scored by the likelihood of a fixed subset of the particles with their poses
+//!    marginalised (`mcg_classify::score`); it stops once that stops rising
+//!    ([`LandscapeStop`]), and its folder ends at the best-scored checkpoint.
 //!
 //! Then, with a truth, `report/` (the landscape against the truth) and `classify/report/`.
 //! `pose_free` keeps the paper's pure path instead: Multi-CryoGAN alone, for the whole budget,
@@ -33,6 +36,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use mcg_classify::run::{ClassifySettings, classify};
+use mcg_classify::score::{SCORE_IMAGES, Scorer};
 use mcg_dataset::input::Locate;
 use mcg_dataset::monitor::Monitor;
 use mcg_eval::align::{AlignConfig, Transform, align};
@@ -64,6 +68,51 @@ pub const MIN_LANDSCAPE_MINUTES: f64 = 0.5;
 /// With a budget in steps, the consensus trains in chunks of this many generator steps (about
 /// half a minute's at 32² on two cores), compared one with the next.
 pub const CONSENSUS_CHUNK_STEPS: u64 = 200;
+
+/// The landscape trains in chunks of at most this many minutes (and at most a quarter of its
+/// budget), each followed by its score.
+pub const LANDSCAPE_CHUNK_MINUTES: f64 = 1.0;
+/// With a budget in steps, the landscape's chunks: at most this many generator steps (and at
+/// most a quarter of its budget, rounded up).
+pub const LANDSCAPE_CHUNK_STEPS: u64 = 300;
+/// The landscape stops once this many chunks in a row have not raised its best score.
+pub const LANDSCAPE_PATIENCE: usize = 2;
+/// The nats per image by which a chunk must raise the landscape's best score to count.
+pub const LANDSCAPE_GAIN: f64 = 0.01;
+/// The landscape's best checkpoint, beside its current one.
+pub const BEST_CHECKPOINT: &str = "best.safetensors";
+
+/// When the landscape stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LandscapeStop {
+    /// Once its likelihood (poses marginalised) stops rising, its best checkpoint kept.
+    #[default]
+    Likelihood,
+    /// At the end of its budget (the paper's way), its best checkpoint kept.
+    Budget,
+}
+
+impl std::str::FromStr for LandscapeStop {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "likelihood" => Ok(Self::Likelihood),
+            "budget" => Ok(Self::Budget),
+            other => Err(format!(
+                "unknown stop {other:?}: expected likelihood or budget"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LandscapeStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Likelihood => "likelihood",
+            Self::Budget => "budget",
+        })
+    }
+}
 
 /// How long a GAN stage trains: wall minutes, or generator steps (the run's total). A budget
 /// in steps gives the same maps, bit for bit, on any machine; one in minutes gives what the
@@ -100,6 +149,8 @@ pub struct ReconstructSettings {
     /// Discrete conformations (the landscape a mixture of the classes) or a continuum (a path
     /// through them).
     pub landscape: Landscape,
+    /// When the landscape (from the classes) stops.
+    pub landscape_stop: LandscapeStop,
     /// A `multicryogan synth` folder: the result is reported against its truth.
     pub truth: Option<PathBuf>,
     /// The paper's pure pose-free path: Multi-CryoGAN alone, no classification.
@@ -124,6 +175,7 @@ impl Default for ReconstructSettings {
             landscape_steps: None,
             classes: 2,
             landscape: Landscape::Discrete,
+            landscape_stop: LandscapeStop::Likelihood,
             truth: None,
             pose_free: false,
             seed: 0,
@@ -289,21 +341,27 @@ pub fn reconstruct(
             };
             let maps: Vec<Volume> = order.iter().map(|&k| maps[k].clone()).collect();
             let pi: Vec<f64> = order.iter().map(|&k| kept_pi[k]).collect();
-            let config = landscape_config(s, Some(fixed_pi(&pi)));
-            let budget = landscape_budget(s, &record);
+            let pi = fixed_pi(&pi);
+            let config = landscape_config(s, Some(pi.clone()));
             let classes_in_order: Vec<usize> = order.iter().map(|&k| kept[k] + 1).collect();
-            run_train_stage(
+            let r_max = model
+                .history
+                .last()
+                .map_or(model.box_size as f64 / 2.0 - 1.0, |h| h.r_max);
+            landscape_stage(
                 s,
                 &mut record,
-                LANDSCAPE,
                 config,
-                budget,
-                maps,
-                serde_json::json!({
-                    "class_frames": frames,
-                    "classes_in_order": classes_in_order,
-                    "empty_classes_left_out": empty,
-                }),
+                LandscapeStart {
+                    maps,
+                    pi,
+                    r_max,
+                    outcome: serde_json::json!({
+                        "class_frames": frames,
+                        "classes_in_order": classes_in_order,
+                        "empty_classes_left_out": empty,
+                    }),
+                },
                 dev,
                 monitor,
                 cancel,
@@ -830,6 +888,224 @@ fn consensus_stage(
     write_record(&s.out, record)
 }
 
+/// The landscape's start: the class maps in one frame and in the landscape's order, their π,
+/// the classification's final frequency limit (pixels) and what the stage records of them.
+struct LandscapeStart {
+    maps: Vec<Volume>,
+    pi: Vec<f64>,
+    r_max: f64,
+    outcome: serde_json::Value,
+}
+
+/// The latent positions at which a landscape is scored, with their weights: a mixture's
+/// components (the centres of π's cells) weighted by π; a path at the centres of 2K equal
+/// cells of the segment, weighted equally (the continuum as its latent distribution samples
+/// it).
+pub fn scored_positions(landscape: Landscape, pi: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    match landscape {
+        Landscape::Discrete => {
+            let mut below = 0.0;
+            let alphas = pi
+                .iter()
+                .map(|p| {
+                    let centre = below + p / 2.0;
+                    below += p;
+                    centre
+                })
+                .collect();
+            (alphas, pi.to_vec())
+        }
+        Landscape::Continuous => {
+            let m = 2 * pi.len();
+            (
+                (0..m).map(|j| (j as f64 + 0.5) / m as f64).collect(),
+                vec![1.0 / m as f64; m],
+            )
+        }
+    }
+}
+
+/// The landscape's score: the mean log-likelihood per image of its maps at `alphas` (weights
+/// `weights`) over the scorer's particles, read from the run's checkpoint.
+fn landscape_score(
+    out: &Path,
+    scorer: &Scorer,
+    alphas: &[f64],
+    weights: &[f64],
+    dev: Device,
+) -> Result<f64> {
+    let run = mcg_train::run::load_run(out, dev)?;
+    let maps = alphas
+        .iter()
+        .map(|&a| mcg_train::run::volume_at(&run.trainer, a as f32, run.apix as f32))
+        .collect::<Result<Vec<_>, _>>()?;
+    scorer
+        .score(&maps, weights)
+        .with_context(|| format!("scoring the landscape of {}", out.display()))
+}
+
+/// The landscape (stage 3), from the class maps: Multi-CryoGAN in chunks of
+/// [`LANDSCAPE_CHUNK_MINUTES`] (or [`LANDSCAPE_CHUNK_STEPS`]) and at most a quarter of its
+/// budget, the first of one step. After
+/// each chunk the landscape is scored by the likelihood of [`SCORE_IMAGES`] particles with
+/// their poses marginalised (`mcg_classify::score`, at the classification's final frequency
+/// limit), and the checkpoint of the best score is kept. With [`LandscapeStop::Likelihood`] the
+/// stage stops once [`LANDSCAPE_PATIENCE`] chunks in a row have not raised the best score by
+/// [`LANDSCAPE_GAIN`] nats per image; either way the run folder ends at its best checkpoint.
+fn landscape_stage(
+    s: &ReconstructSettings,
+    record: &mut Record,
+    config: TrainConfig,
+    start: LandscapeStart,
+    dev: Device,
+    monitor: &dyn Monitor,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let out = s.out.join(LANDSCAPE);
+    let best_path = out.join(BEST_CHECKPOINT);
+    let mut resume = out.join("checkpoint.safetensors").is_file();
+    let mut config = config;
+    if resume {
+        config = mcg_train::run::resumed_settings(&out)?;
+    }
+    let previous = record.stage(LANDSCAPE).cloned();
+    let before = previous.as_ref().map_or(0.0, |st| st.seconds);
+    let mut scores: Vec<(u64, f64)> = previous
+        .as_ref()
+        .and_then(|st| serde_json::from_value(st.outcome["scores"].clone()).ok())
+        .unwrap_or_default();
+    let mut steps = previous
+        .as_ref()
+        .and_then(|st| st.outcome["steps"].as_u64())
+        .unwrap_or(0);
+    let budget = landscape_budget(s, record);
+    let began = Instant::now();
+    tracing::info!(stage = LANDSCAPE, ?budget, resume, stop = %s.landscape_stop, "stage");
+    let data = prepare_stage(s, &mut config, resume, dev, monitor)?;
+    let scorer = Scorer::new(&classify_settings(s), start.r_max, SCORE_IMAGES)
+        .context("the landscape's score")?;
+    let (alphas, weights) = scored_positions(s.landscape, &start.pi);
+    let best = |scores: &[(u64, f64)]| {
+        scores
+            .iter()
+            .cloned()
+            .fold(None, |b: Option<(u64, f64)>, (st, ll)| match b {
+                Some((_, top)) if ll <= top + LANDSCAPE_GAIN => b,
+                _ => Some((st, ll)),
+            })
+    };
+    let misses = |scores: &[(u64, f64)]| {
+        let kept = best(scores).map_or(0, |b| b.0);
+        scores.iter().filter(|(st, _)| *st > kept).count()
+    };
+    let outcome = |steps: u64, scores: &[(u64, f64)], extra: serde_json::Value| {
+        let mut o = start.outcome.clone();
+        if let (Some(o), Some(extra)) = (o.as_object_mut(), extra.as_object()) {
+            o.insert("steps".into(), serde_json::json!(steps));
+            o.insert("scores".into(), serde_json::json!(scores));
+            o.insert("score_images".into(), serde_json::json!(scorer.images()));
+            o.insert(
+                "stop".into(),
+                serde_json::json!(s.landscape_stop.to_string()),
+            );
+            o.extend(extra.clone());
+        }
+        o
+    };
+    let reason = loop {
+        if s.landscape_stop == LandscapeStop::Likelihood && misses(&scores) >= LANDSCAPE_PATIENCE {
+            break "the likelihood stopped rising";
+        }
+        let chunk = if !resume {
+            Budget::Steps(1)
+        } else {
+            match budget {
+                Budget::Steps(total) => {
+                    if steps >= total {
+                        break "its steps were spent";
+                    }
+                    let chunk = LANDSCAPE_CHUNK_STEPS.min(total.div_ceil(4));
+                    Budget::Steps((steps + chunk).min(total))
+                }
+                Budget::Minutes(m) => {
+                    let left = m - began.elapsed().as_secs_f64() / 60.0;
+                    if left <= 0.0 {
+                        break "its minutes were spent";
+                    }
+                    Budget::Minutes(LANDSCAPE_CHUNK_MINUTES.min(m / 4.0).min(left))
+                }
+            }
+        };
+        let init = if resume {
+            Vec::new()
+        } else {
+            start.maps.clone()
+        };
+        let summary = train_for(
+            &config, &data, &out, chunk, resume, init, dev, LANDSCAPE, monitor, cancel,
+        )?;
+        resume = true;
+        steps = summary.step;
+        if !summary.interrupted {
+            let ll = landscape_score(&out, &scorer, &alphas, &weights, dev)?;
+            tracing::info!(step = steps, log_likelihood = ll, "landscape scored");
+            scores.push((steps, ll));
+            if best(&scores).map(|b| b.0) == Some(steps) {
+                let bytes = std::fs::read(out.join("checkpoint.safetensors"))
+                    .with_context(|| format!("reading the checkpoint in {}", out.display()))?;
+                mcg_fsio::write_atomic(&best_path, &bytes)
+                    .with_context(|| format!("writing {}", best_path.display()))?;
+            }
+        }
+        record.put(Stage::new(
+            LANDSCAPE,
+            false,
+            before + began.elapsed().as_secs_f64(),
+            outcome(steps, &scores, serde_json::json!({})),
+        ));
+        write_record(&s.out, record)?;
+        if summary.interrupted {
+            bail!("interrupted in stage {LANDSCAPE}: continue with --resume");
+        }
+    };
+    // The run folder ends at its best checkpoint.
+    let kept = best(&scores).map(|b| b.0);
+    if let Some(kept) = kept
+        && kept != steps
+    {
+        let bytes = std::fs::read(&best_path)
+            .with_context(|| format!("reading {}", best_path.display()))?;
+        mcg_fsio::write_atomic(&out.join("checkpoint.safetensors"), &bytes)
+            .with_context(|| format!("restoring the best checkpoint in {}", out.display()))?;
+        mcg_train::run::rewrite_outputs(&out, &data, dev)
+            .with_context(|| format!("restoring the best checkpoint in {}", out.display()))?;
+    }
+    tracing::info!(steps, ?kept, reason, "landscape done");
+    record.put(Stage::new(
+        LANDSCAPE,
+        true,
+        before + began.elapsed().as_secs_f64(),
+        outcome(
+            steps,
+            &scores,
+            serde_json::json!({"kept_step": kept, "stopped": reason}),
+        ),
+    ));
+    write_record(&s.out, record)
+}
+
+/// The classification's settings in a reconstruction: the defaults, on its particles.
+fn classify_settings(s: &ReconstructSettings) -> ClassifySettings {
+    ClassifySettings {
+        particles: s.particles.clone(),
+        locate: s.locate.clone(),
+        classes: s.classes,
+        seed: s.seed,
+        device: s.device,
+        ..ClassifySettings::default()
+    }
+}
+
 /// The classification (stage 2), from the consensus.
 fn classify_stage(
     s: &ReconstructSettings,
@@ -839,18 +1115,13 @@ fn classify_stage(
     let out = s.out.join(CLASSIFY);
     let before = record.stage(CLASSIFY).map_or(0.0, |st| st.seconds);
     let settings = ClassifySettings {
-        particles: s.particles.clone(),
-        locate: s.locate.clone(),
         reference: s.out.join(CONSENSUS).join("volumes").join("alpha_0.50.mrc"),
-        classes: s.classes,
         out: out.clone(),
-        seed: s.seed,
-        device: s.device,
         resume: out
             .join(mcg_classify::run::CHECKPOINT)
             .join("state.json")
             .is_file(),
-        ..ClassifySettings::default()
+        ..classify_settings(s)
     };
     let start = Instant::now();
     tracing::info!(stage = CLASSIFY, resume = settings.resume, "stage");
@@ -962,6 +1233,12 @@ pub fn summary_text(dir: &Path, record: &Record) -> String {
     let _ = writeln!(t, "reconstruction: {}", dir.display());
     for st in &record.stages {
         let detail = match st.name.as_str() {
+            LANDSCAPE if !st.outcome["kept_step"].is_null() => format!(
+                "{} G steps, kept step {} (best likelihood; {})",
+                st.outcome["steps"],
+                st.outcome["kept_step"],
+                st.outcome["stopped"].as_str().unwrap_or("")
+            ),
             CONSENSUS | LANDSCAPE => format!("{} G steps", st.outcome["steps"]),
             CLASSIFY => format!(
                 "{} EM iterations{}",

@@ -355,6 +355,15 @@ fn metrics_up_to(path: &Path, step: u64) -> Result<f64, TrainError> {
 /// The checkpoint, the volume snapshots and an image grid.
 /// Writes the snapshots of this step, then the checkpoint: a process killed part-way keeps the
 /// previous checkpoint, and `--resume` drops the snapshots made after it ([`forget_after`]).
+/// Rewrites a run's outputs (its volumes, image grid and checkpoint) from the checkpoint file
+/// in `out`: after that file was replaced by an earlier state of the same run, the folder is
+/// that state's again. Returns its step.
+pub fn rewrite_outputs(out: &Path, data: &RunData, device: Device) -> Result<u64, TrainError> {
+    let run = load_run(out, device)?;
+    checkpoint(&run.trainer, data, out)?;
+    Ok(run.trainer.step())
+}
+
 fn checkpoint(trainer: &Trainer, data: &RunData, out: &Path) -> Result<(), TrainError> {
     let run = RunDir::new(out);
     let volumes_dir = run.volumes();

@@ -324,3 +324,59 @@ fn classify_refuses_bad_input() {
     let msg = run(args);
     assert!(msg.contains("--angular-step"), "{msg}");
 }
+
+/// Maps scored against the particles by the likelihood with the poses marginalised
+/// (`mcg_classify::score`, the reconstruction's judge of its landscape): the true states in
+/// their proportions score above their mean and above the same states in swapped
+/// proportions; a mixture of a map with itself scores as the map alone; a map's scale is
+/// fitted away; a map of another box is refused.
+#[test]
+fn the_likelihood_score_prefers_the_true_states() {
+    use mcg_classify::score::Scorer;
+    let dir = tempfile::tempdir().unwrap();
+    let (star, reference) = two_state_set(dir.path(), 400, "10");
+    let truth = star.parent().unwrap().join("ground_truth");
+    let read = |p: &Path| mrc::read_volume(p, None).unwrap();
+    let (closed, open, mean) = (
+        read(&truth.join("beta_00.mrc")),
+        read(&truth.join("beta_20.mrc")),
+        read(&reference),
+    );
+    let settings = mcg_classify::ClassifySettings {
+        particles: star.clone(),
+        angular_step_deg: 15.0,
+        device: mcg_train::DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let scorer = Scorer::new(&settings, 7.0, 300).unwrap();
+    assert_eq!(scorer.images(), 300);
+    let pair = [closed.clone(), open.clone()];
+    let true_pair = scorer.score(&pair, &[0.25, 0.75]).unwrap();
+    let swapped = scorer.score(&pair, &[0.75, 0.25]).unwrap();
+    let alone = scorer.score(std::slice::from_ref(&mean), &[1.0]).unwrap();
+    assert!(true_pair > alone + 1.0, "true {true_pair}, mean {alone}");
+    assert!(
+        true_pair > swapped + 0.1,
+        "true {true_pair}, swapped {swapped}"
+    );
+    let twice = scorer
+        .score(&[mean.clone(), mean.clone()], &[1.0, 3.0])
+        .unwrap();
+    assert!((twice - alone).abs() < 1e-9, "{twice} vs {alone}");
+    let (ll1, c1) = scorer.per_image(&mean).unwrap();
+    let tripled = Volume::new(mean.data() * 3.0, mean.apix()).unwrap();
+    let (ll3, c3) = scorer.per_image(&tripled).unwrap();
+    // The poses that fit the scale come from a first E-step at the given scale, so they may
+    // differ by a few images.
+    assert!((3.0 * c3 / c1 - 1.0).abs() < 1e-2, "scales {c1} and {c3}");
+    let mean_of = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        (mean_of(&ll1) - mean_of(&ll3)).abs() < 1e-2,
+        "{} vs {}",
+        mean_of(&ll1),
+        mean_of(&ll3)
+    );
+    let small = Volume::new(ndarray::Array3::zeros((8, 8, 8)), mean.apix()).unwrap();
+    let err = scorer.per_image(&small).unwrap_err().to_string();
+    assert!(err.contains("8³") && err.contains("16³"), "{err}");
+}

@@ -225,7 +225,8 @@ fn reconstruct_terminated_mid_stage_resumes_to_the_end() {
 }
 
 /// With its budgets in steps, a reconstruction repeats bit for bit: the same seed and settings
-/// give the same consensus, classes, π and landscape; the GAN stages stop at their steps.
+/// give the same consensus, classes, π and landscape (its scores and the step kept too); the
+/// GAN stages stop at their steps (the landscape perhaps earlier, by its likelihood).
 #[test]
 fn reconstruct_with_step_budgets_is_reproducible() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,7 +281,86 @@ fn reconstruct_with_step_budgets_is_reproducible() {
         stopped.contains("steps were spent") || stopped.contains("stopped rising"),
         "{consensus}"
     );
-    assert_eq!(ra["stages"][2]["outcome"]["steps"], 40);
+    // The landscape ends at its steps, or earlier by the likelihood rule, the same way twice.
+    let (la, lb) = (&ra["stages"][2]["outcome"], &rb["stages"][2]["outcome"]);
+    assert!(
+        la["steps"] == 40 || la["stopped"] == "the likelihood stopped rising",
+        "{la}"
+    );
+    for key in ["steps", "scores", "kept_step", "stopped"] {
+        assert_eq!(la[key], lb[key], "{key}");
+    }
+}
+
+/// The landscape trains in chunks (one step, then a quarter of its steps), each scored by the
+/// likelihood of the particles with their poses marginalised; it stops once two chunks in a
+/// row have not raised the best score by 0.01 nats per image, and its folder ends at the
+/// best-scored checkpoint. With `--landscape-stop budget` it trains for all its steps, and still ends at
+/// its best checkpoint.
+#[test]
+fn reconstruct_keeps_the_landscape_of_highest_likelihood() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_set(dir.path());
+    let star = data.join("particles.star");
+    let run = |name: &str, stop: &str| {
+        let out = dir.path().join(name);
+        ok(&[
+            "reconstruct",
+            "--particles",
+            s(&star),
+            "--out",
+            s(&out),
+            "--consensus-steps",
+            "200",
+            "--landscape-steps",
+            "40",
+            "--landscape-stop",
+            stop,
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "-q",
+        ]);
+        out
+    };
+    for (name, stop) in [("rule", "likelihood"), ("all", "budget")] {
+        let out = run(name, stop);
+        let outcome = json(&out.join("reconstruct.json"))["stages"][2]["outcome"].clone();
+        assert_eq!(outcome["stop"], stop, "{outcome}");
+        let scores: Vec<(u64, f64)> = serde_json::from_value(outcome["scores"].clone()).unwrap();
+        let steps: Vec<u64> = scores.iter().map(|s| s.0).collect();
+        assert_eq!(steps[0], 1, "{outcome}");
+        assert!(scores.iter().all(|s| s.1.is_finite()), "{outcome}");
+        // The best: the first score, replaced only by one higher by more than 0.01.
+        let mut kept = scores[0];
+        for &(st, ll) in &scores[1..] {
+            if ll > kept.1 + 0.01 {
+                kept = (st, ll);
+            }
+        }
+        assert_eq!(outcome["kept_step"], kept.0, "{outcome}");
+        let after = steps.iter().filter(|&&st| st > kept.0).count();
+        if stop == "budget" {
+            assert_eq!(steps, [1, 11, 21, 31, 40], "{outcome}");
+        } else if outcome["stopped"] == "the likelihood stopped rising" {
+            assert_eq!(after, 2, "{outcome}");
+            assert!(*steps.last().unwrap() < 40, "{outcome}");
+        } else {
+            assert_eq!(*steps.last().unwrap(), 40, "{outcome}");
+            assert!(after < 2, "{outcome}");
+        }
+        // The folder is the kept step's: its maps are that checkpoint's snapshot.
+        let snapshot = out.join(format!("landscape/volumes/step_{:07}", kept.0));
+        for map in ["alpha_0.00.mrc", "alpha_1.00.mrc"] {
+            assert!(
+                std::fs::read(out.join("landscape/volumes").join(map)).unwrap()
+                    == std::fs::read(snapshot.join(map)).unwrap(),
+                "{name}: {map} is not step {}'s",
+                kept.0
+            );
+        }
+    }
 }
 
 /// A continuum: the landscape is the path through the classes, in the order of their
@@ -390,6 +470,7 @@ fn reconstruct_refuses_bad_settings() {
         ("--consensus-steps", "0"),
         ("--landscape-steps", "0"),
         ("--landscape", "smooth"),
+        ("--landscape-stop", "never"),
     ] {
         let arg = format!("{flag}={value}");
         let err = fails(&[
