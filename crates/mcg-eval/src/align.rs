@@ -217,6 +217,13 @@ pub fn correlation(a: &Volume, b: &Volume) -> f64 {
     correlation_with(a.data(), &centred(b.data()))
 }
 
+/// Whether a map has some contrast (not every voxel the same): what an alignment needs.
+pub fn has_contrast(volume: &Volume) -> bool {
+    let mut values = volume.data().iter();
+    let first = values.next().copied().unwrap_or(0.0);
+    values.any(|&v| v != first)
+}
+
 /// The number of directions and of in-plane angles of [`rotation_grid`]`(step_deg)`.
 fn grid_size(step_deg: f64) -> (usize, usize) {
     let step = step_deg.to_radians();
@@ -315,8 +322,8 @@ fn check_map(volume: &Volume, name: &str) -> Result<(), EvalError> {
             problem: "non-finite voxels (NaN or infinity); expected finite densities".into(),
         });
     }
-    let first = data.iter().next().copied().unwrap_or(0.0);
-    if data.iter().all(|&v| v == first) {
+    if !has_contrast(volume) {
+        let first = data.iter().next().copied().unwrap_or(0.0);
         return Err(EvalError::Input {
             what: name.into(),
             problem: format!("every voxel is {first}; expected a map with some contrast"),

@@ -39,7 +39,7 @@ use mcg_classify::run::{ClassifySettings, classify};
 use mcg_classify::score::{SCORE_IMAGES, Scorer};
 use mcg_dataset::input::Locate;
 use mcg_dataset::monitor::Monitor;
-use mcg_eval::align::{AlignConfig, Transform, align};
+use mcg_eval::align::{AlignConfig, Transform, align, correlation, has_contrast};
 use mcg_eval::fsc::{FscConfig, fsc};
 use mcg_formats::mrc;
 use mcg_physics::Volume;
@@ -309,7 +309,9 @@ pub fn reconstruct(
                 })
                 .collect::<Result<Vec<_>>>()?;
             // Classes that emptied (no density: no particle chose them) take no part.
-            let kept: Vec<usize> = (0..maps.len()).filter(|&k| has_density(&maps[k])).collect();
+            let kept: Vec<usize> = (0..maps.len())
+                .filter(|&k| has_contrast(&maps[k]))
+                .collect();
             if kept.len() < 2 {
                 bail!(
                     "{}: {} of the {} classes have density; the landscape needs two (fewer \
@@ -325,15 +327,8 @@ pub fn reconstruct(
                 .collect();
             let maps: Vec<Volume> = kept.iter().map(|&k| maps[k].clone()).collect();
             let kept_pi: Vec<f64> = kept.iter().map(|&k| model.pi[k]).collect();
-            let (maps, mut frames) = common_frame(maps, &kept_pi)?;
-            // The frames name classes by their number in the classification.
-            for f in &mut frames {
-                for key in ["class", "onto_class"] {
-                    if let Some(k) = f[key].as_u64() {
-                        f[key] = serde_json::json!(kept[k as usize - 1] + 1);
-                    }
-                }
-            }
+            let numbers: Vec<usize> = kept.iter().map(|k| k + 1).collect();
+            let (maps, frames) = common_frame(maps, &kept_pi, &numbers)?;
             // A continuum's classes in the order of their similarity: the path's anchors.
             let order: Vec<usize> = match s.landscape {
                 Landscape::Discrete => (0..maps.len()).collect(),
@@ -389,12 +384,21 @@ pub fn reconstruct(
 /// [`FRAME_TURN_DEG`] or more (a change of frame); a smaller whole-map turn is the compromise at
 /// which two conformations overlap best, and is not applied. Then the map is aligned onto the
 /// body the two share ([`body_alignment`]), which undoes the drift (7.9°, 6.2° and 3.2° found
-/// on those classes, against 7.3°, 6.1° and 3.2° from the truth). Returns the maps and, per
+/// on those classes, against 7.3°, 6.1° and 3.2° from the truth). `numbers` are the classes'
+/// numbers in the classification, by which the record names them. Returns the maps and, per
 /// class, both alignments.
 pub fn common_frame(
     maps: Vec<Volume>,
     pi: &[f64],
+    numbers: &[usize],
 ) -> Result<(Vec<Volume>, Vec<serde_json::Value>)> {
+    anyhow::ensure!(
+        maps.len() == pi.len() && maps.len() == numbers.len(),
+        "{} maps, {} probabilities and {} class numbers: expected one of each per map",
+        maps.len(),
+        pi.len(),
+        numbers.len()
+    );
     let reference = pi
         .iter()
         .enumerate()
@@ -409,10 +413,15 @@ pub fn common_frame(
     for (k, map) in maps.iter().enumerate() {
         if k == reference {
             out.push(map.clone());
-            frames.push(serde_json::json!({"class": k + 1, "reference": true}));
+            frames.push(serde_json::json!({"class": numbers[k], "reference": true}));
             continue;
         }
-        let what = || format!("aligning class {} onto class {}", k + 1, reference + 1);
+        let what = || {
+            format!(
+                "aligning class {} onto class {}",
+                numbers[k], numbers[reference]
+            )
+        };
         let a = align(map, &maps[reference], &config).with_context(what)?;
         let angle = turn_of(&a.transform);
         let moved = angle >= FRAME_TURN_DEG;
@@ -421,10 +430,10 @@ pub fn common_frame(
         let body = body_alignment(&gross, &maps[reference], &config).with_context(what)?;
         // A drift is a few degrees; a larger turn of the body is no drift, and is not applied.
         let drift = turn_of(&body.transform) < FRAME_TURN_DEG;
-        tracing::info!(class = k + 1, onto = reference + 1, rotation_deg = angle, shift_voxels = ?a.transform.shift_voxels, moved, body_rotation_deg = turn_of(&body.transform), body_shift_voxels = ?body.transform.shift_voxels, "the class map into the common frame");
+        tracing::info!(class = numbers[k], onto = numbers[reference], rotation_deg = angle, shift_voxels = ?a.transform.shift_voxels, moved, body_rotation_deg = turn_of(&body.transform), body_shift_voxels = ?body.transform.shift_voxels, "the class map into the common frame");
         frames.push(serde_json::json!({
-            "class": k + 1,
-            "onto_class": reference + 1,
+            "class": numbers[k],
+            "onto_class": numbers[reference],
             "rotation_deg": angle,
             "shift_voxels": a.transform.shift_voxels,
             "correlation_before": a.score_before,
@@ -456,13 +465,6 @@ pub fn path_order(maps: &[Volume]) -> Result<Vec<usize>> {
     Ok(mcg_eval::landscape::best_path(&similarity))
 }
 
-/// Whether a map has any contrast (a class that no particle chose is all zero).
-fn has_density(map: &Volume) -> bool {
-    let mut values = map.data().iter();
-    let first = values.next().copied().unwrap_or(0.0);
-    values.any(|&v| v != first)
-}
-
 /// The angle (degrees) by which a transform turns a map.
 fn turn_of(t: &Transform) -> f64 {
     mcg_eval::align::angle_between(&t.rotation, &Transform::identity().rotation)
@@ -488,23 +490,24 @@ struct BodyAlignment {
 /// (Chosen after the alignment, a moving half can win by being moved onto the other
 /// conformation: on the demo's seed 1, a half at 0.42 before and 0.92 after, by a 20° turn.)
 fn body_alignment(map: &Volume, reference: &Volume, config: &AlignConfig) -> Result<BodyAlignment> {
-    let mut best: Option<BodyAlignment> = None;
+    // The half that agrees best before its alignment (the first of equals), aligned alone.
+    let mut best: Option<(f64, String, Volume, Volume)> = None;
     for (half, mask) in half_masks(reference) {
         let masked = |v: &Volume| Volume::new(v.data() * &mask, v.apix());
-        let a = align(&masked(map)?, &masked(reference)?, config)?;
-        if best
-            .as_ref()
-            .is_none_or(|b| a.score_before > b.score_before)
-        {
-            best = Some(BodyAlignment {
-                half,
-                transform: a.transform,
-                score_before: a.score_before,
-                score: a.score,
-            });
+        let (m, r) = (masked(map)?, masked(reference)?);
+        let before = correlation(&m, &r);
+        if best.as_ref().is_none_or(|b| before > b.0) {
+            best = Some((before, half, m, r));
         }
     }
-    best.context("a reference with no halves")
+    let (_, half, m, r) = best.context("a reference with no halves")?;
+    let a = align(&m, &r, config)?;
+    Ok(BodyAlignment {
+        half,
+        transform: a.transform,
+        score_before: a.score_before,
+        score: a.score,
+    })
 }
 
 /// The six soft half-spaces of `v` (logistic, one voxel wide) cut by planes through its centre
@@ -1494,7 +1497,7 @@ mod tests {
             shift_voxels: [1.0, 0.0, 0.0],
         };
         let turned = turn.apply(&map);
-        let (maps, frames) = common_frame(vec![turned, map.clone()], &[0.3, 0.7]).unwrap();
+        let (maps, frames) = common_frame(vec![turned, map.clone()], &[0.3, 0.7], &[1, 2]).unwrap();
         // Class 2 (π 0.7) is the reference, unchanged; class 1 is brought onto it.
         assert_eq!(maps[1].data(), map.data());
         assert_eq!(frames[1]["reference"], true);
@@ -1517,7 +1520,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let (_, frames) = common_frame(vec![other, map], &[0.3, 0.7]).unwrap();
+        let (_, frames) = common_frame(vec![other, map], &[0.3, 0.7], &[1, 2]).unwrap();
         assert_eq!(frames[0]["moved"], false, "{frames:?}");
         assert!(frames[0]["rotation_deg"].as_f64().unwrap() < FRAME_TURN_DEG);
     }
@@ -1598,7 +1601,8 @@ mod tests {
             shift_voxels: [0.0, 0.0, 0.0],
         };
         let drifted = drift.apply(&second);
-        let (maps, frames) = common_frame(vec![drifted.clone(), first], &[0.4, 0.6]).unwrap();
+        let (maps, frames) =
+            common_frame(vec![drifted.clone(), first], &[0.4, 0.6], &[1, 2]).unwrap();
         let body = &frames[0]["body"];
         let turn = body["rotation_deg"].as_f64().unwrap();
         // Back in the frame it drifted from: closer to the undrifted map than it came.
