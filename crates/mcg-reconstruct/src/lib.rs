@@ -921,7 +921,7 @@ pub fn scored_positions(landscape: Landscape, pi: &[f64]) -> (Vec<f64>, Vec<f64>
         Landscape::Continuous => {
             let m = 2 * pi.len();
             (
-                (0..m).map(|j| (j as f64 + 0.5) / m as f64).collect(),
+                mcg_eval::landscape::cell_midpoints(m),
                 vec![1.0 / m as f64; m],
             )
         }
