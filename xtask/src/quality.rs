@@ -449,20 +449,15 @@ fn reconstruct_and_score(
     if rec.join(RECORD).is_file() {
         args.push("--resume");
     }
-    // The continuous set's landscape is a path through its classes, four of them (two span
-    // only β ≈ 8–18°: docs/results.md, session 12), unless the arguments say otherwise.
+    // The continuous set's landscape is a path through its classes (four of them, the
+    // continuum's default), unless the arguments say otherwise.
     let given = |flag: &str| {
         o.extra
             .iter()
             .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
     };
-    if set == "continuous" {
-        if !given("--landscape") {
-            args.extend(["--landscape", "continuous"]);
-        }
-        if !given("--classes") {
-            args.extend(["--classes", "4"]);
-        }
+    if set == "continuous" && !given("--landscape") {
+        args.extend(["--landscape", "continuous"]);
     }
     args.extend(o.extra.iter().map(String::as_str));
     util::run(bin, &args)?;

@@ -617,13 +617,28 @@ impl Search {
         }
     }
 
-    /// The E-step of `volumes` over this search (see [`expectation`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn expectation(
+    /// The templates of `volumes` that this search scores: its grid's, and its coarse
+    /// grid's when it has one.
+    pub fn templates(
         &self,
         model: &ForwardModel,
         volumes: &Tensor,
         freqs: &Tensor,
+    ) -> SearchTemplates {
+        SearchTemplates {
+            fine: templates(model, volumes, &self.grid, freqs),
+            coarse: self
+                .coarse
+                .as_ref()
+                .map(|(coarse, _)| templates(model, volumes, coarse, freqs)),
+        }
+    }
+
+    /// The E-step of templates from [`Search::templates`] (see [`expectation`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn expectation(
+        &self,
+        t: &SearchTemplates,
         terms: &ImageTerms,
         half: &[u8],
         log_pi: &[f64],
@@ -631,36 +646,42 @@ impl Search {
         batch_bytes: f64,
         cancelled: &dyn Fn() -> bool,
     ) -> Expectation {
-        let fine = templates(model, volumes, &self.grid, freqs);
-        match &self.coarse {
-            None => expectation(
-                terms,
-                half,
-                &fine,
-                log_pi,
-                ramps,
-                batch_bytes,
-                None,
-                cancelled,
-            ),
-            Some((coarse, refinement)) => {
-                let t = templates(model, volumes, coarse, freqs);
-                let local = Local {
-                    fine: &fine,
-                    refinement,
-                    top: self.top,
-                };
-                expectation(
-                    terms,
-                    half,
-                    &t,
-                    log_pi,
-                    ramps,
-                    batch_bytes,
-                    Some(&local),
-                    cancelled,
-                )
-            }
+        let local = match (&self.coarse, &t.coarse) {
+            (Some((_, refinement)), Some(_)) => Some(Local {
+                fine: &t.fine,
+                refinement,
+                top: self.top,
+            }),
+            _ => None,
+        };
+        expectation(
+            terms,
+            half,
+            t.coarse.as_ref().unwrap_or(&t.fine),
+            log_pi,
+            ramps,
+            batch_bytes,
+            local.as_ref(),
+            cancelled,
+        )
+    }
+}
+
+/// The templates a [`Search`] scores (from [`Search::templates`]).
+#[derive(Debug)]
+pub struct SearchTemplates {
+    /// At every rotation of the search's grid, `[K·R][F]`.
+    pub fine: Tensor,
+    /// At every rotation of its coarse grid, when it searches locally.
+    pub coarse: Option<Tensor>,
+}
+
+impl SearchTemplates {
+    /// The templates of the volumes scaled by `c` (templates are linear in the volume).
+    pub fn scaled(&self, c: f64) -> Self {
+        Self {
+            fine: &self.fine * c,
+            coarse: self.coarse.as_ref().map(|t| t * c),
         }
     }
 }

@@ -453,9 +453,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
         let grid = &search.grid;
         let log_pi: Vec<f64> = state.model.pi.iter().map(|p| p.max(1e-12).ln()).collect();
         let exp = search.expectation(
-            &model,
-            &volumes,
-            &freqs,
+            &search.templates(&model, &volumes, &freqs),
             &terms,
             &half,
             &log_pi,
@@ -769,9 +767,7 @@ fn start_classes(
             search = search_of(s, step, dev);
         }
         exp = search.expectation(
-            model,
-            &v,
-            &freqs,
+            &search.templates(model, &v, &freqs),
             &sub,
             &sub_half,
             &[0.0],
@@ -789,9 +785,7 @@ fn start_classes(
     }
     // Every image's pose under the consensus.
     let exp = search.expectation(
-        model,
-        &v,
-        &freqs,
+        &search.templates(model, &v, &freqs),
         terms,
         half,
         &[0.0],

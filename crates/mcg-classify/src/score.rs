@@ -15,9 +15,10 @@ use mcg_formats::ImageSource;
 use mcg_forward::device;
 use mcg_forward::forward::ForwardModel;
 use mcg_physics::Volume;
+use mcg_physics::pose::Mat3;
 use tch::{Device, Tensor};
 
-use crate::em::{self, templates};
+use crate::em;
 use crate::images::{Frequencies, ImageTerms, offset_ramps};
 use crate::run::{ClassifySettings, angular_step, fit_scale, noise_of, offsets_of, search_of};
 
@@ -96,6 +97,23 @@ impl Scorer {
     /// Each image's log-likelihood (nats, up to a constant that is the same for every model)
     /// under map `map`, its scale fitted first; and the scale.
     pub fn per_image(&self, map: &Volume) -> Result<(Vec<f64>, f64)> {
+        let (e, c) = self.fitted(map)?;
+        Ok((e.log_likelihood, c))
+    }
+
+    /// Each image's most probable rotation (RELION matrix) under map `map`, its scale fitted
+    /// first: the rotation of the search's grid at the image's largest posterior.
+    pub fn most_probable_rotations(&self, map: &Volume) -> Result<Vec<Mat3>> {
+        let (e, _) = self.fitted(map)?;
+        Ok(e.best
+            .iter()
+            .map(|b| self.search.grid.matrices[b[2]])
+            .collect())
+    }
+
+    /// The E-step of `map` scaled by its least-squares scale at its most probable poses, and
+    /// the scale.
+    fn fitted(&self, map: &Volume) -> Result<(em::Expectation, f64)> {
         if map.box_size() != self.box_size
             || (f64::from(map.apix()) - self.apix).abs() > 1e-3 * self.apix
         {
@@ -111,11 +129,10 @@ impl Scorer {
             bail!("a map with non-finite voxels cannot be scored");
         }
         let v = em::to_tensor(&[map], self.device);
-        let e_step = |v: &Tensor| {
+        let t = self.search.templates(&self.model, &v, &self.freqs);
+        let e_step = |t: &em::SearchTemplates| {
             self.search.expectation(
-                &self.model,
-                v,
-                &self.freqs,
+                t,
                 &self.terms,
                 &self.half,
                 &[0.0],
@@ -124,13 +141,12 @@ impl Scorer {
                 &|| false,
             )
         };
-        let first = e_step(&v);
-        let t = templates(&self.model, &v, &self.search.grid, &self.freqs);
-        let c = fit_scale(&self.terms, &t, 1, &self.ramps, &first.best, self.f);
+        let first = e_step(&t);
+        let c = fit_scale(&self.terms, &t.fine, 1, &self.ramps, &first.best, self.f);
         if !(c.is_finite() && c != 0.0) {
             bail!("the map does not correlate with the images (scale {c})");
         }
-        Ok((e_step(&(v * c)).log_likelihood, c))
+        Ok((e_step(&t.scaled(c)), c))
     }
 
     /// The mean log-likelihood per image of the mixture of `maps` with `weights` (positive;

@@ -66,9 +66,9 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     landscape_steps: Option<u64>,
     /// Number of conformations K: classes, and the landscape's components (or the path's
-    /// anchors).
-    #[arg(long, default_value_t = 2)]
-    classes: usize,
+    /// anchors). Default: 2 with --landscape discrete, 4 with --landscape continuous.
+    #[arg(long, value_name = "K")]
+    classes: Option<usize>,
     /// discrete (conformations: the landscape a mixture of the classes) or continuous (a
     /// continuum: a path through the classes).
     #[arg(long, default_value = "discrete", value_name = "KIND")]
@@ -114,7 +114,9 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         consensus_minutes: args.consensus_minutes,
         consensus_steps: args.consensus_steps,
         landscape_steps: args.landscape_steps,
-        classes: args.classes,
+        classes: args
+            .classes
+            .unwrap_or_else(|| args.landscape.default_classes()),
         landscape: args.landscape,
         landscape_stop: args.landscape_stop,
         truth: args.truth,

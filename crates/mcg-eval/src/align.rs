@@ -48,6 +48,9 @@ pub struct AlignConfig {
     pub allow_flip: bool,
     /// Largest translation searched globally, along each axis, as a fraction of the box edge.
     pub max_shift_fraction: f64,
+    /// Where the rotation is known roughly: the global search keeps only the rotations within
+    /// this many degrees of this one (and the rotation itself). `None`: all of SO(3).
+    pub near: Option<(Mat3, f64)>,
 }
 
 impl Default for AlignConfig {
@@ -58,6 +61,7 @@ impl Default for AlignConfig {
             candidates: 8,
             allow_flip: true,
             max_shift_fraction: 0.25,
+            near: None,
         }
     }
 }
@@ -151,7 +155,11 @@ pub fn align(
     let m0 = levels[0];
     let vol0 = fourier_crop(volume.data(), m0);
     let ref0 = centred(&fourier_crop(reference.data(), m0));
-    let grid = rotation_grid(config.angular_step_deg);
+    let mut grid = rotation_grid(config.angular_step_deg);
+    if let Some((prior, within)) = config.near {
+        grid.retain(|r| angle_between(r, &prior) <= within);
+        grid.push(prior);
+    }
     let hands: &[bool] = if config.allow_flip {
         &[false, true]
     } else {
@@ -261,6 +269,41 @@ pub fn rotation_grid(step_deg: f64) -> Vec<Mat3> {
     grid
 }
 
+/// Whether `m` is a rotation matrix: orthonormal with determinant +1, to 10⁻⁶.
+fn is_rotation(m: &Mat3) -> bool {
+    let p = mat_mul(m, &transpose(m));
+    let orthonormal =
+        (0..3).all(|i| (0..3).all(|j| (p[i][j] - f64::from(u8::from(i == j))).abs() < 1e-6));
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    orthonormal && (det - 1.0).abs() < 1e-6
+}
+
+/// The rotation of `rotations` with the most of them (itself included) within `within_deg`
+/// of it, and that number: the mode of a noisy set of estimates of one rotation (the first of
+/// equals). `None` when `rotations` is empty.
+pub fn modal_rotation(rotations: &[Mat3], within_deg: f64) -> Option<(Mat3, usize)> {
+    let counts: Vec<usize> = rotations
+        .par_iter()
+        .map(|a| {
+            rotations
+                .iter()
+                .filter(|b| angle_between(a, b) <= within_deg)
+                .count()
+        })
+        .collect();
+    let (best, count) =
+        counts
+            .iter()
+            .enumerate()
+            .fold(None, |top: Option<(usize, usize)>, (i, &c)| match top {
+                Some((_, t)) if c <= t => top,
+                _ => Some((i, c)),
+            })?;
+    Some((rotations[best], count))
+}
+
 /// The angle (degrees) of the rotation `A·Bᵀ` that takes rotation `B` to `A`.
 pub fn angle_between(a: &Mat3, b: &Mat3) -> f64 {
     let d = mat_mul(a, &transpose(b));
@@ -301,6 +344,20 @@ fn check_config(config: &AlignConfig) -> Result<(), EvalError> {
     }
     if config.candidates == 0 {
         return bad("candidates", "0; expected at least 1".into());
+    }
+    if let Some((prior, within)) = config.near {
+        if !(within.is_finite() && within > 0.0) {
+            return bad(
+                "search radius about a known rotation",
+                format!("{within}°; expected a positive angle"),
+            );
+        }
+        if !is_rotation(&prior) {
+            return bad(
+                "known rotation",
+                format!("{prior:?}; expected a rotation matrix (orthonormal, determinant +1)"),
+            );
+        }
     }
     if !(0.0..=0.5).contains(&config.max_shift_fraction) {
         return bad(

@@ -43,6 +43,7 @@ use mcg_eval::align::{AlignConfig, Transform, align, correlation, has_contrast};
 use mcg_eval::fsc::{FscConfig, fsc};
 use mcg_formats::mrc;
 use mcg_physics::Volume;
+use mcg_physics::pose::{Mat3, mat_mul, transpose};
 use mcg_train::data::{PrepareSettings, RunDataSettings, prepare_run};
 use mcg_train::models::Mode;
 use mcg_train::run::{RunData, RunOptions, RunSummary};
@@ -328,7 +329,14 @@ pub fn reconstruct(
             let maps: Vec<Volume> = kept.iter().map(|&k| maps[k].clone()).collect();
             let kept_pi: Vec<f64> = kept.iter().map(|&k| model.pi[k]).collect();
             let numbers: Vec<usize> = kept.iter().map(|k| k + 1).collect();
-            let (maps, frames) = common_frame(maps, &kept_pi, &numbers)?;
+            let r_max = model
+                .history
+                .last()
+                .map_or(model.box_size as f64 / 2.0 - 1.0, |h| h.r_max);
+            // The particles that judge the landscape, and that place its components' frames.
+            let scorer = Scorer::new(&classify_settings(s), r_max, SCORE_IMAGES)
+                .context("the landscape's score")?;
+            let (maps, frames) = common_frame(maps, &kept_pi, &numbers, Some(&scorer))?;
             // A continuum's classes in the order of their similarity: the path's anchors.
             let order: Vec<usize> = match s.landscape {
                 Landscape::Discrete => (0..maps.len()).collect(),
@@ -339,10 +347,6 @@ pub fn reconstruct(
             let pi = fixed_pi(&pi);
             let config = landscape_config(s, Some(pi.clone()));
             let classes_in_order: Vec<usize> = order.iter().map(|&k| kept[k] + 1).collect();
-            let r_max = model
-                .history
-                .last()
-                .map_or(model.box_size as f64 / 2.0 - 1.0, |h| h.r_max);
             landscape_stage(
                 s,
                 &mut record,
@@ -350,7 +354,7 @@ pub fn reconstruct(
                 LandscapeStart {
                     maps,
                     pi,
-                    r_max,
+                    scorer,
                     outcome: serde_json::json!({
                         "class_frames": frames,
                         "classes_in_order": classes_in_order,
@@ -387,10 +391,17 @@ pub fn reconstruct(
 /// on those classes, against 7.3°, 6.1° and 3.2° from the truth). `numbers` are the classes'
 /// numbers in the classification, by which the record names them. Returns the maps and, per
 /// class, both alignments.
+///
+/// A pseudo-symmetric molecule has two near-equal whole-map superpositions (the Hsp90 dimer's
+/// about its pseudo-two-fold axis), and the maps alone cannot tell them apart. The particles
+/// can: with `scorer`, each of its images' most probable rotations under the two maps give the
+/// rotation between their frames ([`data_rotation`]), and the whole-map alignment searches only
+/// within [`FRAME_NEAR_DEG`] of it.
 pub fn common_frame(
     maps: Vec<Volume>,
     pi: &[f64],
     numbers: &[usize],
+    scorer: Option<&Scorer>,
 ) -> Result<(Vec<Volume>, Vec<serde_json::Value>)> {
     anyhow::ensure!(
         maps.len() == pi.len() && maps.len() == numbers.len(),
@@ -408,6 +419,12 @@ pub fn common_frame(
         allow_flip: false,
         ..AlignConfig::default()
     };
+    let rotations = scorer
+        .map(|sc| {
+            sc.most_probable_rotations(&maps[reference])
+                .with_context(|| format!("class {}'s poses", numbers[reference]))
+        })
+        .transpose()?;
     let mut out = Vec::with_capacity(maps.len());
     let mut frames = Vec::with_capacity(maps.len());
     for (k, map) in maps.iter().enumerate() {
@@ -422,7 +439,21 @@ pub fn common_frame(
                 numbers[k], numbers[reference]
             )
         };
-        let a = align(map, &maps[reference], &config).with_context(what)?;
+        // The rotation between the frames that the particles' poses give, where they are known.
+        let data = match (scorer, &rotations) {
+            (Some(scorer), Some(reference_rotations)) => {
+                let r = scorer
+                    .most_probable_rotations(map)
+                    .with_context(|| format!("class {}'s poses", numbers[k]))?;
+                Some(data_rotation(reference_rotations, &r)).flatten()
+            }
+            _ => None,
+        };
+        let searched = AlignConfig {
+            near: data.map(|(r, _)| (r, FRAME_NEAR_DEG)),
+            ..config
+        };
+        let a = align(map, &maps[reference], &searched).with_context(what)?;
         let angle = turn_of(&a.transform);
         let moved = angle >= FRAME_TURN_DEG;
         let gross = if moved { a.aligned } else { map.clone() };
@@ -434,6 +465,10 @@ pub fn common_frame(
         frames.push(serde_json::json!({
             "class": numbers[k],
             "onto_class": numbers[reference],
+            "data": data.map(|(r, support)| serde_json::json!({
+                "rotation_deg": turn_of(&Transform { rotation: r, ..Transform::identity() }),
+                "support": support,
+            })),
             "rotation_deg": angle,
             "shift_voxels": a.transform.shift_voxels,
             "correlation_before": a.score_before,
@@ -455,6 +490,22 @@ pub fn common_frame(
         });
     }
     Ok((out, frames))
+}
+
+/// The rotation that brings a map into a reference's frame, as the particles give it:
+/// `reference[i]` and `map[i]` are image `i`'s most probable rotations under the two maps. An
+/// image that is the projection of the reference at `A` and of the map at `B` has `A = B·G`
+/// where the map is the reference turned by `G`, so `Aᵀ·B = Gᵀ` turns the map back. Returns the
+/// mode of the images' `Aᵀ·B` ([`mcg_eval::align::modal_rotation`] within
+/// [`FRAME_MODE_DEG`]) and the share of images within that angle of it; `None` without images.
+pub fn data_rotation(reference: &[Mat3], map: &[Mat3]) -> Option<(Mat3, f64)> {
+    let relative: Vec<Mat3> = reference
+        .iter()
+        .zip(map)
+        .map(|(a, b)| mat_mul(&transpose(a), b))
+        .collect();
+    let (r, count) = mcg_eval::align::modal_rotation(&relative, FRAME_MODE_DEG)?;
+    Some((r, count as f64 / relative.len() as f64))
 }
 
 /// The order of a continuum's class maps along its path: the path through them with the
@@ -600,6 +651,14 @@ fn principal_axes(mut a: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
 /// [`common_frame`] moves a class map only when aligning it turns it by at least this many
 /// degrees (a change of frame, not a compromise between conformations).
 pub const FRAME_TURN_DEG: f64 = 30.0;
+
+/// [`data_rotation`] takes the mode of the particles' rotations between two frames as the
+/// rotation with the most of them within this many degrees.
+pub const FRAME_MODE_DEG: f64 = 15.0;
+
+/// With the particles' rotation between two frames ([`data_rotation`]), [`common_frame`]'s
+/// whole-map alignment searches only within this many degrees of it.
+pub const FRAME_NEAR_DEG: f64 = 30.0;
 
 /// The landscape's minutes: what the stages before it left of the budget, less
 /// [`REPORT_MINUTES`] for the reports when there is a truth, at least
@@ -896,7 +955,8 @@ fn consensus_stage(
 struct LandscapeStart {
     maps: Vec<Volume>,
     pi: Vec<f64>,
-    r_max: f64,
+    /// The particles that score it (at the classification's final frequency limit).
+    scorer: Scorer,
     outcome: serde_json::Value,
 }
 
@@ -985,8 +1045,7 @@ fn landscape_stage(
     let began = Instant::now();
     tracing::info!(stage = LANDSCAPE, ?budget, resume, stop = %s.landscape_stop, "stage");
     let data = prepare_stage(s, &mut config, resume, dev, monitor)?;
-    let scorer = Scorer::new(&classify_settings(s), start.r_max, SCORE_IMAGES)
-        .context("the landscape's score")?;
+    let scorer = &start.scorer;
     let (alphas, weights) = scored_positions(s.landscape, &start.pi);
     let best = |scores: &[(u64, f64)]| {
         scores
@@ -1050,7 +1109,7 @@ fn landscape_stage(
         resume = true;
         steps = summary.step;
         if !summary.interrupted {
-            let ll = landscape_score(&out, &scorer, &alphas, &weights, dev)?;
+            let ll = landscape_score(&out, scorer, &alphas, &weights, dev)?;
             tracing::info!(step = steps, log_likelihood = ll, "landscape scored");
             scores.push((steps, ll));
             if best(&scores).map(|b| b.0) == Some(steps) {
@@ -1497,7 +1556,8 @@ mod tests {
             shift_voxels: [1.0, 0.0, 0.0],
         };
         let turned = turn.apply(&map);
-        let (maps, frames) = common_frame(vec![turned, map.clone()], &[0.3, 0.7], &[1, 2]).unwrap();
+        let (maps, frames) =
+            common_frame(vec![turned, map.clone()], &[0.3, 0.7], &[1, 2], None).unwrap();
         // Class 2 (π 0.7) is the reference, unchanged; class 1 is brought onto it.
         assert_eq!(maps[1].data(), map.data());
         assert_eq!(frames[1]["reference"], true);
@@ -1520,7 +1580,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let (_, frames) = common_frame(vec![other, map], &[0.3, 0.7], &[1, 2]).unwrap();
+        let (_, frames) = common_frame(vec![other, map], &[0.3, 0.7], &[1, 2], None).unwrap();
         assert_eq!(frames[0]["moved"], false, "{frames:?}");
         assert!(frames[0]["rotation_deg"].as_f64().unwrap() < FRAME_TURN_DEG);
     }
@@ -1602,7 +1662,7 @@ mod tests {
         };
         let drifted = drift.apply(&second);
         let (maps, frames) =
-            common_frame(vec![drifted.clone(), first], &[0.4, 0.6], &[1, 2]).unwrap();
+            common_frame(vec![drifted.clone(), first], &[0.4, 0.6], &[1, 2], None).unwrap();
         let body = &frames[0]["body"];
         let turn = body["rotation_deg"].as_f64().unwrap();
         // Back in the frame it drifted from: closer to the undrifted map than it came.

@@ -31,6 +31,19 @@ pub enum Landscape {
     Continuous,
 }
 
+impl Landscape {
+    /// The number of classes `reconstruct` takes when none is given: two for conformations
+    /// (the demo's and the paper's discrete sets), four for a continuum (two classes' means
+    /// span only β ≈ 8–18° of the paper's 0–20°; four meet its targets: docs/results.md,
+    /// session 12).
+    pub fn default_classes(self) -> usize {
+        match self {
+            Self::Discrete => 2,
+            Self::Continuous => 4,
+        }
+    }
+}
+
 impl std::str::FromStr for Landscape {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -342,13 +342,7 @@ fn the_likelihood_score_prefers_the_true_states() {
         read(&truth.join("beta_20.mrc")),
         read(&reference),
     );
-    let settings = mcg_classify::ClassifySettings {
-        particles: star.clone(),
-        angular_step_deg: 15.0,
-        device: mcg_train::DeviceChoice::Cpu,
-        ..Default::default()
-    };
-    let scorer = Scorer::new(&settings, 7.0, 300).unwrap();
+    let scorer = Scorer::new(&score_settings(&star), 7.0, 300).unwrap();
     assert_eq!(scorer.images(), 300);
     let pair = [closed.clone(), open.clone()];
     let true_pair = scorer.score(&pair, &[0.25, 0.75]).unwrap();
@@ -379,4 +373,63 @@ fn the_likelihood_score_prefers_the_true_states() {
     let small = Volume::new(ndarray::Array3::zeros((8, 8, 8)), mean.apix()).unwrap();
     let err = scorer.per_image(&small).unwrap_err().to_string();
     assert!(err.contains("8³") && err.contains("16³"), "{err}");
+}
+
+/// The classification's settings with which the tests score maps: 15° rotations, on the CPU.
+fn score_settings(star: &Path) -> mcg_classify::ClassifySettings {
+    mcg_classify::ClassifySettings {
+        particles: star.to_path_buf(),
+        angular_step_deg: 15.0,
+        device: mcg_train::DeviceChoice::Cpu,
+        ..Default::default()
+    }
+}
+
+/// The particles give the rotation between two frames of a map
+/// (`Scorer::most_probable_rotations`, `mcg_reconstruct::data_rotation`): the open state turned
+/// by a known rotation `G` is brought back by `Gᵀ`, found as the mode of the images' rotations
+/// under the two maps, and `common_frame` with the particles moves it back onto the open state.
+#[test]
+fn the_particles_give_the_rotation_between_two_frames() {
+    use mcg_classify::score::Scorer;
+    use mcg_eval::align::{Transform, angle_between, correlation};
+    use mcg_physics::pose::{Pose, transpose};
+    let dir = tempfile::tempdir().unwrap();
+    let (star, _) = two_state_set(dir.path(), 400, "10");
+    let truth = star.parent().unwrap().join("ground_truth");
+    let open = mrc::read_volume(&truth.join("beta_20.mrc"), None).unwrap();
+    let g = Pose::new(50.0, 120.0, -30.0).matrix();
+    let turned = Transform {
+        rotation: g,
+        ..Transform::identity()
+    }
+    .apply(&open);
+    let scorer = Scorer::new(&score_settings(&star), 7.0, 300).unwrap();
+    let under_open = scorer.most_probable_rotations(&open).unwrap();
+    let under_turned = scorer.most_probable_rotations(&turned).unwrap();
+    assert_eq!(under_open.len(), 300);
+    let (r, support) = mcg_reconstruct::data_rotation(&under_open, &under_turned).unwrap();
+    let off = angle_between(&r, &transpose(&g));
+    assert!(off < 10.0, "{off}° from the turn back, support {support}");
+    assert!(support > 0.3, "support {support}");
+    assert!(mcg_reconstruct::data_rotation(&[], &[]).is_none());
+    let before = correlation(&turned, &open);
+    let (maps, frames) = mcg_reconstruct::common_frame(
+        vec![turned, open.clone()],
+        &[0.3, 0.7],
+        &[1, 2],
+        Some(&scorer),
+    )
+    .unwrap();
+    let after = correlation(&maps[0], &open);
+    assert!(
+        after > 0.95 && before < 0.8,
+        "correlation {before} → {after}"
+    );
+    assert_eq!(frames[0]["moved"], true);
+    assert!(
+        frames[0]["data"]["support"].as_f64().unwrap() > 0.3,
+        "{}",
+        frames[0]
+    );
 }

@@ -380,8 +380,6 @@ fn reconstruct_continuous_runs_a_path_through_the_classes() {
         s(&out),
         "--landscape",
         "continuous",
-        "--classes",
-        "3",
         "--consensus-steps",
         "200",
         "--landscape-steps",
@@ -397,8 +395,9 @@ fn reconstruct_continuous_runs_a_path_through_the_classes() {
     assert_eq!(record["landscape"], "continuous");
     let train = &json(&out.join("landscape/config.json"))["train"];
     assert_eq!(train["model"]["generator"], "path");
-    // The classes in path order, those that emptied left out: with them a permutation of 1,
-    // 2, 3; the order starts at its lower end, and the path's shares are the classes' π in
+    // A continuum takes four classes unless --classes says otherwise. The classes in path
+    // order, those that emptied left out: with them a permutation of 1, 2, 3, 4; the order
+    // starts at its lower end, and the path's shares are the classes' π in
     // that order.
     let outcome = &record["stages"][2]["outcome"];
     let order: Vec<usize> = serde_json::from_value(outcome["classes_in_order"].clone()).unwrap();
@@ -408,7 +407,7 @@ fn reconstruct_continuous_runs_a_path_through_the_classes() {
     assert_eq!(train["model"]["components"], order.len());
     let mut all: Vec<usize> = order.iter().chain(&empty).copied().collect();
     all.sort_unstable();
-    assert_eq!(all, [1, 2, 3], "{outcome}");
+    assert_eq!(all, [1, 2, 3, 4], "{outcome}");
     assert!(order[0] < order[order.len() - 1], "{order:?}");
     let pi: Vec<f64> =
         serde_json::from_value(json(&out.join("classify/model.json"))["pi"].clone()).unwrap();

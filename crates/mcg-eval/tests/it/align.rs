@@ -184,3 +184,85 @@ fn alignment_refuses_different_boxes_and_flat_maps() {
         .to_string();
     assert!(err.contains("the map") && err.contains("contrast"), "{err}");
 }
+
+/// With a known rough rotation (`AlignConfig::near`), the search stays near it: a map with a
+/// weaker copy of itself turned 180° about z (a pseudo-two-fold) aligns onto itself at the
+/// identity when searched everywhere, and at the two-fold when searched within 30° of it.
+/// A radius that is not a positive angle, or a prior that is not a rotation, is refused.
+#[test]
+fn a_known_rough_rotation_chooses_between_pseudo_symmetric_mates() {
+    let two_fold = |q: [f64; 3]| [-q[0], -q[1], q[2]];
+    let map = sample(32, |q| blobs(q) + 0.8 * blobs(two_fold(q)));
+    let identity = Transform::identity().rotation;
+    let free = align(&map, &map, &AlignConfig::default()).unwrap();
+    assert!(angle_between(&free.transform.rotation, &identity) < 3.0);
+    let s = [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]];
+    let near_s = Pose::new(0.0, 0.0, 170.0).matrix();
+    let config = AlignConfig {
+        near: Some((near_s, 30.0)),
+        ..AlignConfig::default()
+    };
+    let mate = align(&map, &map, &config).unwrap();
+    let off = angle_between(&mate.transform.rotation, &s);
+    assert!(off < 3.0, "{off}° from the two-fold");
+    assert!(
+        mate.score < free.score && mate.score > 0.5,
+        "{} {}",
+        mate.score,
+        free.score
+    );
+    for (near, what) in [
+        ((near_s, 0.0), "search radius"),
+        (
+            ([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], 30.0),
+            "known rotation",
+        ),
+    ] {
+        let err = align(
+            &map,
+            &map,
+            &AlignConfig {
+                near: Some(near),
+                ..AlignConfig::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(what), "{err}");
+    }
+}
+
+/// The mode of noisy estimates of one rotation among outliers: 40 estimates within 4° of a
+/// rotation and 60 spread over SO(3); the mode is within 4° of it and counts the 40.
+#[test]
+fn the_modal_rotation_is_the_densest_estimate() {
+    use mcg_eval::align::{modal_rotation, rotation_grid};
+    use mcg_physics::pose::{mat_mul, matrix_from_rotation_vector};
+    let truth = Pose::new(30.0, 60.0, 90.0).matrix();
+    let mut estimates: Vec<_> = (0..40)
+        .map(|i| {
+            let a = (2.0 + 2.0 * ((i % 5) as f64 / 4.0)).to_radians();
+            let t = i as f64 * 0.7;
+            let axis = [
+                t.cos() * (i as f64).sin(),
+                t.sin(),
+                t.cos() * (i as f64).cos(),
+            ];
+            let norm = axis.iter().map(|v| v * v).sum::<f64>().sqrt();
+            mat_mul(
+                &truth,
+                &matrix_from_rotation_vector(axis.map(|v| a * v / norm)),
+            )
+        })
+        .collect();
+    let grid = rotation_grid(30.0);
+    estimates.extend((0..60).map(|i| grid[i * grid.len() / 60]));
+    let (mode, count) = modal_rotation(&estimates, 15.0).unwrap();
+    assert!(
+        angle_between(&mode, &truth) < 4.0,
+        "{}",
+        angle_between(&mode, &truth)
+    );
+    assert!(count >= 40, "{count}");
+    assert!(modal_rotation(&[], 15.0).is_none());
+}
