@@ -313,20 +313,26 @@ pub(crate) fn search_of(s: &ClassifySettings, step: f64, dev: Device) -> em::Sea
     em::Search::new(step, s.local_candidates, s.coarse_step_deg / 1.5, dev)
 }
 
+/// Refuses more classes than `count` particles (of `particles`) can fill: each class needs
+/// [`MIN_IMAGES_PER_CLASS`]. The error names `--classes`.
+pub fn check_classes(classes: usize, count: usize, particles: &Path) -> Result<()> {
+    if count < MIN_IMAGES_PER_CLASS * classes {
+        bail!(
+            "--classes: {classes} classes need at least {} particles ({MIN_IMAGES_PER_CLASS} \
+             each); {} has {count}",
+            MIN_IMAGES_PER_CLASS * classes,
+            particles.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs a classification (see the module notes) and returns `model.json`'s content.
 pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> {
     s.validate()?;
     let (set, images) = input::particles(&s.particles, &s.locate)?;
     let count = set.len();
-    if count < MIN_IMAGES_PER_CLASS * s.classes {
-        bail!(
-            "--classes: {} classes need at least {} particles ({} each); {} has {count}",
-            s.classes,
-            MIN_IMAGES_PER_CLASS * s.classes,
-            MIN_IMAGES_PER_CLASS,
-            s.particles.display()
-        );
-    }
+    check_classes(s.classes, count, &s.particles)?;
     let n = images.box_size();
     let apix = set.optics_of(0).pixel_size;
     let reference = mrc::read_volume(&s.reference, None)?;

@@ -258,6 +258,11 @@ pub fn reconstruct(
             [RECORD, CONSENSUS, CLASSIFY, LANDSCAPE, REPORT],
             "reconstruct output",
         )?;
+        // The classification's own check, before the consensus spends its minutes.
+        if !s.pose_free {
+            let (set, _) = mcg_dataset::input::particles(&s.particles, &s.locate)?;
+            mcg_classify::run::check_classes(s.classes, set.len(), &s.particles)?;
+        }
         std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
         Record {
             software: concat!("multicryogan ", env!("CARGO_PKG_VERSION")).into(),

@@ -492,4 +492,17 @@ fn reconstruct_refuses_bad_settings() {
         "--resume",
     ]);
     assert!(err.contains("reconstruct.json"), "{err}");
+    // More classes than the particles fill (100 each) are refused before the consensus.
+    let data = small_set_of(dir.path(), "hsp90-discrete", "300", "1");
+    let err = fails(&[
+        "reconstruct",
+        "--particles",
+        s(&data.join("particles.star")),
+        "--out",
+        s(&out),
+        "--classes",
+        "4",
+    ]);
+    assert!(err.contains("--classes") && err.contains("400"), "{err}");
+    assert!(!out.exists(), "wrote {}", out.display());
 }
