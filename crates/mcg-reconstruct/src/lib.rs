@@ -450,7 +450,7 @@ pub fn common_frame(
                 let r = scorer
                     .most_probable_rotations(map)
                     .with_context(|| format!("class {}'s poses", numbers[k]))?;
-                Some(data_rotation(reference_rotations, &r)).flatten()
+                data_rotation(reference_rotations, &r)
             }
             _ => None,
         };
@@ -459,19 +459,19 @@ pub fn common_frame(
             ..config
         };
         let a = align(map, &maps[reference], &searched).with_context(what)?;
-        let angle = turn_of(&a.transform);
+        let angle = turn_of(&a.transform.rotation);
         let moved = angle >= FRAME_TURN_DEG;
         let gross = if moved { a.aligned } else { map.clone() };
         // Then onto the reference's body: the half of the molecule that both share.
         let body = body_alignment(&gross, &maps[reference], &config).with_context(what)?;
         // A drift is a few degrees; a larger turn of the body is no drift, and is not applied.
-        let drift = turn_of(&body.transform) < FRAME_TURN_DEG;
-        tracing::info!(class = numbers[k], onto = numbers[reference], rotation_deg = angle, shift_voxels = ?a.transform.shift_voxels, moved, body_rotation_deg = turn_of(&body.transform), body_shift_voxels = ?body.transform.shift_voxels, "the class map into the common frame");
+        let drift = turn_of(&body.transform.rotation) < FRAME_TURN_DEG;
+        tracing::info!(class = numbers[k], onto = numbers[reference], rotation_deg = angle, shift_voxels = ?a.transform.shift_voxels, moved, body_rotation_deg = turn_of(&body.transform.rotation), body_shift_voxels = ?body.transform.shift_voxels, "the class map into the common frame");
         frames.push(serde_json::json!({
             "class": numbers[k],
             "onto_class": numbers[reference],
             "data": data.map(|(r, support)| serde_json::json!({
-                "rotation_deg": turn_of(&Transform { rotation: r, ..Transform::identity() }),
+                "rotation_deg": turn_of(&r),
                 "support": support,
             })),
             "rotation_deg": angle,
@@ -481,7 +481,7 @@ pub fn common_frame(
             "moved": moved,
             "body": {
                 "half": body.half,
-                "rotation_deg": turn_of(&body.transform),
+                "rotation_deg": turn_of(&body.transform.rotation),
                 "shift_voxels": body.transform.shift_voxels,
                 "correlation_before": body.score_before,
                 "correlation": body.score,
@@ -521,9 +521,9 @@ pub fn path_order(maps: &[Volume]) -> Result<Vec<usize>> {
     Ok(mcg_eval::landscape::best_path(&similarity))
 }
 
-/// The angle (degrees) by which a transform turns a map.
-fn turn_of(t: &Transform) -> f64 {
-    mcg_eval::align::angle_between(&t.rotation, &Transform::identity().rotation)
+/// The angle (degrees) by which a rotation turns a map.
+fn turn_of(rotation: &Mat3) -> f64 {
+    mcg_eval::align::angle_between(rotation, &Transform::identity().rotation)
 }
 
 /// How [`body_alignment`] brought a map onto a reference's body.
