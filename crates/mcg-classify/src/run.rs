@@ -101,11 +101,21 @@ pub struct ClassifySettings {
     pub batch_bytes: f64,
     /// Continue the run in `out` from its last complete iteration.
     pub resume: bool,
+    /// The most minutes this call may take, the start included: after each iteration the run
+    /// stops if another as long as the last would end past them ([`out_of_time`]). `None`: no
+    /// limit (the same seed and settings then give the same classes on any machine).
+    pub minutes: Option<f64>,
 }
 
 /// The log-likelihood per image (nats) that an iteration must add, at the limit of the one
 /// before, for the run to go on once π has stopped moving (see [`converged`]).
 pub const STALL_NATS: f64 = 0.01;
+
+/// Whether a run limited to `minutes` must stop after an iteration: `elapsed` seconds since
+/// it began, and another iteration as long as the `last` one would end past the limit.
+pub fn out_of_time(minutes: Option<f64>, elapsed: f64, last: f64) -> bool {
+    minutes.is_some_and(|m| elapsed + last > 60.0 * m)
+}
 
 /// Whether a classification has converged after an iteration at its final frequency limit
 /// (`at_final`: not held at the split resolution, and the limit not rising): π moved by less
@@ -154,6 +164,7 @@ impl Default for ClassifySettings {
             device: DeviceChoice::Auto,
             batch_bytes: 128e6,
             resume: false,
+            minutes: None,
         }
     }
 }
@@ -200,6 +211,11 @@ impl ClassifySettings {
             && !(0.0..=32.0).contains(&r)
         {
             bail!("--offset-range: found {r}, expected 0 … 32 pixels");
+        }
+        if let Some(m) = self.minutes
+            && !(m > 0.0 && m.is_finite())
+        {
+            bail!("--minutes: found {m}, expected minutes > 0");
         }
         Ok(())
     }
@@ -267,6 +283,10 @@ pub struct Model {
     /// frequency limit was let rise (see [`ClassifySettings::split_resolution`]).
     #[serde(default)]
     pub settled_at: Option<usize>,
+    /// The iteration after which the run stopped because another would not have fitted in
+    /// its minutes (see [`ClassifySettings::minutes`]), if it did.
+    #[serde(default)]
+    pub out_of_time_at: Option<usize>,
 }
 
 /// The state kept after each complete iteration (`checkpoint/state.json`).
@@ -330,6 +350,7 @@ pub fn check_classes(classes: usize, count: usize, particles: &Path) -> Result<(
 /// Runs a classification (see the module notes) and returns `model.json`'s content.
 pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> {
     s.validate()?;
+    let began = Instant::now();
     let (set, images) = input::particles(&s.particles, &s.locate)?;
     let count = set.len();
     check_classes(s.classes, count, &s.particles)?;
@@ -416,6 +437,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             recentred_voxels: [0.0; 3],
             converged_at: None,
             settled_at: None,
+            out_of_time_at: None,
         };
         let (volumes, pi, class, scale, moved, r0, record) = start_classes(
             s, &model, &terms, &half, &ramps, &freqs_all, &reference, dev, monitor,
@@ -445,6 +467,8 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
     } else {
         done + 1
     };
+    // A run that stopped for time goes on with this call's minutes.
+    state.model.out_of_time_at = None;
     for it in first..=s.iterations {
         monitor.check_cancelled()?;
         let start = Instant::now();
@@ -564,6 +588,15 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
                 "converged"
             );
             state.model.converged_at = Some(it);
+        } else if it < s.iterations
+            && out_of_time(s.minutes, began.elapsed().as_secs_f64(), record.seconds)
+        {
+            tracing::info!(
+                iteration = it,
+                minutes = s.minutes,
+                "stopped: another iteration would not fit in the minutes"
+            );
+            state.model.out_of_time_at = Some(it);
         }
         volumes = maps.full;
         state.model.pi = pi;
@@ -579,7 +612,7 @@ pub fn classify(s: &ClassifySettings, monitor: &dyn Monitor) -> Result<Summary> 
             Some((&exp, grid, &offsets)),
         )?;
         bar.set_position(it as u64);
-        if state.model.converged_at.is_some() {
+        if state.model.converged_at.is_some() || state.model.out_of_time_at.is_some() {
             break;
         }
     }
@@ -1040,5 +1073,14 @@ mod tests {
         assert!(!converged(0.002, false, 0.0, 0.0, Some(0.0)));
         assert!(!converged(0.002, true, 0.009, 0.001, None));
         assert!(!converged(0.0, true, 0.0, 0.0, Some(0.0)));
+    }
+
+    #[test]
+    fn a_run_stops_when_another_iteration_would_end_past_its_minutes() {
+        // 25 minutes: 1,437 s spent, the last iteration took 136 s (the 100,000-image set's
+        // iteration 14 on session 14's machine): the next would end at 1,573 s, past 1,500.
+        assert!(out_of_time(Some(25.0), 1437.0, 136.0));
+        assert!(!out_of_time(Some(25.0), 1300.0, 136.0));
+        assert!(!out_of_time(None, 1e9, 1e9));
     }
 }

@@ -54,6 +54,12 @@ pub struct Args {
     /// model.json's converged_at records it.
     #[arg(long, value_name = "PERCENT", default_value_t = 0.2, value_parser = util::finite_f64)]
     convergence: f64,
+    /// The most minutes the run may take, its start included: after each iteration it stops
+    /// if another as long as the last would end past them (model.json's out_of_time_at
+    /// records it; --resume goes on). Without it, the run ends at --iterations or at
+    /// convergence, and the same seed gives the same classes on any machine.
+    #[arg(long, value_name = "MINUTES", value_parser = util::finite_f64)]
+    minutes: Option<f64>,
     /// How the classes start: pca (split along the residuals' leading principal component) or
     /// random (random groups, RELION's way).
     #[arg(long, default_value = "pca")]
@@ -134,6 +140,7 @@ pub fn run(args: Args, progress: &Progress) -> Result<()> {
         seed: args.seed,
         device: args.device,
         resume: args.resume,
+        minutes: args.minutes,
         ..ClassifySettings::default()
     };
     let summary = classify(&settings, progress)?;

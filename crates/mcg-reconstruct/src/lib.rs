@@ -9,7 +9,9 @@
 //!    of the budget.
 //! 2. **`classify/`: the classification with the poses marginalised** (`mcg_classify`:
 //!    maximum likelihood over K class volumes, each image's pose summed over a grid of
-//!    rotations), started from the consensus. It stops when it has converged.
+//!    rotations), started from the consensus. It stops when it has converged, or when another
+//!    iteration would not fit in what the consensus left of the budget (less the landscape's
+//!    least minutes and the reports').
 //! 3. **`landscape/`: the Multi-CryoGAN landscape** (pose-free again), its mixture's K
 //!    components (or a path's anchors) started from the class maps and its probabilities held
 //!    at the classification's π (the GAN's critic leaves π near equal shares:
@@ -24,8 +26,8 @@
 //!
 //! The GAN stages' budgets are wall minutes by default ([`Budget`]); `consensus_steps` and
 //! `landscape_steps` give them in generator steps instead, and then the same seed and settings
-//! give the same maps bit for bit whatever the machine's speed (the classification runs to
-//! its convergence either way).
+//! give the same maps bit for bit whatever the machine's speed (the classification then runs
+//! to its convergence, with no limit in minutes).
 //!
 //! `resume` continues at the stage that was reached: stages recorded as done are skipped, and
 //! the one that was under way continues from its own checkpoint.
@@ -672,14 +674,31 @@ fn landscape_budget(s: &ReconstructSettings, record: &Record) -> Budget {
     if let Some(steps) = s.landscape_steps {
         return Budget::Steps(steps);
     }
-    let reserve = if s.truth.is_some() {
+    Budget::Minutes(
+        (s.minutes - record.seconds_so_far() / 60.0 - report_reserve(s)).max(MIN_LANDSCAPE_MINUTES),
+    )
+}
+
+/// The minutes kept for the reports: [`REPORT_MINUTES`] when there is a truth.
+fn report_reserve(s: &ReconstructSettings) -> f64 {
+    if s.truth.is_some() {
         REPORT_MINUTES
     } else {
         0.0
-    };
-    Budget::Minutes(
-        (s.minutes - record.seconds_so_far() / 60.0 - reserve).max(MIN_LANDSCAPE_MINUTES),
-    )
+    }
+}
+
+/// The classification's minutes, when the budget is in minutes: what the consensus left,
+/// less the landscape's [`MIN_LANDSCAPE_MINUTES`] and the reports' reserve (at least one
+/// iteration runs). With a budget in steps, none: it runs to its convergence, and the run is
+/// the same on any machine.
+fn classify_minutes(s: &ReconstructSettings, record: &Record) -> Option<f64> {
+    if s.consensus_steps.is_some() || s.landscape_steps.is_some() {
+        return None;
+    }
+    let left =
+        s.minutes - record.seconds_so_far() / 60.0 - MIN_LANDSCAPE_MINUTES - report_reserve(s);
+    Some(left.max(0.01))
 }
 
 /// π as the landscape holds it: positive, summing to 1.
@@ -1188,6 +1207,7 @@ fn classify_stage(
             .join(mcg_classify::run::CHECKPOINT)
             .join("state.json")
             .is_file(),
+        minutes: classify_minutes(s, record),
         ..classify_settings(s)
     };
     let start = Instant::now();
@@ -1215,6 +1235,7 @@ fn classify_stage(
         serde_json::json!({
             "iterations": m.history.len().saturating_sub(1),
             "converged_at": m.converged_at,
+            "out_of_time_at": m.out_of_time_at,
             "pi": m.pi,
             "half_set_resolution_nyquist": m.history.last().map(|h| h.resolution_nyquist.clone()),
         }),
@@ -1310,10 +1331,12 @@ pub fn summary_text(dir: &Path, record: &Record) -> String {
             CLASSIFY => format!(
                 "{} EM iterations{}",
                 st.outcome["iterations"],
-                if st.outcome["converged_at"].is_null() {
-                    ", not converged"
-                } else {
+                if !st.outcome["converged_at"].is_null() {
                     ", converged"
+                } else if !st.outcome["out_of_time_at"].is_null() {
+                    ", stopped for time (not converged)"
+                } else {
+                    ", not converged"
                 }
             ),
             _ => String::new(),
@@ -1496,6 +1519,52 @@ mod tests {
             text.contains("consensus") && text.contains("classify"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_classification_gets_what_the_consensus_left_of_a_budget_in_minutes() {
+        let record = Record {
+            software: String::new(),
+            particles: String::new(),
+            classes: 2,
+            minutes: 30.0,
+            pose_free: false,
+            landscape: Landscape::Discrete,
+            seed: 0,
+            stages: vec![Stage::new(CONSENSUS, true, 180.0, serde_json::Value::Null)],
+            result: serde_json::Value::Null,
+        };
+        let s = ReconstructSettings {
+            minutes: 30.0,
+            truth: Some(PathBuf::from("truth")),
+            ..ReconstructSettings::default()
+        };
+        // 30 − 3 (consensus) − 0.5 (the landscape's least) − 1 (the reports).
+        let m = classify_minutes(&s, &record).unwrap();
+        assert!((m - 25.5).abs() < 1e-9, "{m}");
+        let no_truth = ReconstructSettings {
+            truth: None,
+            ..s.clone()
+        };
+        assert!((classify_minutes(&no_truth, &record).unwrap() - 26.5).abs() < 1e-9);
+        // A spent budget still lets one iteration run; a budget in steps sets no limit.
+        let spent = ReconstructSettings {
+            minutes: 2.0,
+            ..s.clone()
+        };
+        assert_eq!(classify_minutes(&spent, &record), Some(0.01));
+        for steps in [
+            ReconstructSettings {
+                consensus_steps: Some(100),
+                ..s.clone()
+            },
+            ReconstructSettings {
+                landscape_steps: Some(100),
+                ..s.clone()
+            },
+        ] {
+            assert_eq!(classify_minutes(&steps, &record), None);
+        }
     }
 
     #[test]

@@ -201,35 +201,45 @@ fn pure_noise_makes_no_confident_split() {
 }
 
 /// Interrupted after two iterations and resumed, a run ends where an uninterrupted one does,
-/// bit for bit: the same class maps, π and classes.
+/// bit for bit: the same class maps, π and classes. So does a run stopped by its minutes
+/// (after its first iteration, which always runs: another would not fit in 0.001 minute),
+/// and model.json says where it stopped.
 #[test]
 fn a_resumed_classification_matches_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let (star, reference) = two_state_set(dir.path(), 600, "0");
     let straight = dir.path().join("straight");
     classify(&star, &reference, &straight, &["--iterations", "3"]);
+    assert_eq!(model(&straight)["out_of_time_at"], serde_json::Value::Null);
     let split = dir.path().join("split");
     classify(&star, &reference, &split, &["--iterations", "2"]);
     assert_eq!(model(&split)["history"].as_array().unwrap().len(), 3);
+    let timed = dir.path().join("timed");
     classify(
         &star,
         &reference,
-        &split,
-        &["--iterations", "3", "--resume"],
+        &timed,
+        &["--iterations", "3", "--minutes", "0.001"],
     );
-    for k in 1..=2 {
-        let name = format!("class_00{k}.mrc");
+    assert_eq!(model(&timed)["history"].as_array().unwrap().len(), 2);
+    assert_eq!(model(&timed)["out_of_time_at"], 1);
+    for out in [&split, &timed] {
+        classify(&star, &reference, out, &["--iterations", "3", "--resume"]);
+        for k in 1..=2 {
+            let name = format!("class_00{k}.mrc");
+            assert_eq!(
+                std::fs::read(straight.join(&name)).unwrap(),
+                std::fs::read(out.join(&name)).unwrap(),
+                "{name} differs"
+            );
+        }
+        assert_eq!(model(&straight)["pi"], model(out)["pi"]);
+        assert_eq!(model(out)["out_of_time_at"], serde_json::Value::Null);
         assert_eq!(
-            std::fs::read(straight.join(&name)).unwrap(),
-            std::fs::read(split.join(&name)).unwrap(),
-            "{name} differs"
+            classes(&straight.join("particles.star")),
+            classes(&out.join("particles.star"))
         );
     }
-    assert_eq!(model(&straight)["pi"], model(&split)["pi"]);
-    assert_eq!(
-        classes(&straight.join("particles.star")),
-        classes(&split.join("particles.star"))
-    );
 }
 
 /// A reference off the particles' centre (as a pose-free consensus may be) is moved back

@@ -136,6 +136,7 @@ fn report_scores_a_classification_folder() {
         recentred_voxels: [0.0; 3],
         converged_at: None,
         settled_at: None,
+        out_of_time_at: None,
     };
     std::fs::write(cls.join(MODEL_JSON), serde_json::to_vec(&model).unwrap()).unwrap();
     let out = dir.path().join("cls-report");

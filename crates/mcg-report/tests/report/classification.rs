@@ -65,6 +65,7 @@ fn classification(
         recentred_voxels: [0.0; 3],
         converged_at: None,
         settled_at: None,
+        out_of_time_at: None,
     };
     std::fs::write(dir.join(MODEL_JSON), serde_json::to_string(&model).unwrap()).unwrap();
     dir.to_path_buf()
