@@ -24,7 +24,10 @@ use crate::util;
 ///
 /// On a `multicryogan classify` folder (its model.json), with --truth: each class map aligned
 /// on its own to each state, classes matched to states by AreaFSC, each class's FSC against its
-/// state, π against the true shares, the particles' accuracy and the EM history.
+/// state, π against the true shares, the particles' accuracy and the EM history. The same for
+/// a RELION 3D classification, given by its run_itNNN_model.star (the class maps beside it, the
+/// particles' classes in run_itNNN_data.star, the history from the earlier iterations' files;
+/// the particles in the truth's order), so that RELION's classes are judged by the same code.
 ///
 /// Writes OUT/report.html (figures embedded; it opens with the result — each end's resolution,
 /// the probabilities or β(α), the FSCCC matrices beside the truth's, slices along the landscape
@@ -35,10 +38,12 @@ use crate::util;
     multicryogan report --run run --truth hsp90-discrete --out run/report\n  \
     multicryogan report --run run --out run/report\n  \
     multicryogan report --run cls --truth hsp90-discrete --out cls/report\n  \
+    multicryogan report --run Class3D/job012/run_it025_model.star --truth hsp90-discrete --out relion-report\n  \
     multicryogan report --run run_half1 --half-set run_half2 --out run_half1/report")]
 pub struct Args {
-    /// The run folder of `multicryogan train`, or a `multicryogan classify` folder.
-    #[arg(long, value_name = "DIR")]
+    /// The run folder of `multicryogan train`, a `multicryogan classify` folder, or a RELION
+    /// 3D classification's run_itNNN_model.star.
+    #[arg(long, value_name = "DIR|MODEL.STAR")]
     run: PathBuf,
     /// The data set's folder from `multicryogan synth` (ground_truth/, landscape.json,
     /// particles.star): enables the comparisons with the truth.

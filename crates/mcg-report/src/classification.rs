@@ -6,7 +6,7 @@
 //! accuracy under the same matching, and the EM history, into `metrics.json` (its
 //! `classification` section, [`Classification`]), PNG figures and `report.html`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use mcg_classify::run::{MODEL_JSON, Model, PARTICLES_STAR, map_name, read_model};
@@ -40,9 +40,42 @@ pub const OUTPUTS: [&str; 5] = [
     "report.html",
 ];
 
-/// Whether `run` is a classification's folder: it holds `model.json` and no GAN `config.json`.
+/// Whether `run` is a classification: our folder (it holds `model.json` and no GAN
+/// `config.json`) or RELION's `…_model.star`.
 pub fn is_classification(run: &Path) -> bool {
-    run.join(MODEL_JSON).is_file() && !RunDir::new(run).config().is_file()
+    (run.join(MODEL_JSON).is_file() && !RunDir::new(run).config().is_file())
+        || crate::relion::is_model_star(run)
+}
+
+/// A classification's files: `model.json`'s numbers, where they come from, the class maps,
+/// the particles with their classes, and the folder that holds them (never written over).
+struct ClassRun {
+    model: Model,
+    source: PathBuf,
+    maps: Vec<PathBuf>,
+    particles: PathBuf,
+    folder: PathBuf,
+}
+
+fn read_run(run: &Path) -> Result<ClassRun> {
+    if crate::relion::is_model_star(run) {
+        let r = crate::relion::read_run(run)?;
+        return Ok(ClassRun {
+            model: r.model,
+            source: run.to_path_buf(),
+            maps: r.maps,
+            particles: r.particles,
+            folder: run.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        });
+    }
+    let model = read_model(run)?;
+    Ok(ClassRun {
+        maps: (0..model.classes).map(|k| run.join(map_name(k))).collect(),
+        model,
+        source: run.join(MODEL_JSON),
+        particles: run.join(PARTICLES_STAR),
+        folder: run.to_path_buf(),
+    })
 }
 
 /// The truth's side of the comparison.
@@ -60,8 +93,13 @@ struct Truth {
 /// Every input is read and checked before anything is written; an output never replaces an
 /// input.
 pub fn report_classification(s: &ReportSettings, progress: &dyn Monitor) -> Result<Metrics> {
-    let model = read_model(&s.run)?;
-    let model_path = s.run.join(MODEL_JSON);
+    let ClassRun {
+        model,
+        source: model_path,
+        maps: map_paths,
+        particles: particles_path,
+        folder,
+    } = read_run(&s.run)?;
     let k_count = model.classes;
     ensure!(
         k_count >= 1,
@@ -79,10 +117,17 @@ pub fn report_classification(s: &ReportSettings, progress: &dyn Monitor) -> Resu
         "{}: field history is empty, expected at least the start",
         model_path.display()
     );
-    let maps = (0..k_count)
-        .map(|k| read_class_map(&s.run, k, &model))
+    ensure!(
+        map_paths.len() == k_count,
+        "{}: {} class maps, expected one per class ({k_count})",
+        model_path.display(),
+        map_paths.len()
+    );
+    let maps = map_paths
+        .iter()
+        .enumerate()
+        .map(|(k, path)| read_class_map(path, k, &model))
         .collect::<Result<Vec<Volume>>>()?;
-    let particles_path = s.run.join(PARTICLES_STAR);
     let classified = star::read_particles(&particles_path, &StarOptions::default())
         .with_context(|| format!("reading the classification's {}", particles_path.display()))?;
     let assigned = class_of_particles(&classified, &particles_path, k_count)?;
@@ -90,7 +135,7 @@ pub fn report_classification(s: &ReportSettings, progress: &dyn Monitor) -> Resu
         Some(dir) => Some(load_truth(dir, &model, &classified, &particles_path)?),
         None => None,
     };
-    prepare_out(std::iter::once(&s.run).chain(&s.truth), &s.out, &OUTPUTS)?;
+    prepare_out(std::iter::once(&folder).chain(&s.truth), &s.out, &OUTPUTS)?;
     let out = &s.out;
     let states = truth.as_ref().map_or(0, |t| t.ground.states.len());
     let bar = progress.bar((k_count * states + k_count) as u64, "report");
@@ -150,7 +195,7 @@ pub fn report_classification(s: &ReportSettings, progress: &dyn Monitor) -> Resu
     let per_class: Vec<ClassScore> = (0..k_count)
         .map(|k| ClassScore {
             class: k + 1,
-            map: map_name(k),
+            map: model.maps.get(k).cloned().unwrap_or_else(|| map_name(k)),
             state: matching[k].map(state_name),
             pi: model.pi[k],
             fsc: curves[k].as_ref().map(ResolutionRecord::of),
@@ -340,10 +385,9 @@ pub fn report_classification(s: &ReportSettings, progress: &dyn Monitor) -> Resu
     Ok(metrics)
 }
 
-/// Class `k`'s map, of the box and voxel size `model.json` records.
-fn read_class_map(run: &Path, k: usize, model: &Model) -> Result<Volume> {
-    let path = run.join(map_name(k));
-    let v = mcg_formats::mrc::read_volume(&path, None)
+/// Class `k`'s map (at `path`), of the box and voxel size `model.json` records.
+fn read_class_map(path: &Path, k: usize, model: &Model) -> Result<Volume> {
+    let v = mcg_formats::mrc::read_volume(path, None)
         .with_context(|| format!("reading class {} of the classification", k + 1))?;
     ensure!(
         v.box_size() == model.box_size

@@ -41,6 +41,7 @@
 pub mod classification;
 pub mod maps;
 pub mod plot;
+mod relion;
 mod report;
 pub mod sample;
 pub mod validate;

@@ -140,18 +140,7 @@ fn report_scores_a_classification_folder() {
     };
     std::fs::write(cls.join(MODEL_JSON), serde_json::to_vec(&model).unwrap()).unwrap();
     let out = dir.path().join("cls-report");
-    let printed = ok(&[
-        "report",
-        "--run",
-        s(&cls),
-        "--truth",
-        s(&data),
-        "--out",
-        s(&out),
-        "--json",
-        "-q",
-    ]);
-    let m: Value = serde_json::from_str(&printed).expect("--json prints metrics.json");
+    let m = judged(&cls, &data, &out);
     let c = &m["classification"];
     assert_eq!(c["accuracy"].as_f64(), Some(1.0), "{c}");
     for (k, class) in c["per_class"].as_array().unwrap().iter().enumerate() {
@@ -161,4 +150,129 @@ fn report_scores_a_classification_folder() {
     assert!(m.get("fsc_ends").is_none());
     assert!(png_size(&out.join("fsc_classes.png")).0 == 800);
     assert!(out.join("report.html").is_file());
+}
+
+/// `report --run RUN --truth DATA --out OUT --json`'s metrics.
+fn judged(run: &std::path::Path, data: &std::path::Path, out: &std::path::Path) -> Value {
+    let printed = ok(&[
+        "report",
+        "--run",
+        s(run),
+        "--truth",
+        s(data),
+        "--out",
+        s(out),
+        "--json",
+        "-q",
+    ]);
+    serde_json::from_str(&printed).expect("--json prints metrics.json")
+}
+
+/// RELION's model file of a 2-class iteration, laid out as `relion_refine` 3.1 writes it
+/// (`data_model_general`, then `data_model_classes`), the maps named by their path from where
+/// RELION ran.
+fn relion_model_star(iteration: usize, pi: [f64; 2], log_likelihood: f64) -> String {
+    let mut t = format!(
+        "\n# version 30001\n\ndata_model_general\n\n\
+         _rlnReferenceDimensionality                        3\n\
+         _rlnDataDimensionality                             2\n\
+         _rlnOriginalImageSize                             16\n\
+         _rlnCurrentResolution                      40.000000\n\
+         _rlnPixelSize                              10.000000\n\
+         _rlnNrClasses                                      2\n\
+         _rlnLogLikelihood                       {log_likelihood:.6e}\n\
+         _rlnAveragePmax                             0.900000\n \n\
+         # version 30001\n\ndata_model_classes\n\nloop_ \n\
+         _rlnReferenceImage #1 \n_rlnClassDistribution #2 \n_rlnAccuracyRotations #3 \n\
+         _rlnAccuracyTranslationsAngst #4 \n_rlnEstimatedResolution #5 \n\
+         _rlnOverallFourierCompleteness #6 \n"
+    );
+    for (k, p) in pi.iter().enumerate() {
+        t += &format!(
+            "Class3D/job012/run_it{iteration:03}_class{:03}.mrc     {p:.6}     3.000000     \
+             2.000000    40.000000     1.000000 \n",
+            k + 1
+        );
+    }
+    t + " \n"
+}
+
+/// `report --run run_it001_model.star` judges a RELION 3D classification by the same code as
+/// ours: the class maps found beside the model file (RELION names them by its own working
+/// folder), π from `_rlnClassDistribution`, the classes from `run_it001_data.star` (here class 1
+/// is the open state, and 3 particles are in the wrong class), the history from iteration 0's
+/// files (every particle in class 1 there), the log-likelihood per particle.
+#[test]
+fn report_scores_a_relion_classification() {
+    use mcg_formats::star::{self, StarOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let star_path = tiny_set_of(dir.path(), "hsp90-discrete");
+    let data = star_path.parent().unwrap().to_path_buf();
+    let truth = mcg_dataset::folder::GroundTruth::load(&data, 10.0).unwrap();
+    let rel = dir.path().join("relion");
+    std::fs::create_dir_all(&rel).unwrap();
+    let (closed, open) = (&truth.states[0], &truth.states[truth.states.len() - 1]);
+    for (k, (_, map)) in [open, closed].iter().enumerate() {
+        let name = format!("run_it001_class{:03}.mrc", k + 1);
+        mcg_formats::mrc::write_volume(&rel.join(name), map).unwrap();
+    }
+    let mut set = star::read_particles(&star_path, &StarOptions::default()).unwrap();
+    let n = set.particles.len();
+    let true_class: Vec<u32> = set.particles.iter().map(|p| p.class.unwrap()).collect();
+    // RELION's class 1 is the truth's class 2 (open), and the first 3 particles are wrong.
+    for (i, p) in set.particles.iter_mut().enumerate() {
+        let right = 3 - true_class[i];
+        p.class = Some(if i < 3 { 3 - right } else { right });
+    }
+    star::write_particles(&rel.join("run_it001_data.star"), &set).unwrap();
+    let in_class_1 = set.particles.iter().filter(|p| p.class == Some(1)).count();
+    for p in &mut set.particles {
+        p.class = Some(1);
+    }
+    star::write_particles(&rel.join("run_it000_data.star"), &set).unwrap();
+    std::fs::write(
+        rel.join("run_it000_model.star"),
+        relion_model_star(0, [0.5, 0.5], 0.0),
+    )
+    .unwrap();
+    let model = rel.join("run_it001_model.star");
+    std::fs::write(&model, relion_model_star(1, [0.7, 0.3], -6400.0)).unwrap();
+
+    let out = dir.path().join("relion-report");
+    let m = judged(&model, &data, &out);
+    let c = &m["classification"];
+    let accuracy = c["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - (1.0 - 3.0 / n as f64)).abs() < 1e-12,
+        "{accuracy}"
+    );
+    let per_class = c["per_class"].as_array().unwrap();
+    assert_eq!(per_class[0]["state"].as_str(), Some(open.0.as_str()));
+    assert_eq!(per_class[1]["state"].as_str(), Some(closed.0.as_str()));
+    assert_eq!(per_class[0]["map"], "run_it001_class001.mrc");
+    for class in per_class {
+        assert!(class["fsc"]["resolution_A"]["0.143"].is_null(), "{class}");
+    }
+    // The closed state's share is class 2's π.
+    let closed_row = c["proportions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["state"] == closed.0.as_str())
+        .unwrap();
+    assert_eq!(closed_row["pi"].as_f64(), Some(0.3));
+    let history = c["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0]["pi"][0].as_f64(), Some(0.5));
+    let changed = history[1]["changed"].as_f64().unwrap();
+    assert!(
+        (changed - (n - in_class_1) as f64 / n as f64).abs() < 1e-12,
+        "{changed}"
+    );
+    let ll = history[1]["log_likelihood"].as_f64().unwrap();
+    assert!((ll + 6400.0 / n as f64).abs() < 1e-9, "{ll}");
+    assert!(out.join("report.html").is_file());
+    // Nothing is written beside RELION's files.
+    assert_eq!(std::fs::read_dir(&rel).unwrap().count(), 6);
 }
