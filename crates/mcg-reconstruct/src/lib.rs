@@ -1353,7 +1353,9 @@ pub fn summary_text(dir: &Path, record: &Record) -> String {
     let nyquist = |c: &mcg_runfiles::metrics::ResolutionRecord| {
         c.resolution_nyquist_fraction
             .half
-            .map_or("not reached".to_string(), |f| format!("{f:.2} of Nyquist"))
+            .map_or("Nyquist and beyond (never below 0.5)".to_string(), |f| {
+                format!("{f:.2} of Nyquist")
+            })
     };
     if let Ok(model) = mcg_classify::run::read_model(&dir.join(CLASSIFY)) {
         let _ = writeln!(t, "classes (poses marginalised):");
