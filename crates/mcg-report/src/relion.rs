@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use mcg_classify::Init;
 use mcg_classify::run::{IterationRecord, Model};
 use mcg_formats::star::{self, StarBlock, StarOptions};
@@ -241,12 +241,8 @@ pub(crate) fn read_run(model_star: &Path) -> Result<RelionRun> {
     }
     let it = last_iteration.context("no iteration read")?;
     let k = it.maps.len();
-    if let Some(c) = current.iter().find(|&&c| c < 1 || c as usize > k) {
-        bail!(
-            "{}: _rlnClassNumber {c}, expected a class from 1 to {k}",
-            particles.display()
-        );
-    }
+    // Each class number's range is checked where the report reads the particles
+    // (`classification::class_of_particles`), naming the particle.
     let model = Model {
         classes: k,
         box_size: it.box_size,
